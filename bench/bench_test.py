@@ -1,0 +1,111 @@
+"""Fast tests of the harness's parsing and arithmetic; they start no peer or training."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ has no __init__.py
+
+import bench_seed  # noqa: E402
+import peers  # noqa: E402
+
+KERAS_OUT = """Epoch 1/1
+1875/1875 - 3s - 2ms/step - accuracy: 0.8617 - loss: 1.7351
+backend=jax epochs=1 opt=adam train_s=3.10 s_per_epoch=3.10 test_loss=0.5143 test_acc=0.9012
+"""
+
+
+def test_parse_result_line_reads_only_the_result_line():
+    out = peers.parse_result_line(KERAS_OUT)
+    assert out == {"backend": "jax", "epochs": 1, "opt": "adam", "train_s": 3.10,
+                   "s_per_epoch": 3.10, "test_loss": 0.5143, "test_acc": 0.9012}
+
+
+def test_parse_result_line_torch_version_stays_text():
+    out = peers.parse_result_line("torch=2.13.0+cpu epochs=2 train_s=13.94 s_per_epoch=6.97 test_acc=0.9040")
+    assert out["torch"] == "2.13.0+cpu" and out["s_per_epoch"] == 6.97
+
+
+@pytest.mark.parametrize("text", ["", "Epoch 1/1\n", "train_s=1.0 test_acc=0.9"])
+def test_parse_result_line_rejects_incomplete_output(text):
+    with pytest.raises(ValueError):
+        peers.parse_result_line(text)
+
+
+def test_select_peers():
+    assert [p.name for p in peers.select_peers("torch, keras-jax")] == ["torch", "keras-jax"]
+    assert peers.select_peers("") == []
+    with pytest.raises(SystemExit):
+        peers.select_peers("mxnet")
+
+
+def test_run_peer_times_the_process_and_parses(tmp_path):
+    # A fake venv whose "python" is the current interpreter, running a fake peer script.
+    peer = peers.Peer("fake", "fake_peer.py", ("nothing",), {"FAKE_ENV": "yes"})
+    (tmp_path / "venvs" / "fake" / "bin").mkdir(parents=True)
+    (tmp_path / "venvs" / "fake" / "bin" / "python").symlink_to(sys.executable)
+    (tmp_path / "fake_peer.py").write_text(
+        "import os, sys\nassert os.environ['FAKE_ENV'] == 'yes'\n"
+        "print(f'epochs={sys.argv[2]} train_s=2.00 s_per_epoch=1.00 test_acc=0.5')\n")
+    res = peers.run_peer(peer, tmp_path, 2, venvs_dir=tmp_path / "venvs", peers_dir=tmp_path)
+    assert res["epochs"] == 2 and res["test_acc"] == 0.5 and res["wall_s"] > 0
+    assert not peers.is_installed(peer, tmp_path / "venvs")  # no marker written
+
+
+def test_run_peer_failure_raises(tmp_path):
+    peer = peers.Peer("fake", "boom.py", ())
+    (tmp_path / "venvs" / "fake" / "bin").mkdir(parents=True)
+    (tmp_path / "venvs" / "fake" / "bin" / "python").symlink_to(sys.executable)
+    (tmp_path / "boom.py").write_text("raise SystemExit(3)\n")
+    with pytest.raises(RuntimeError, match="exited 3"):
+        peers.run_peer(peer, tmp_path, 1, venvs_dir=tmp_path / "venvs", peers_dir=tmp_path)
+
+
+def test_summarize_mnistlab_separates_first_epoch():
+    summary = {"seconds_per_epoch": [5.0, 2.0, 3.0, 2.5], "train_seconds": 12.5,
+               "compile_seconds": 2.4, "test": {"accuracy": 0.91, "loss": 0.6}}
+    s = bench_seed.summarize_mnistlab(summary)
+    assert s["epoch1_s"] == 5.0 and s["s_per_epoch_steady"] == 2.5
+    assert s["s_per_epoch_mean"] == pytest.approx(3.125) and s["test_acc"] == 0.91
+    one = bench_seed.summarize_mnistlab({**summary, "seconds_per_epoch": [5.0], "train_seconds": 5.0})
+    assert one["s_per_epoch_steady"] is None and one["s_per_epoch_mean"] == 5.0
+
+
+def test_ratios_and_table():
+    seed = {"program": "mnistlab:seed", "kind": "mnistlab", "wall_s": 30.0, "train_s": 20.0,
+            "epochs": 2, "epoch1_s": 12.0, "s_per_epoch_steady": 8.0, "s_per_epoch_mean": 10.0,
+            "test_acc": 0.9, "compile_s": 1.0}
+    peer = {"program": "peer:torch", "kind": "peer", "wall_s": 40.0, "train_s": 32.0, "epochs": 2,
+            "epoch1_s": None, "s_per_epoch_steady": None, "s_per_epoch_mean": 16.0, "test_acc": 0.9}
+    bad = {"program": "peer:keras-tf", "kind": "peer", "error": "RuntimeError: boom"}
+    ratios = bench_seed.seed_ratios([seed, peer, bad])
+    assert ratios == {"peer:torch": {"steady_over_peer_mean": 0.5, "mean_over_peer_mean": 0.625,
+                                     "train_s": 0.625, "wall_s": 0.75}}
+    table = bench_seed.markdown_table([seed, peer, bad], ratios)
+    assert "| peer:torch | 2 | 40.0 | 32.0 | — | — | 16.00 | 0.9000 | 0.50 | 0.62 |" in table
+    assert "failed: RuntimeError: boom" in table
+
+
+def test_find_summary(tmp_path):
+    (tmp_path / "run-1").mkdir()
+    (tmp_path / "run-1" / "summary.json").write_text("{}")
+    assert bench_seed.find_summary(tmp_path).parent.name == "run-1"
+    (tmp_path / "run-2").mkdir()
+    (tmp_path / "run-2" / "summary.json").write_text("{}")
+    with pytest.raises(RuntimeError):
+        bench_seed.find_summary(tmp_path)
+
+
+def test_mnistlab_command():
+    cmd = bench_seed.mnistlab_command("py", "seed", 20, Path("/tmp/r"), Path("/d"), ["--set", "a=b"])
+    assert cmd == ["py", "-m", "mnistlab", "train", "--preset", "seed", "--set",
+                   "training.epochs=20", "--test", "--runs-dir", "/tmp/r", "--data-dir", "/d",
+                   "--set", "a=b"]
+    assert "--set" not in bench_seed.mnistlab_command("py", "fast", None, Path("/r"), Path("/d"), [])
+
+
+def test_error_headline():
+    assert bench_seed.error_headline("Downloading...\nerror: Dataset 'mnist' is missing\nmore") \
+        == "error: Dataset 'mnist' is missing"
+    assert bench_seed.error_headline("a\nTraceback\nKeyError: 'x'\n") == "KeyError: 'x'"
+    assert bench_seed.error_headline("") == "(no output on stderr)"

@@ -1,0 +1,8 @@
+"""mnistlab: the dense networks of the tutorial, with exact Keras semantics, trained fast."""
+
+from mnistlab.errors import UserError
+from mnistlab.spec import RunSpec, load, preset, with_overrides
+from mnistlab.train import TrainResult, train
+
+__all__ = ["RunSpec", "TrainResult", "UserError", "load", "preset", "train", "with_overrides"]
+__version__ = "0.1.0"

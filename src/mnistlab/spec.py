@@ -1,0 +1,457 @@
+"""What to train, in Keras' words: a validated, fully explicit run specification.
+
+A `RunSpec` is data. It is read from TOML (`load`), built in Python, or taken from a
+preset, then overridden with `key=value` pairs (`with_overrides`). Pydantic checks every
+name and value, and `resolved()` writes every default out so that a saved run says
+exactly what was trained. Names and defaults are Keras' (see
+`shared/reference/keras-semantics.md`); where mnistlab differs it says so here.
+
+    spec = RunSpec(model=ModelSpec(layers=[Dense(units=10, activation="softmax")]))
+    spec = with_overrides(spec, ["optimizer.learning_rate=0.01", "training.epochs=5"])
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mnistlab.errors import UserError
+
+ACTIVATIONS = (
+    "linear", "relu", "sigmoid", "softmax", "tanh", "leaky_relu", "elu", "gelu", "softplus",
+)
+INITIALIZERS = (
+    "glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "lecun_normal",
+    "lecun_uniform", "zeros", "ones", "constant", "random_normal", "random_uniform",
+    "truncated_normal",
+)
+# Keras' default arguments for the initializers that take any.
+INITIALIZER_DEFAULTS: dict[str, dict[str, float]] = {
+    "constant": {"value": 0.0},
+    "random_normal": {"mean": 0.0, "stddev": 0.05},
+    "random_uniform": {"minval": -0.05, "maxval": 0.05},
+    "truncated_normal": {"mean": 0.0, "stddev": 0.05},
+}
+# The string forms of Keras' regularizers mean a factor of 0.01.
+REGULARIZER_STRINGS: dict[str, dict[str, float]] = {
+    "l1": {"l1": 0.01, "l2": 0.0},
+    "l2": {"l1": 0.0, "l2": 0.01},
+    "l1_l2": {"l1": 0.01, "l2": 0.01},
+}
+
+
+def suggest(name: str, known: tuple[str, ...] | list[str]) -> str:
+    """' (did you mean 'x'?)' for a near miss, else the list of known names."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return "expected one of: " + ", ".join(known)
+
+
+def _check_name(value: str, known: tuple[str, ...], what: str) -> str:
+    if value not in known:
+        raise ValueError(f"unknown {what} '{value}': {suggest(value, known)}")
+    return value
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors, never silently ignored: a typo must not train the
+    # wrong model. `validate_assignment` keeps overrides as strict as construction.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_assignment=True)
+
+
+class Initializer(_Strict):
+    """A Keras initializer: a name plus its arguments (mean/stddev, minval/maxval, value)."""
+
+    name: str
+    mean: float | None = None
+    stddev: float | None = Field(default=None, gt=0)
+    minval: float | None = None
+    maxval: float | None = None
+    value: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _check_name(v, INITIALIZERS, "initializer")
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "Initializer":
+        allowed = INITIALIZER_DEFAULTS.get(self.name, {})
+        given = {k for k in ("mean", "stddev", "minval", "maxval", "value") if getattr(self, k) is not None}
+        extra = given - set(allowed)
+        if extra:
+            raise ValueError(f"initializer '{self.name}' takes no argument {sorted(extra)}"
+                             + (f"; it takes {sorted(allowed)}" if allowed else ""))
+        for key, default in allowed.items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, default)
+        if self.name == "random_uniform" and not self.minval < self.maxval:
+            raise ValueError(f"random_uniform needs minval < maxval, got {self.minval} >= {self.maxval}")
+        return self
+
+
+class Regularizer(_Strict):
+    """Keras' l1 / l2 / l1_l2: penalty = l1 * sum(|w|) + l2 * sum(w**2), no mean, no 1/2."""
+
+    l1: float = Field(default=0.0, ge=0)
+    l2: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            if data not in REGULARIZER_STRINGS:
+                raise ValueError(f"unknown regularizer '{data}': {suggest(data, tuple(REGULARIZER_STRINGS))}")
+            return REGULARIZER_STRINGS[data]
+        return data
+
+
+class MaxNorm(_Strict):
+    """Keras' MaxNorm constraint: each unit's incoming weight vector is scaled back to norm <= max_value."""
+
+    max_value: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_number(cls, data: Any) -> Any:
+        return {"max_value": data} if isinstance(data, (int, float)) else data
+
+
+class Dense(_Strict):
+    type: Literal["dense"] = "dense"
+    units: int = Field(gt=0)
+    activation: str = "linear"
+    use_bias: bool = True
+    kernel_initializer: Initializer = Initializer(name="glorot_uniform")
+    bias_initializer: Initializer = Initializer(name="zeros")
+    kernel_regularizer: Regularizer | None = None
+    bias_regularizer: Regularizer | None = None
+    kernel_constraint: MaxNorm | None = None
+
+    @field_validator("activation")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _check_name(v, ACTIVATIONS, "activation")
+
+
+class Activation(_Strict):
+    type: Literal["activation"] = "activation"
+    activation: str
+
+    @field_validator("activation")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _check_name(v, ACTIVATIONS, "activation")
+
+
+class Dropout(_Strict):
+    """Inverted dropout: zero each unit with probability `rate`, scale survivors by 1/(1-rate)."""
+
+    type: Literal["dropout"] = "dropout"
+    rate: float = Field(ge=0.0, lt=1.0)
+
+
+Layer = Annotated[Union[Dense, Activation, Dropout], Field(discriminator="type")]
+LAYER_TYPES = ("dense", "activation", "dropout")
+
+
+class ModelSpec(_Strict):
+    """A Sequential stack. Inputs are flattened images times `input_rescale` (1/255: [0, 1])."""
+
+    layers: list[Layer] = Field(min_length=1)
+    input_rescale: float = Field(default=1 / 255, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _layer_types(cls, data: Any) -> Any:
+        # Give the "did you mean" answer for a misspelt layer type before Pydantic's
+        # generic discriminator message.
+        for i, layer in enumerate(data.get("layers", []) if isinstance(data, dict) else []):
+            if isinstance(layer, dict):
+                kind = layer.get("type")
+                if kind is None:
+                    raise ValueError(f"layers[{i}] needs a 'type': one of {', '.join(LAYER_TYPES)}")
+                if kind not in LAYER_TYPES:
+                    raise ValueError(f"layers[{i}]: unknown layer type '{kind}': {suggest(kind, LAYER_TYPES)}")
+        return data
+
+    @model_validator(mode="after")
+    def _ends_with_a_distribution(self) -> "ModelSpec":
+        if self.output_activation not in ("softmax", "sigmoid"):
+            raise ValueError(
+                "the last activation must be 'softmax' (one label per image, categorical "
+                "cross-entropy) or 'sigmoid' (several labels, binary cross-entropy); got "
+                f"'{self.output_activation}'. Add activation = \"softmax\" to the last Dense layer."
+            )
+        if not isinstance(self.dense_layers[-1], Dense) or not any(isinstance(l, Dense) for l in self.layers):
+            raise ValueError("the model needs at least one Dense layer")
+        return self
+
+    @property
+    def dense_layers(self) -> list[Dense]:
+        return [layer for layer in self.layers if isinstance(layer, Dense)]
+
+    @property
+    def output_activation(self) -> str:
+        last = "linear"
+        for layer in self.layers:
+            if isinstance(layer, Dense) and layer.activation != "linear":
+                last = layer.activation
+            elif isinstance(layer, Dense):
+                last = "linear"
+            elif isinstance(layer, Activation):
+                last = layer.activation
+        return last
+
+
+class Schedule(_Strict):
+    """A learning-rate schedule over optimizer steps, as Keras' schedules.
+
+    - exponential: lr * decay_rate ** (step / decay_steps) (floored with staircase)
+    - inverse_time: lr / (1 + decay_rate * step / decay_steps)
+    - step: lr * decay_rate ** floor(step / decay_steps)
+    - cosine: Keras CosineDecay, alpha the final fraction of lr
+    `warmup_steps` ramps linearly from 0 to lr first (Keras' warmup_target form).
+    """
+
+    name: Literal["constant", "exponential", "inverse_time", "step", "cosine"] = "constant"
+    decay_steps: int = Field(default=1, gt=0)
+    decay_rate: float = Field(default=0.96, gt=0)
+    staircase: bool = False
+    alpha: float = Field(default=0.0, ge=0, le=1)
+    warmup_steps: int = Field(default=0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+
+OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "sgd": {"learning_rate": 0.01, "momentum": 0.0, "nesterov": False},
+    "adam": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "amsgrad": False},
+    "adamw": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7,
+              "amsgrad": False, "weight_decay": 0.004},
+    "rmsprop": {"learning_rate": 0.001, "rho": 0.9, "momentum": 0.0, "epsilon": 1e-7},
+    "adagrad": {"learning_rate": 0.001, "initial_accumulator_value": 0.1, "epsilon": 1e-7},
+}
+OPTIMIZERS = tuple(OPTIMIZER_DEFAULTS)
+
+
+class OptimizerSpec(_Strict):
+    """A Keras optimizer with Keras' defaults; `decay` is Keras 2's lr / (1 + decay * step)."""
+
+    name: str = "adam"
+    learning_rate: float | None = Field(default=None, gt=0)
+    decay: float = Field(default=0.0, ge=0)
+    schedule: Schedule = Schedule()
+    momentum: float | None = Field(default=None, ge=0, lt=1)
+    nesterov: bool | None = None
+    beta_1: float | None = Field(default=None, ge=0, lt=1)
+    beta_2: float | None = Field(default=None, ge=0, lt=1)
+    epsilon: float | None = Field(default=None, gt=0)
+    amsgrad: bool | None = None
+    weight_decay: float | None = Field(default=None, ge=0)
+    rho: float | None = Field(default=None, ge=0, lt=1)
+    initial_accumulator_value: float | None = Field(default=None, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _check_name(v, OPTIMIZERS, "optimizer")
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "OptimizerSpec":
+        defaults = OPTIMIZER_DEFAULTS[self.name]
+        fields = ("momentum", "nesterov", "beta_1", "beta_2", "epsilon", "amsgrad",
+                  "weight_decay", "rho", "initial_accumulator_value")
+        stray = [f for f in fields if getattr(self, f) is not None and f not in defaults]
+        if stray:
+            raise ValueError(f"optimizer '{self.name}' takes no argument {stray}; it takes "
+                             f"{sorted(defaults)} plus decay and schedule")
+        for key, default in defaults.items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, default)
+        if self.nesterov and not self.momentum:
+            raise ValueError("nesterov = true needs momentum > 0")
+        return self
+
+
+class Holdout(_Strict):
+    """Where validation data comes from: Keras' `validation_split` (the last fraction) or stratified."""
+
+    fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    method: Literal["last", "stratified"] = "last"
+
+
+class TrainingSpec(_Strict):
+    epochs: int = Field(default=20, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    eval_batch_size: int = Field(default=128, gt=0)
+    shuffle: bool = True
+    seed: int = Field(default=0, ge=0)
+    validation: Holdout = Holdout()
+    # Not Keras: train on the first `subset` training images only (quick experiments,
+    # tests, reduced budgets). The validation split is taken from these.
+    subset: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _validation_split(cls, data: Any) -> Any:
+        # Keras spells it `validation_split=0.1`; accept that spelling too.
+        if isinstance(data, dict) and "validation_split" in data:
+            data = dict(data)
+            split = data.pop("validation_split")
+            data["validation"] = {**dict(data.get("validation") or {}), "fraction": split}
+        return data
+
+
+class RunSpec(_Strict):
+    name: str = "run"
+    dataset: str = "mnist"
+    model: ModelSpec
+    optimizer: OptimizerSpec = OptimizerSpec()
+    training: TrainingSpec = TrainingSpec()
+
+    def resolved(self) -> dict[str, Any]:
+        """Every field with every default written out: what a run folder saves."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+# ---------------------------------------------------------------------------- I/O
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged-union")))
+        # Drop the union tag Pydantic inserts in paths ('layers.0.dense.units').
+        where = where.replace(".dense.", ".").replace(".activation.", ".").replace(".dropout.", ".")
+        if e["type"] == "extra_forbidden":
+            field = str(e["loc"][-1])
+            model = _model_at(e["loc"])
+            hint = suggest(field, tuple(model.model_fields)) if model else ""
+            lines.append(f"{where}: unknown setting '{field}'" + (f": {hint}" if hint else ""))
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+            lines.append(f"{where or '(top level)'}: {msg}{shown}")
+    return f"{source}: invalid specification:\n  " + "\n  ".join(lines)
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The Pydantic model that owns the field at `loc` (for 'did you mean' on unknown keys)."""
+    model: type[BaseModel] | None = RunSpec
+    for part in loc[:-1]:
+        if part in ("dense", "activation", "dropout"):  # the union tag of a layer
+            model = {"dense": Dense, "activation": Activation, "dropout": Dropout}[part]
+        elif isinstance(part, int) or model is None:
+            continue
+        elif (field := model.model_fields.get(str(part))) is None:
+            return None
+        else:
+            candidates = getattr(field.annotation, "__args__", (field.annotation,))
+            model = next((a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return model
+
+
+def from_dict(data: dict[str, Any], source: str = "specification") -> RunSpec:
+    try:
+        return RunSpec.model_validate(data)
+    except ValidationError as err:
+        raise UserError(_format_errors(err, source)) from None
+
+
+def load(path: str | Path) -> RunSpec:
+    """Read a TOML run specification."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file. Give the path of a TOML specification, "
+                        "or use --preset (see `mnistlab presets`).") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{path}: not valid TOML: {err}") from None
+    return from_dict(data, str(path))
+
+
+_PRESETS = resources.files("mnistlab") / "presets"
+
+
+def presets() -> dict[str, str]:
+    """Preset name -> its one-line description (the TOML file's first comment)."""
+    out = {}
+    for entry in sorted(_PRESETS.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            first = entry.read_text().splitlines()[0]
+            out[entry.name.removesuffix(".toml")] = first.lstrip("# ").strip()
+    return out
+
+
+def preset(name: str) -> RunSpec:
+    known = tuple(presets())
+    if name not in known:
+        raise UserError(f"unknown preset '{name}': {suggest(name, known)}")
+    text = _PRESETS.joinpath(f"{name}.toml").read_text()
+    return from_dict(tomllib.loads(text), f"preset '{name}'")
+
+
+def _parse_value(text: str) -> Any:
+    """A TOML value ('0.01', 'true', '[1, 2]', '{l2 = 0.01}'), or the bare text as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _set_path(tree: Any, path: list[str], value: Any, full: str) -> None:
+    head, rest = path[0], path[1:]
+    if isinstance(tree, list):
+        if not head.isdigit() or int(head) >= len(tree):
+            raise UserError(f"--set {full}: '{head}' is not a layer index (0..{len(tree) - 1})")
+        key: Any = int(head)
+    elif isinstance(tree, dict):
+        key = head
+        if not rest:
+            tree[key] = value
+            return
+        if key not in tree or tree[key] is None:
+            tree[key] = {}
+    else:
+        raise UserError(f"--set {full}: cannot set '{head}' inside a value")
+    if not rest:
+        tree[key] = value
+    else:
+        _set_path(tree[key], rest, value, full)
+
+
+def with_overrides(spec: RunSpec, assignments: list[str]) -> RunSpec:
+    """Apply `section.key=value` overrides (`model.layers.0.units=500`) and re-validate."""
+    # Only what was given, not the filled-in defaults: switching `optimizer.name` from
+    # adam to sgd must not carry Adam's beta_1 along.
+    data = spec.model_dump(mode="json", exclude_unset=True)
+    for item in assignments:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. optimizer.learning_rate=0.01")
+        key, text = item.split("=", 1)
+        _set_path(data, key.strip().split("."), _parse_value(text.strip()), item)
+    return from_dict(data, "--set")
