@@ -69,7 +69,7 @@ def train(
     _print_summary(result.summary, result.run_dir)
     if result.status == "diverged":
         err.print(f"[red]diverged[/red] at epoch {result.summary['diverged_at_epoch']}: {result.summary['hint']}")
-        raise typer.Exit(1)
+        raise typer.Exit(2)  # the configuration is the thing to fix
     if result.status == "interrupted":
         err.print("interrupted: the epochs already finished are recorded")
         raise typer.Exit(130)
@@ -151,21 +151,11 @@ def datasets(data_dir: DataDir = None) -> None:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Standalone mode: click reports usage errors itself (exit 2) and passes typer.Exit on.
+        app()
     except UserError as e:
         err.print(f"[red]error:[/red] {e}", highlight=False)
         sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        sys.exit(130)
-    except Exception as e:  # click's usage errors: exit 2 with click's own message
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(2)
-        raise
 
 
 if __name__ == "__main__":

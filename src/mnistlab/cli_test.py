@@ -1,0 +1,120 @@
+"""The `mnistlab` command end to end, as a user runs it, on real MNIST."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mnistlab import runs
+
+QUICK = ["--preset", "keras-mlp", "--set", "training.subset=10000", "--set", "training.epochs=2",
+         "--set", "training.validation_split=0.2"]
+
+
+def mnistlab(*args, env=None, **kwargs):
+    return subprocess.run([sys.executable, "-m", "mnistlab", *args], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "250", **(env or {})}, timeout=300, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def trained(mnist_root, tmp_path_factory):
+    runs_dir = tmp_path_factory.mktemp("runs")
+    done = mnistlab("train", *QUICK, "--test", "--runs-dir", str(runs_dir), env={"MNISTLAB_DATA": str(mnist_root)})
+    assert done.returncode == 0, done.stderr + done.stdout
+    (run_dir,) = list(runs_dir.iterdir())
+    return done, run_dir
+
+
+def test_train_records_a_complete_run(trained):
+    done, run_dir = trained
+    assert {p.name for p in run_dir.iterdir()} == {runs.CONFIG, runs.METRICS, runs.SUMMARY, runs.WEIGHTS}
+    metrics = [json.loads(line) for line in (run_dir / runs.METRICS).read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert metrics[-1]["val_accuracy"] >= 0.90
+    summary = json.loads((run_dir / runs.SUMMARY).read_text())
+    assert summary["status"] == "completed"
+    assert summary["train_samples"] == 8000 and summary["validation_samples"] == 2000
+    assert summary["test"]["samples"] == 10000 and summary["test"]["accuracy"] >= 0.90
+    assert "Epoch 2/2" in done.stdout and "val_accuracy" in done.stdout
+    resolved = (run_dir / runs.CONFIG).read_text()
+    assert "rho = 0.9" in resolved and "subset = 10000" in resolved
+
+
+def test_evaluate_reproduces_and_records_the_test_figure(trained, mnist_root):
+    _, run_dir = trained
+    before = json.loads((run_dir / runs.SUMMARY).read_text())
+    done = mnistlab("evaluate", str(run_dir), "--split", "test", env={"MNISTLAB_DATA": str(mnist_root)})
+    assert done.returncode == 0, done.stderr
+    after = json.loads((run_dir / runs.SUMMARY).read_text())
+    assert after["test"]["accuracy"] == pytest.approx(before["test"]["accuracy"], abs=1e-6)
+    assert len(after["evaluations"]) == 2
+    assert f"accuracy {before['test']['accuracy']:.4f}" in done.stdout
+
+
+def test_presets_and_datasets_listings(mnist_root):
+    done = mnistlab("presets")
+    assert done.returncode == 0 and "seed" in done.stdout and "keras-mlp" in done.stdout
+    done = mnistlab("datasets", env={"MNISTLAB_DATA": str(mnist_root)})
+    assert done.returncode == 0 and str(mnist_root / "mnist") in done.stdout and "fashion-mnist" in done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--preset", "sead"], "did you mean 'seed'"),
+    (["train", "--set", "optimizer.learning_rate=-1"], "optimizer.learning_rate: Input should be greater than 0"),
+    (["train", "--set", "training.batch_size"], "expected key=value"),
+    (["train", "nope.toml"], "nope.toml: no such file"),
+    (["evaluate", "."], "not a run folder"),
+    (["evaluate", ".", "--split", "tset"], "expected test, validation or train"),
+    (["train", "--bogus"], "No such option"),
+])
+def test_bad_input_exits_2_with_a_message(args, message, tmp_path):
+    done = mnistlab(*args, "--runs-dir", str(tmp_path / "runs")) if args[0] == "train" and "--bogus" not in args \
+        else mnistlab(*args, cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr
+    assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_missing_dataset_offline_exits_2_and_writes_nothing(tmp_path):
+    env = {"MNISTLAB_DATA": str(tmp_path / "empty"), "MNISTLAB_CACHE": str(tmp_path / "cache"),
+           "MNISTLAB_MIRRORS": "http://127.0.0.1:9/"}  # port 9 (discard): refused at once
+    done = mnistlab("train", "--runs-dir", str(tmp_path / "runs"), env=env)
+    assert done.returncode == 2, done.stderr
+    assert "MNISTLAB_DATA" in done.stderr and "http://127.0.0.1:9/" in done.stderr
+    assert not (tmp_path / "runs").exists()
+    assert not any((tmp_path / "cache").rglob("*.gz"))
+
+
+def test_a_diverging_run_says_so(mnist_root, tmp_path):
+    done = mnistlab("train", *QUICK, "--set", "optimizer.learning_rate=1e30", "--runs-dir", str(tmp_path),
+                    env={"MNISTLAB_DATA": str(mnist_root)})
+    assert done.returncode == 2
+    assert "diverged at epoch 1" in done.stderr and "learning_rate" in done.stderr
+    (run_dir,) = list(tmp_path.iterdir())
+    summary = json.loads((run_dir / runs.SUMMARY).read_text())
+    assert summary["status"] == "diverged" and summary["diverged_at_epoch"] == 1
+    assert not (run_dir / runs.WEIGHTS).exists()  # NaN weights are not worth keeping
+
+
+def test_ctrl_c_keeps_finished_epochs(mnist_root, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", *QUICK, "--set", "training.epochs=50",
+                             "--runs-dir", str(tmp_path)], env={**os.environ, "MNISTLAB_DATA": str(mnist_root)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    metrics = None
+    while time.monotonic() < deadline:
+        found = list(tmp_path.glob(f"*/{runs.METRICS}"))
+        if found and found[0].read_text().count("\n") >= 1:
+            metrics = found[0]
+            break
+        time.sleep(0.2)
+    assert metrics is not None, "no epoch finished in time"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    summary = json.loads((metrics.parent / runs.SUMMARY).read_text())
+    assert summary["status"] == "interrupted" and summary["epochs_completed"] >= 1

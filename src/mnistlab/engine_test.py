@@ -1,0 +1,151 @@
+"""engine.py: one step against a hand computation, Keras' epoch bookkeeping, determinism."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mnistlab import engine, model
+from mnistlab.spec import Dense, Dropout, ModelSpec, OptimizerSpec, Regularizer, RunSpec, TrainingSpec
+
+
+def tiny_data(n=40, d=6, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, d), dtype=np.uint8)
+    labels = rng.integers(0, classes, n).astype(np.uint8)
+    return images, labels
+
+
+def tiny_spec(**training):
+    return RunSpec(
+        model=ModelSpec(layers=[Dense(units=5, activation="tanh", kernel_regularizer=Regularizer(l2=0.01, l1=0.001)),
+                                Dense(units=3, activation="softmax")]),
+        optimizer=OptimizerSpec(name="sgd", learning_rate=0.1),
+        training=TrainingSpec(**{"batch_size": 40, "epochs": 1, **training}))
+
+
+def numpy_loss(params, images, labels, l1=0.001, l2=0.01):
+    x = images.astype(np.float64) / 255
+    h = np.tanh(x @ params["dense/kernel"] + params["dense/bias"])
+    z = h @ params["dense_1/kernel"] + params["dense_1/bias"]
+    z = z - z.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    w = params["dense/kernel"]
+    return -logp[np.arange(len(labels)), labels].mean() + l1 * np.abs(w).sum() + l2 * (w * w).sum()
+
+
+def test_one_sgd_step_equals_finite_difference_gradient_descent():
+    images, labels = tiny_data()
+    spec = tiny_spec(shuffle=False)
+    pop = engine.Population([spec], images, labels)
+    before = {k: np.asarray(v, np.float64) for k, v in pop.member_params(0).items()}
+    result = pop.train_epoch()
+    after = pop.member_params(0)
+    # The reported loss is the batch loss with the penalty of the weights it was computed with.
+    assert result.metrics["loss"][0] == pytest.approx(numpy_loss(before, images, labels), rel=1e-5)
+    eps = 1e-6
+    for name, w in before.items():
+        grad = np.zeros_like(w)
+        for i in np.ndindex(w.shape):
+            up, down = {**before, name: w.copy()}, {**before, name: w.copy()}
+            up[name][i] += eps
+            down[name][i] -= eps
+            grad[i] = (numpy_loss(up, images, labels) - numpy_loss(down, images, labels)) / (2 * eps)
+        np.testing.assert_allclose(after[name], w - 0.1 * grad, rtol=1e-4, atol=1e-6)
+
+
+def test_epoch_metrics_are_keras_sample_weighted_means_including_the_last_small_batch():
+    # With a vanishing learning rate the weights stay put, so every batch's loss is the
+    # loss of the same model: the epoch's running mean must equal a full evaluation, which
+    # holds only if the last, smaller batch (40 = 3*12 + 4) is trained and weighted by its size.
+    images, labels = tiny_data()
+    spec = tiny_spec(batch_size=12).model_copy(update={"optimizer": OptimizerSpec(name="sgd", learning_rate=1e-30)})
+    pop = engine.Population([spec], images, labels)
+    assert pop.steps_per_epoch() == 4
+    result = pop.train_epoch()
+    full = pop.evaluate(images, labels)
+    assert int(np.asarray(pop.state.step)[0]) == 4
+    assert result.metrics["loss"][0] == pytest.approx(float(full["loss"][0]), rel=1e-5)
+    assert result.metrics["accuracy"][0] == pytest.approx(float(full["accuracy"][0]), abs=1e-7)
+
+
+def test_evaluation_batch_size_changes_nothing_but_speed():
+    images, labels = tiny_data(n=37)
+    spec = tiny_spec()
+    params = engine.Population([spec], images, labels).member_params(0)
+    results = [engine.evaluate(spec.model_copy(update={"training": TrainingSpec(eval_batch_size=b)}), params,
+                               images, labels) for b in (1, 5, 37, 128)]
+    for r in results[1:]:
+        assert r["loss"] == pytest.approx(results[0]["loss"], rel=1e-6)
+        assert r["accuracy"] == results[0]["accuracy"]
+
+
+def dropout_spec(**training):
+    return RunSpec(model=ModelSpec(layers=[Dropout(rate=0.2), Dense(units=16, activation="relu"), Dropout(rate=0.5),
+                                           Dense(units=3, activation="softmax")]),
+                   optimizer=OptimizerSpec(name="adam"),
+                   training=TrainingSpec(**{"batch_size": 8, "epochs": 2, **training}))
+
+
+def train(spec, images, labels, epochs=2, chunks=10):
+    pop = engine.Population([spec], images, labels, chunks_per_epoch=chunks)
+    history = [pop.train_epoch().metrics for _ in range(epochs)]
+    return pop, history
+
+
+def test_same_seed_same_numbers_and_chunking_changes_nothing():
+    images, labels = tiny_data(n=200)
+    a, ha = train(dropout_spec(), images, labels, chunks=1)
+    a2, ha2 = train(dropout_spec(), images, labels, chunks=1)
+    b, hb = train(dropout_spec(), images, labels, chunks=7)
+    c, hc = train(dropout_spec(seed=1), images, labels)
+    assert ha == ha2  # bit for bit
+    for k, v in a.member_params(0).items():
+        np.testing.assert_array_equal(v, a2.member_params(0)[k])
+        # Same steps and keys; another chunk length is another compiled loop, so only
+        # float rounding may differ.
+        np.testing.assert_allclose(v, b.member_params(0)[k], rtol=1e-5, atol=1e-7)
+    assert hb[-1]["loss"][0] == pytest.approx(ha[-1]["loss"][0], rel=1e-6)
+    assert hb[-1]["accuracy"] == ha[-1]["accuracy"]
+    assert ha[-1]["loss"] != hc[-1]["loss"]
+
+
+def test_population_members_follow_their_solo_trajectories():
+    images, labels = tiny_data(n=200)
+    specs = [dropout_spec(seed=s) for s in (0, 1, 2)]
+    specs[2] = specs[2].model_copy(update={"optimizer": OptimizerSpec(name="adam", learning_rate=0.01)})
+    together = engine.Population(specs, images, labels)
+    for _ in range(2):
+        together.train_epoch()
+    for i, spec in enumerate(specs):
+        alone, _ = train(spec, images, labels)
+        for k, v in alone.member_params(0).items():
+            np.testing.assert_allclose(together.member_params(i)[k], v, rtol=2e-5, atol=2e-6)
+
+
+def test_a_diverging_run_is_marked():
+    images, labels = tiny_data()
+    spec = tiny_spec(batch_size=4).model_copy(update={"optimizer": OptimizerSpec(name="sgd", learning_rate=1e30)})
+    pop = engine.Population([spec], images, labels)
+    result = pop.train_epoch()
+    assert result.diverged == [True]
+    assert not np.isfinite(result.metrics["loss"][0])
+
+
+@pytest.mark.parametrize("steps, target, expected", [
+    (1875, 10, [125] * 15), (20, 10, [2] * 10), (7, 10, [7]), (0, 10, []), (1687, 10, [241] * 7)])
+def test_plan_chunks(steps, target, expected):
+    plan = engine.plan_chunks(steps, target)
+    assert plan == expected and sum(plan) == steps
+
+
+def test_plan_chunks_for_primes_uses_two_sizes():
+    plan = engine.plan_chunks(1693, 10)  # prime
+    assert sum(plan) == 1693 and len(set(plan)) == 2 and 8 <= len(plan) <= 12
+
+
+def test_population_rejects_mixed_structures():
+    images, labels = tiny_data()
+    wide = tiny_spec().model_copy(update={"model": ModelSpec(layers=[Dense(units=9, activation="softmax")])})
+    with pytest.raises(ValueError, match="share one structure"):
+        engine.Population([tiny_spec(), wide], images, labels)
