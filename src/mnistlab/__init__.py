@@ -2,7 +2,7 @@
 
 from mnistlab.errors import UserError
 from mnistlab.spec import RunSpec, load, preset, with_overrides
-from mnistlab.train import TrainResult, train
+from mnistlab.training import TrainResult, train
 
 __all__ = ["RunSpec", "TrainResult", "UserError", "load", "preset", "train", "with_overrides"]
 __version__ = "0.1.0"

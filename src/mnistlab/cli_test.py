@@ -11,7 +11,7 @@ import pytest
 
 from mnistlab import runs
 
-QUICK = ["--preset", "keras-mlp", "--set", "training.subset=10000", "--set", "training.epochs=2",
+QUICK = ["--preset", "fast", "--set", "training.subset=10000", "--set", "training.epochs=2",
          "--set", "training.validation_split=0.2"]
 
 
@@ -41,7 +41,7 @@ def test_train_records_a_complete_run(trained):
     assert summary["test"]["samples"] == 10000 and summary["test"]["accuracy"] >= 0.90
     assert "Epoch 2/2" in done.stdout and "val_accuracy" in done.stdout
     resolved = (run_dir / runs.CONFIG).read_text()
-    assert "rho = 0.9" in resolved and "subset = 10000" in resolved
+    assert "beta_2 = 0.999" in resolved and "subset = 10000" in resolved
 
 
 def test_evaluate_reproduces_and_records_the_test_figure(trained, mnist_root):

@@ -33,6 +33,7 @@ class State(NamedTuple):
     opt_state: optax.OptState
     step: jax.Array  # optimizer steps taken (int32), also the dropout stream position
     penalty: jax.Array  # the regularization loss of `params`, kept current by each step
+    active: jax.Array  # False once a member is frozen (diverged, stopped early, pruned)
 
 
 class Sums(NamedTuple):
@@ -69,24 +70,36 @@ def _optimizer_hyper(hyper):
 # ------------------------------------------------------------------ one member, one step
 
 
-def loss_terms(spec: RunSpec, params, hyper, images, labels, dropout_key=None):
-    """(data loss, (logits)) for one batch: the batch-mean cross-entropy from logits."""
+def loss_terms(spec: RunSpec, params, hyper, images, labels, valid, dropout_key=None):
+    """(mean data loss over the valid samples, logits) for one batch.
+
+    `valid` masks the padding of the epoch's last batch: Keras trains on a last, smaller
+    batch, and a mask gives its exact mean without a second compiled program of that shape.
+    """
     z = model.logits(spec.model, params, hyper, images, dropout_key)
     if spec.model.output_activation == "softmax":
-        data_loss = optax.softmax_cross_entropy_with_integer_labels(z, labels).mean()
+        per_sample = optax.softmax_cross_entropy_with_integer_labels(z, labels)
     else:
-        targets = jax.nn.one_hot(labels, z.shape[-1])
-        data_loss = optax.sigmoid_binary_cross_entropy(z, targets).mean()
+        per_sample = optax.sigmoid_binary_cross_entropy(z, jax.nn.one_hot(labels, z.shape[-1])).mean(-1)
+    data_loss = jnp.sum(jnp.where(valid, per_sample, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
     return data_loss, z
 
 
-def make_step(spec: RunSpec) -> Callable:
-    """step(state, hyper, images, labels, dropout_key) -> (state, (loss, correct))."""
+def _correct(z, labels, valid):
+    return jnp.sum(valid & (jnp.argmax(z, -1) == labels))
 
-    def step(state: State, hyper, images, labels, dropout_key):
+
+def make_step(spec: RunSpec, freeze: bool) -> Callable:
+    """step(state, hyper, images, labels, valid, dropout_key) -> (state, (loss, correct)).
+
+    With `freeze`, a member whose loss is not finite keeps its last finite state and
+    becomes inactive, as does an already inactive member: the others go on unaffected.
+    """
+
+    def step(state: State, hyper, images, labels, valid, dropout_key):
         params = state.params
         (data_loss, z), grads = jax.value_and_grad(loss_terms, argnums=1, has_aux=True)(
-            spec, params, hyper, images, labels, dropout_key)
+            spec, params, hyper, images, labels, valid, dropout_key)
         # Penalty gradient added in closed form: it fuses into the update (see model.penalty_grad).
         for name, g in model.penalty_grad(spec.model, params, hyper).items():
             grads[name] = grads[name] + g
@@ -98,57 +111,60 @@ def make_step(spec: RunSpec) -> Callable:
         # sum into the update loop instead of reading the kernel again next step
         # (measured: 0.13 s/epoch of the seed network's 2.35 s).
         penalty = model.penalty(spec.model, params, hyper)
-        correct = jnp.sum(jnp.argmax(z, -1) == labels)
-        return State(params, opt_state, state.step + 1, penalty), (loss, correct)
+        new = State(params, opt_state, state.step + 1, penalty, state.active)
+        if freeze:
+            keep = state.active & jnp.isfinite(loss)
+            new = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, state)._replace(active=keep)
+        return new, (loss, _correct(z, labels, valid))
 
     return step
 
 
-def make_chunk(spec: RunSpec) -> Callable:
-    """chunk(state, hyper, key, images, labels, batches[n, b]) -> (state, Sums) for one member.
+def make_chunk(spec: RunSpec, freeze: bool = False) -> Callable:
+    """chunk(state, hyper, key, images, labels, batches[n, b]) -> (state, Sums, learning rate).
 
-    `batches` holds the sample indices of n consecutive steps; the step's dropout key is
-    the run's dropout key folded with the global step number, so chunking changes nothing.
+    `batches` holds the sample indices of n consecutive steps, -1 for padding. The step's
+    dropout key is the run's key folded with the global step number, so how an epoch is
+    cut into chunks changes nothing.
     """
-    step = make_step(spec)
+    step = make_step(spec, freeze)
 
     def chunk(state: State, hyper, key, images, labels, batches):
         def body(carry, idx):
             state, sums = carry
+            valid = idx >= 0
+            idx = jnp.maximum(idx, 0)
             dropout_key = jax.random.fold_in(key, state.step)
-            state, (loss, correct) = step(state, hyper, images[idx], labels[idx], dropout_key)
-            n = idx.shape[0]
+            state, (loss, correct) = step(state, hyper, images[idx], labels[idx], valid, dropout_key)
+            n = jnp.sum(valid)
             return (state, Sums(sums.loss + n * loss, sums.correct + correct, sums.count + n)), None
 
         zero = Sums(jnp.float32(0), jnp.int32(0), jnp.int32(0))
-        # unroll=2: two steps per loop iteration let XLA overlap their bookkeeping
-        # (measured: 2.23 -> 2.19 s/epoch for the seed network on 2 CPU cores).
-        (state, sums), _ = jax.lax.scan(body, (state, zero), batches, unroll=2)
-        return state, sums
+        (state, sums), _ = jax.lax.scan(body, (state, zero), batches)
+        rate = optim.learning_rate(spec.optimizer, _optimizer_hyper(hyper), state.step - 1)
+        return state, sums, rate
 
     return chunk
 
 
 def make_evaluate(spec: RunSpec) -> Callable:
-    """evaluate(params, hyper, images, labels) -> Sums, in batches of eval_batch_size."""
+    """evaluate(params, hyper, images[k*b], labels, valid) -> Sums of the data loss.
+
+    One block of k evaluation batches; callers loop over blocks (padding the last with
+    valid=False), so one compiled program serves validation and test sets of any size.
+    The batch size changes nothing but speed and memory, as in Keras.
+    """
     size = spec.training.eval_batch_size
 
-    def batch_sums(params, hyper, images, labels):
-        data_loss, z = loss_terms(spec, params, hyper, images, labels)
-        return data_loss * labels.shape[0], jnp.sum(jnp.argmax(z, -1) == labels)
+    def evaluate(params, hyper, images, labels, valid):
+        def batch(block):
+            x, y, v = block
+            loss, z = loss_terms(spec, params, hyper, x, y, v)
+            return loss * jnp.sum(v), _correct(z, y, v)
 
-    def evaluate(params, hyper, images, labels):
-        n = labels.shape[0]
-        full = (n // size) * size
-        blocks = (images[:full].reshape(-1, size, *images.shape[1:]), labels[:full].reshape(-1, size))
-        loss, correct = jax.lax.map(lambda b: batch_sums(params, hyper, *b), blocks)
-        loss, correct = loss.sum(), correct.sum()
-        if full < n:
-            rest_loss, rest_correct = batch_sums(params, hyper, images[full:], labels[full:])
-            loss, correct = loss + rest_loss, correct + rest_correct
-        # Keras' evaluate reports the penalty once on top of the mean data loss.
-        mean = loss / n + model.penalty(spec.model, params, hyper)
-        return Sums(mean * n, correct, jnp.int32(n))
+        blocks = (images.reshape(-1, size, images.shape[-1]), labels.reshape(-1, size), valid.reshape(-1, size))
+        loss, correct = jax.lax.map(batch, blocks)
+        return Sums(loss.sum(), correct.sum(), jnp.sum(valid))
 
     return evaluate
 
@@ -216,9 +232,8 @@ class Population:
     val_images: np.ndarray | None = None
     val_labels: np.ndarray | None = None
     chunks_per_epoch: int = 10
+    eval_batches_per_call: int = 16
     compile_seconds: float = 0.0
-    state: State = field(init=False)
-    diverged: np.ndarray = field(init=False)
 
     def __post_init__(self):
         first = self.members[0]
@@ -227,12 +242,12 @@ class Population:
         self.spec = first
         self.size = len(self.members)
         self._device_data()
-        self.hyper = {k: jnp.asarray([Member(m).hyper[k] for m in self.members], jnp.float32)
-                      for k in Member(first).hyper}
-        keys = [jax.random.split(jax.random.PRNGKey(m.training.seed), 3) for m in self.members]
-        self._init_keys = jnp.stack([k[0] for k in keys])
-        self._shuffle_keys = jnp.stack([k[1] for k in keys])
-        self._dropout_keys = jnp.stack([k[2] for k in keys])
+        names = Member(first).hyper
+        self.hyper = {k: jnp.asarray([Member(m).hyper[k] for m in self.members], jnp.float32) for k in names}
+        # Each member's stream: init from its seed (NumPy, see model.init), shuffling and
+        # dropout from JAX keys split from the same seed.
+        keys = jnp.stack([jax.random.split(jax.random.PRNGKey(m.training.seed), 2) for m in self.members])
+        self._shuffle_keys, self._dropout_keys = keys[:, 0], keys[:, 1]
         self.state = self._init_state()
         self.diverged = np.zeros(self.size, bool)
         self.epochs_done = 0
@@ -243,25 +258,29 @@ class Population:
         n = len(self.train_labels)
         self.images = jax.device_put(self.train_images.reshape(n, -1))
         self.labels = jax.device_put(self.train_labels.astype(np.int32))
-        if self.val_images is not None and len(self.val_labels):
-            self.val_x = jax.device_put(self.val_images.reshape(len(self.val_labels), -1))
-            self.val_y = jax.device_put(self.val_labels.astype(np.int32))
-        else:
-            self.val_x = self.val_y = None
+        self.has_validation = self.val_labels is not None and len(self.val_labels) > 0
 
     def _init_state(self) -> State:
         input_dim = int(np.prod(self.train_images.shape[1:]))
+        drawn = [model.init(m.model, m.training.seed, input_dim) for m in self.members]
+        params = {k: jnp.asarray(np.stack([d[k] for d in drawn])) for k in drawn[0]}
+        spec = self.spec
 
-        # Members differ in initializer arguments only through their own specs, so each
-        # member is initialised from its own spec, then the results are stacked.
-        states = []
-        for i, member in enumerate(self.members):
-            hyper_i = {k: v[i] for k, v in self.hyper.items()}
-            params = model.init(member.model, self._init_keys[i], input_dim)
-            opt_state = optim.build(member.optimizer, _optimizer_hyper(hyper_i)).init(params)
-            penalty = model.penalty(member.model, params, hyper_i)
-            states.append(State(params, opt_state, jnp.int32(0), penalty))
-        return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+        def start(params, hyper):
+            opt_state = optim.build(spec.optimizer, _optimizer_hyper(hyper)).init(params)
+            return State(params, opt_state, jnp.int32(0), model.penalty(spec.model, params, hyper), jnp.bool_(True))
+
+        # One small compiled program instead of dozens of eagerly dispatched ones.
+        return jax.jit(jax.vmap(start))(params, self.hyper)
+
+    @property
+    def active(self) -> np.ndarray:
+        return np.asarray(self.state.active)
+
+    def freeze(self, members) -> None:
+        """Stop training these members (early stopping, pruning); the others go on."""
+        active = self.state.active.at[jnp.asarray(list(members), jnp.int32)].set(False)
+        self.state = self.state._replace(active=active)
 
     # -------------------------------------------------------------- compiled programs
 
@@ -269,113 +288,110 @@ class Population:
         """The compiled program `name` for these argument shapes (compiled once, timed)."""
         key = (name,) + tuple(getattr(a, "shape", None) for a in jax.tree.leaves(args))
         if key not in self._compiled:
-            fn = self._build(name)
             start = time.perf_counter()
-            self._compiled[key] = fn.lower(*args).compile()
+            self._compiled[key] = self._build(name).lower(*args).compile()
             self.compile_seconds += time.perf_counter() - start
         return self._compiled[key]
 
     def _build(self, name: str):
         m = self.size
         if name == "chunk":
-            fn = over_members(make_chunk(self.spec), m, (0, 0, 0, None, None, 0))
+            fn = over_members(make_chunk(self.spec, freeze=m > 1), m, (0, 0, 0, None, None, 0))
             # The state is donated: updated in place, no copy of the parameters per chunk.
             return jax.jit(fn, donate_argnums=(0,))
         if name == "evaluate":
-            return jax.jit(over_members(make_evaluate(self.spec), m, (0, 0, None, None)))
-        if name == "batches":
-            n = len(self.train_labels)
-            shuffle = self.spec.training.shuffle
+            return jax.jit(over_members(make_evaluate(self.spec), m, (0, 0, None, None, None)))
+        if name == "order":
+            n, shuffle = len(self.train_labels), self.spec.training.shuffle
+            b = self.spec.training.batch_size
+            steps = -(-n // b)
 
             def order(key, epoch):
-                key = jax.random.fold_in(key, epoch)
-                return jax.random.permutation(key, n) if shuffle else jnp.arange(n)
+                perm = jax.random.permutation(jax.random.fold_in(key, epoch), n) if shuffle else jnp.arange(n)
+                padded = jnp.full(steps * b, -1, jnp.int32).at[:n].set(perm.astype(jnp.int32))
+                return padded.reshape(steps, b)
 
             return jax.jit(jax.vmap(order, in_axes=(0, None)))
         raise KeyError(name)
 
+    def _chunk_args(self, batches):
+        return (self.state, self.hyper, self._dropout_keys, self.images, self.labels, batches)
+
     # -------------------------------------------------------------- public API
 
     def steps_per_epoch(self) -> int:
+        """Keras' count: the last, smaller batch is a step too."""
         return -(-len(self.train_labels) // self.spec.training.batch_size)
 
     def train_epoch(self, on_progress: Callable[[Progress], None] | None = None) -> EpochResult:
-        """Train every member for one epoch; then evaluate on the validation data."""
+        """Train every active member for one epoch; then evaluate on the validation data."""
         epoch = self.epochs_done + 1
-        b = self.spec.training.batch_size
-        n = len(self.train_labels)
-        full = n // b
-        order = self._program("batches", self._shuffle_keys, jnp.int32(epoch))(
-            self._shuffle_keys, jnp.int32(epoch))
-        blocks = order[:, : full * b].reshape(self.size, full, b)
-        pieces = []
-        start = 0
-        for size in plan_chunks(full, self.chunks_per_epoch):
-            pieces.append(blocks[:, start:start + size])
-            start += size
-        if full * b < n:  # Keras trains on the last, smaller batch too
-            pieces.append(order[:, full * b:][:, None, :])
-
-        total_steps = sum(p.shape[1] for p in pieces)
+        total = self.steps_per_epoch()
         begin = time.perf_counter()
-        totals = None
-        done = 0
-        for batches in pieces:
-            args = (self.state, self.hyper, self._dropout_keys, self.images, self.labels, batches)
-            self.state, sums = self._program("chunk", *args)(*args)
+        args = (self._shuffle_keys, jnp.int32(epoch))
+        order = self._program("order", *args)(*args)  # (members, steps, batch), -1 pads
+        totals, done, start = None, 0, 0
+        for size in plan_chunks(total, self.chunks_per_epoch):
+            args = self._chunk_args(order[:, start:start + size])
+            self.state, sums, rate = self._program("chunk", *args)(*args)
             totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-            done += batches.shape[1]
+            start += size
             if on_progress is not None:
                 jax.block_until_ready(sums)  # report progress when it happened, not when queued
-                on_progress(Progress(epoch, done, total_steps))
+                on_progress(Progress(epoch, start, total))
         metrics = {"loss": np.asarray(totals.loss / totals.count),
                    "accuracy": np.asarray(totals.correct / totals.count)}
         seconds = time.perf_counter() - begin
-        if self.val_x is not None:
-            val = self.evaluate(self.val_x, self.val_y)
+        if self.has_validation:
+            val = self.evaluate(self.val_images, self.val_labels)
             metrics["val_loss"], metrics["val_accuracy"] = val["loss"], val["accuracy"]
-        steps = np.asarray(self.state.step) - 1
-        metrics["learning_rate"] = np.asarray([
-            float(optim.learning_rate(m.optimizer, _optimizer_hyper({k: v[i] for k, v in self.hyper.items()}),
-                                      int(steps[i])))
-            for i, m in enumerate(self.members)])
-        self.diverged |= ~np.isfinite(metrics["loss"])
+        metrics["learning_rate"] = np.asarray(rate)
         self.epochs_done = epoch
-        return EpochResult(epoch, {k: v.tolist() for k, v in metrics.items()}, seconds,
-                           self.diverged.tolist())
+        self.diverged |= ~np.isfinite(metrics["loss"])
+        return EpochResult(epoch, {k: v.tolist() for k, v in metrics.items()}, seconds, self.diverged.tolist())
 
     def evaluate(self, images, labels) -> dict[str, np.ndarray]:
         """Loss (penalty included, as Keras) and accuracy of every member on a data set."""
-        images = jnp.asarray(images).reshape(len(labels), -1)
-        labels = jnp.asarray(labels, jnp.int32)
-        args = (self.state.params, self.hyper, images, labels)
-        sums = self._program("evaluate", *args)(*args)
-        return {"loss": np.asarray(sums.loss / sums.count), "accuracy": np.asarray(sums.correct / sums.count)}
+        n = len(labels)
+        block = self.spec.training.eval_batch_size * self.eval_batches_per_call
+        images = np.asarray(images).reshape(n, -1)
+        labels = np.asarray(labels, np.int32)
+        totals = None
+        for start in range(0, n, block):
+            x, y = images[start:start + block], labels[start:start + block]
+            valid = np.arange(block) < len(y)
+            pad = block - len(y)
+            x = np.pad(x, ((0, pad), (0, 0))) if pad else x
+            y = np.pad(y, (0, pad)) if pad else y
+            args = (self.state.params, self.hyper, x, y, valid)
+            sums = self._program("evaluate", *args)(*args)
+            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        # Keras' evaluate reports the penalty once on top of the mean data loss.
+        loss = np.asarray(totals.loss / totals.count) + np.asarray(self.state.penalty)
+        return {"loss": loss, "accuracy": np.asarray(totals.correct / totals.count)}
 
     def member_params(self, i: int) -> dict[str, np.ndarray]:
         return {k: np.asarray(v[i]) for k, v in self.state.params.items()}
 
     def compile_all(self) -> None:
         """Compile every program an epoch needs now, so epoch times measure training only."""
-        b = self.spec.training.batch_size
-        n = len(self.train_labels)
-        full = n // b
-        idx = lambda steps, size: jnp.zeros((self.size, steps, size), jnp.int32)
-        shapes = {(s, b) for s in plan_chunks(full, self.chunks_per_epoch)}
-        if full * b < n:
-            shapes.add((1, n - full * b))
-        for steps, size in shapes:
-            self._program("chunk", self.state, self.hyper, self._dropout_keys, self.images, self.labels,
-                          idx(steps, size))
-        self._program("batches", self._shuffle_keys, jnp.int32(1))
-        if self.val_x is not None:
-            self._program("evaluate", self.state.params, self.hyper, self.val_x, self.val_y)
+        steps, b = self.steps_per_epoch(), self.spec.training.batch_size
+        args = (self._shuffle_keys, jnp.int32(1))
+        self._program("order", *args)
+        for size in set(plan_chunks(steps, self.chunks_per_epoch)):
+            self._program("chunk", *self._chunk_args(jnp.zeros((self.size, size, b), jnp.int32)))
+        if self.has_validation:
+            block = self.spec.training.eval_batch_size * self.eval_batches_per_call
+            self._program("evaluate", self.state.params, self.hyper, np.zeros((block, self.images.shape[1]), np.uint8),
+                          np.zeros(block, np.int32), np.zeros(block, bool))
 
 
 def evaluate(spec: RunSpec, params, images, labels) -> dict[str, float]:
     """Loss (penalty included) and accuracy of one set of parameters on a data set."""
-    hyper = {k: jnp.float32(v) for k, v in Member(spec).hyper.items()}
-    params = {k: jnp.asarray(v) for k, v in params.items()}
-    sums = jax.jit(make_evaluate(spec))(params, hyper, jnp.asarray(images).reshape(len(labels), -1),
-                                        jnp.asarray(labels, jnp.int32))
-    return {"loss": float(sums.loss / sums.count), "accuracy": float(sums.correct / sums.count)}
+    population = Population([spec], np.zeros((1, *np.shape(images)[1:]), np.uint8), np.zeros(1, np.int32))
+    params = {k: jnp.asarray(v)[None] for k, v in params.items()}
+    hyper = {k: v[0] for k, v in population.hyper.items()}
+    penalty = model.penalty(spec.model, {k: v[0] for k, v in params.items()}, hyper)
+    population.state = population.state._replace(params=params, penalty=penalty[None])
+    result = population.evaluate(images, labels)
+    return {"loss": float(result["loss"][0]), "accuracy": float(result["accuracy"][0])}

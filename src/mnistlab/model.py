@@ -51,43 +51,56 @@ def layer_names(spec: ModelSpec) -> list[str]:
     return names
 
 
-def initialize(init: Initializer, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Draw a tensor as Keras' initializer of that name would (fans of a Dense kernel (in, out))."""
+def _truncated_normal(rng: np.random.Generator, shape) -> np.ndarray:
+    """Unit normal draws cut at +-2 by redrawing what falls outside (as Keras' backends do)."""
+    x = rng.standard_normal(shape)
+    outside = np.abs(x) > 2.0
+    while outside.any():
+        x[outside] = rng.standard_normal(int(outside.sum()))
+        outside = np.abs(x) > 2.0
+    return x
+
+
+def initialize(init: Initializer, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Draw a tensor as Keras' initializer of that name would (fans of a Dense kernel (in, out)).
+
+    Drawn on the host with NumPy: the same distributions as Keras (Keras' own random
+    streams cannot be reproduced by any other library anyway), and no compilation, where
+    JAX's jitted initializers cost about 2 s of XLA compile time per network on a CPU.
+    """
     fan_in, fan_out = (shape[0], shape[1]) if len(shape) == 2 else (shape[0], shape[0])
     fans = {"glorot": (fan_in + fan_out) / 2, "he": fan_in / 2, "lecun": fan_in}
     family, _, dist = init.name.partition("_")
     if family in fans:
         variance = 1.0 / fans[family]  # scale / fan: he's scale 2 is folded into its fan
         if dist == "normal":
-            stddev = np.sqrt(variance) / TRUNCATION_STDDEV
-            return stddev * jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32)
-        limit = np.sqrt(3.0 * variance)
-        return jax.random.uniform(key, shape, jnp.float32, -limit, limit)
-    if init.name == "zeros":
-        return jnp.zeros(shape, jnp.float32)
-    if init.name == "ones":
-        return jnp.ones(shape, jnp.float32)
-    if init.name == "constant":
-        return jnp.full(shape, init.value, jnp.float32)
-    if init.name == "random_normal":
-        return init.mean + init.stddev * jax.random.normal(key, shape, jnp.float32)
-    if init.name == "random_uniform":
-        return jax.random.uniform(key, shape, jnp.float32, init.minval, init.maxval)
-    if init.name == "truncated_normal":
-        return init.mean + init.stddev * jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32)
-    raise AssertionError(f"initializer {init.name} is validated by spec but not drawn here")
+            out = np.sqrt(variance) / TRUNCATION_STDDEV * _truncated_normal(rng, shape)
+        else:
+            limit = np.sqrt(3.0 * variance)
+            out = rng.uniform(-limit, limit, shape)
+    elif init.name in ("zeros", "ones", "constant"):
+        out = np.full(shape, {"zeros": 0.0, "ones": 1.0}.get(init.name, init.value))
+    elif init.name == "random_normal":
+        out = init.mean + init.stddev * rng.standard_normal(shape)
+    elif init.name == "random_uniform":
+        out = rng.uniform(init.minval, init.maxval, shape)
+    elif init.name == "truncated_normal":
+        out = init.mean + init.stddev * _truncated_normal(rng, shape)
+    else:
+        raise AssertionError(f"initializer {init.name} is validated by spec but not drawn here")
+    return out.astype(np.float32)
 
 
-def init(spec: ModelSpec, key: jax.Array, input_dim: int) -> Params:
-    """Fresh parameters: one key per weight tensor, split from `key` in layer order."""
-    params: Params = {}
+def init(spec: ModelSpec, seed: int, input_dim: int) -> dict[str, np.ndarray]:
+    """Fresh parameters; each tensor has its own stream, seeded by (seed, layer, tensor)."""
+    params = {}
     width = input_dim
-    for name, layer in zip(layer_names(spec), spec.layers):
+    for i, (name, layer) in enumerate(zip(layer_names(spec), spec.layers)):
         if isinstance(layer, Dense):
-            key, k_kernel, k_bias = jax.random.split(key, 3)
-            params[f"{name}/kernel"] = initialize(layer.kernel_initializer, k_kernel, (width, layer.units))
+            rng = lambda which: np.random.default_rng([seed, i, which])
+            params[f"{name}/kernel"] = initialize(layer.kernel_initializer, rng(0), (width, layer.units))
             if layer.use_bias:
-                params[f"{name}/bias"] = initialize(layer.bias_initializer, k_bias, (layer.units,))
+                params[f"{name}/bias"] = initialize(layer.bias_initializer, rng(1), (layer.units,))
             width = layer.units
     return params
 
