@@ -222,15 +222,37 @@ class Progress:
     steps_total: int
 
 
+# Compiled programs depend only on a structure, a member width and argument shapes, never
+# on the numbers (those are inputs), so they are shared by every population alike.
+_PROGRAMS: dict[tuple, Callable] = {}
+
+
+class Lane(NamedTuple):
+    """One slice of a population: `width` members trained side by side by one program."""
+
+    members: np.ndarray  # population indices; a short last slice repeats its last member
+    real: np.ndarray  # False for those padding repeats (kept frozen, results ignored)
+    hyper: dict[str, jax.Array]
+    shuffle_keys: jax.Array
+    dropout_keys: jax.Array
+
+
 @dataclass
 class Population:
-    """Members that share one structure, trained together as one compiled program."""
+    """Members that share one structure, trained together with one compilation.
+
+    `lanes` members run side by side in one vmapped program; a population larger than
+    that is trained slice after slice by the same compiled program with other numbers.
+    On a CPU a narrow program often wins (16 copies of the weights and Adam moments no
+    longer fit in cache); on an accelerator the widest does. `choose_lanes` measures.
+    """
 
     members: list[RunSpec]
     train_images: np.ndarray  # (N, ...) uint8
     train_labels: np.ndarray  # (N,) integer
     val_images: np.ndarray | None = None
     val_labels: np.ndarray | None = None
+    lanes: int | None = None  # None: every member side by side
     chunks_per_epoch: int = 10
     eval_batches_per_call: int = 16
     compile_seconds: float = 0.0
@@ -241,17 +263,26 @@ class Population:
             raise ValueError("a population's members must share one structure; group them first")
         self.spec = first
         self.size = len(self.members)
+        self.width = max(1, min(self.lanes or self.size, self.size))
+        # A diverging member is frozen only where others share its program; a run alone stops.
+        self.freeze_on_divergence = self.size > 1
         self._device_data()
-        names = Member(first).hyper
-        self.hyper = {k: jnp.asarray([Member(m).hyper[k] for m in self.members], jnp.float32) for k in names}
-        # Each member's stream: init from its seed (NumPy, see model.init), shuffling and
-        # dropout from JAX keys split from the same seed.
-        keys = jnp.stack([jax.random.split(jax.random.PRNGKey(m.training.seed), 2) for m in self.members])
-        self._shuffle_keys, self._dropout_keys = keys[:, 0], keys[:, 1]
-        self.state = self._init_state()
+        names = list(Member(first).hyper)
+        values = np.asarray([[Member(m).hyper[k] for k in names] for m in self.members], np.float32).reshape(
+            self.size, len(names))
+        seeds = [m.training.seed for m in self.members]
+        self.slices: list[Lane] = []
+        self.states: list[State] = []
+        for start in range(0, self.size, self.width):
+            idx = np.arange(start, start + self.width)
+            real = idx < self.size
+            idx = np.minimum(idx, self.size - 1)
+            keys = jnp.stack([jax.random.split(jax.random.PRNGKey(seeds[i]), 2) for i in idx])
+            hyper = {k: jnp.asarray(values[idx, j]) for j, k in enumerate(names)}
+            self.slices.append(Lane(idx, real, hyper, keys[:, 0], keys[:, 1]))
+            self.states.append(self._init_state(idx, real, hyper))
         self.diverged = np.zeros(self.size, bool)
         self.epochs_done = 0
-        self._compiled: dict[tuple, Callable] = {}
 
     def _device_data(self):
         # The data set lives on the device as uint8, flattened: one transfer, ever.
@@ -260,50 +291,44 @@ class Population:
         self.labels = jax.device_put(self.train_labels.astype(np.int32))
         self.has_validation = self.val_labels is not None and len(self.val_labels) > 0
 
-    def _init_state(self) -> State:
+    def _init_state(self, idx, real, hyper) -> State:
         input_dim = int(np.prod(self.train_images.shape[1:]))
-        drawn = [model.init(m.model, m.training.seed, input_dim) for m in self.members]
-        params = {k: jnp.asarray(np.stack([d[k] for d in drawn])) for k in drawn[0]}
-        spec = self.spec
-
-        def start(params, hyper):
-            opt_state = optim.build(spec.optimizer, _optimizer_hyper(hyper)).init(params)
-            return State(params, opt_state, jnp.int32(0), model.penalty(spec.model, params, hyper), jnp.bool_(True))
-
-        # One small compiled program instead of dozens of eagerly dispatched ones.
-        return jax.jit(jax.vmap(start))(params, self.hyper)
-
-    @property
-    def active(self) -> np.ndarray:
-        return np.asarray(self.state.active)
-
-    def freeze(self, members) -> None:
-        """Stop training these members (early stopping, pruning); the others go on."""
-        active = self.state.active.at[jnp.asarray(list(members), jnp.int32)].set(False)
-        self.state = self.state._replace(active=active)
+        drawn = {i: model.init(self.members[i].model, self.members[i].training.seed, input_dim) for i in set(idx)}
+        params = {k: jnp.asarray(np.stack([drawn[i][k] for i in idx])) for k in drawn[idx[0]]}
+        args = (params, hyper, jnp.asarray(real))
+        return self._program("init", *args)(*args)
 
     # -------------------------------------------------------------- compiled programs
 
     def _program(self, name: str, *args):
-        """The compiled program `name` for these argument shapes (compiled once, timed)."""
-        key = (name,) + tuple(getattr(a, "shape", None) for a in jax.tree.leaves(args))
-        if key not in self._compiled:
+        """The compiled program `name` for these argument shapes (compiled once per process)."""
+        key = (name, structure(self.spec), self.width, self.freeze_on_divergence) + tuple(
+            (getattr(a, "shape", None), str(getattr(a, "dtype", ""))) for a in jax.tree.leaves(args))
+        if key not in _PROGRAMS:
             start = time.perf_counter()
-            self._compiled[key] = self._build(name).lower(*args).compile()
+            _PROGRAMS[key] = self._build(name).lower(*args).compile()
             self.compile_seconds += time.perf_counter() - start
-        return self._compiled[key]
+        return _PROGRAMS[key]
 
     def _build(self, name: str):
-        m = self.size
+        spec, width = self.spec, self.width
+        if name == "init":
+            def start(params, hyper, active):
+                opt_state = optim.build(spec.optimizer, _optimizer_hyper(hyper)).init(params)
+                penalty = model.penalty(spec.model, params, hyper)
+                return State(params, opt_state, jnp.int32(0), penalty, active)
+
+            # One small compiled program instead of dozens of eagerly dispatched ones.
+            return jax.jit(jax.vmap(start))
         if name == "chunk":
-            fn = over_members(make_chunk(self.spec, freeze=m > 1), m, (0, 0, 0, None, None, 0))
+            fn = over_members(make_chunk(spec, self.freeze_on_divergence), width, (0, 0, 0, None, None, 0))
             # The state is donated: updated in place, no copy of the parameters per chunk.
             return jax.jit(fn, donate_argnums=(0,))
         if name == "evaluate":
-            return jax.jit(over_members(make_evaluate(self.spec), m, (0, 0, None, None, None)))
+            return jax.jit(over_members(make_evaluate(spec), width, (0, 0, None, None, None)))
         if name == "order":
-            n, shuffle = len(self.train_labels), self.spec.training.shuffle
-            b = self.spec.training.batch_size
+            n, shuffle = len(self.train_labels), spec.training.shuffle
+            b = spec.training.batch_size
             steps = -(-n // b)
 
             def order(key, epoch):
@@ -314,8 +339,16 @@ class Population:
             return jax.jit(jax.vmap(order, in_axes=(0, None)))
         raise KeyError(name)
 
-    def _chunk_args(self, batches):
-        return (self.state, self.hyper, self._dropout_keys, self.images, self.labels, batches)
+    def _chunk_args(self, k: int, batches):
+        lane = self.slices[k]
+        return (self.states[k], lane.hyper, lane.dropout_keys, self.images, self.labels, batches)
+
+    def _gather(self, per_slice: list[np.ndarray]) -> np.ndarray:
+        """Per-slice results (width each) -> one value per member, padding dropped."""
+        out = np.zeros(self.size, np.asarray(per_slice[0]).dtype)
+        for lane, values in zip(self.slices, per_slice):
+            out[lane.members[lane.real]] = np.asarray(values)[lane.real]
+        return out
 
     # -------------------------------------------------------------- public API
 
@@ -323,31 +356,61 @@ class Population:
         """Keras' count: the last, smaller batch is a step too."""
         return -(-len(self.train_labels) // self.spec.training.batch_size)
 
+    @property
+    def active(self) -> np.ndarray:
+        return self._gather([s.active for s in self.states]).astype(bool)
+
+    def freeze(self, members) -> None:
+        """Stop training these members (early stopping, pruning); the others go on."""
+        frozen = set(int(i) for i in members)
+        for k, lane in enumerate(self.slices):
+            mask = np.asarray([int(i) in frozen for i in lane.members]) | ~lane.real
+            if mask.any():
+                self.states[k] = self.states[k]._replace(active=self.states[k].active & ~jnp.asarray(mask))
+
     def train_epoch(self, on_progress: Callable[[Progress], None] | None = None) -> EpochResult:
-        """Train every active member for one epoch; then evaluate on the validation data."""
+        """Train every active member for one epoch; then evaluate on the validation data.
+
+        Slice after slice: a slice's weights stay in cache for its whole epoch. A slice
+        whose members are all frozen is skipped.
+        """
         epoch = self.epochs_done + 1
-        total = self.steps_per_epoch()
+        steps = self.steps_per_epoch()
+        plan = plan_chunks(steps, self.chunks_per_epoch)
+        running = [k for k, s in enumerate(self.states) if self.size == 1 or bool(np.asarray(s.active).any())]
+        total = steps * len(running)
         begin = time.perf_counter()
-        args = (self._shuffle_keys, jnp.int32(epoch))
-        order = self._program("order", *args)(*args)  # (members, steps, batch), -1 pads
-        totals, done, start = None, 0, 0
-        for size in plan_chunks(total, self.chunks_per_epoch):
-            args = self._chunk_args(order[:, start:start + size])
-            self.state, sums, rate = self._program("chunk", *args)(*args)
-            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-            start += size
-            if on_progress is not None:
-                jax.block_until_ready(sums)  # report progress when it happened, not when queued
-                on_progress(Progress(epoch, start, total))
-        metrics = {"loss": np.asarray(totals.loss / totals.count),
-                   "accuracy": np.asarray(totals.correct / totals.count)}
+        sums_by_slice, rates, done = {}, {}, 0
+        for k in running:
+            args = (self.slices[k].shuffle_keys, jnp.int32(epoch))
+            order = self._program("order", *args)(*args)  # (width, steps, batch), -1 pads
+            start, totals = 0, None
+            for size in plan:
+                args = self._chunk_args(k, order[:, start:start + size])
+                self.states[k], sums, rates[k] = self._program("chunk", *args)(*args)
+                totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+                start += size
+                done += size
+                if on_progress is not None:
+                    jax.block_until_ready(sums)  # report progress when it happened, not when queued
+                    on_progress(Progress(epoch, done, total))
+            sums_by_slice[k] = totals
+        jax.block_until_ready(sums_by_slice)  # the epoch's time is its compute, not its dispatch
         seconds = time.perf_counter() - begin
+        nan = np.full(self.width, np.nan, np.float32)
+        pick = lambda f: [np.asarray(f(sums_by_slice[k])) if k in sums_by_slice else nan for k in range(len(self.slices))]
+        metrics = {"loss": self._gather(pick(lambda t: t.loss / t.count)),
+                   "accuracy": self._gather(pick(lambda t: t.correct / t.count))}
         if self.has_validation:
             val = self.evaluate(self.val_images, self.val_labels)
             metrics["val_loss"], metrics["val_accuracy"] = val["loss"], val["accuracy"]
-        metrics["learning_rate"] = np.asarray(rate)
+        metrics["learning_rate"] = self._gather([np.asarray(rates[k]) if k in rates else nan
+                                                 for k in range(len(self.slices))])
         self.epochs_done = epoch
-        self.diverged |= ~np.isfinite(metrics["loss"])
+        # A member frozen by a non-finite loss keeps finite weights; its epoch loss is not.
+        self.diverged |= ~np.isfinite(metrics["loss"]) & self._gather([np.ones(self.width, bool) if k in sums_by_slice
+                                                                       else np.zeros(self.width, bool)
+                                                                       for k in range(len(self.slices))])
         return EpochResult(epoch, {k: v.tolist() for k, v in metrics.items()}, seconds, self.diverged.tolist())
 
     def evaluate(self, images, labels) -> dict[str, np.ndarray]:
@@ -356,42 +419,64 @@ class Population:
         block = self.spec.training.eval_batch_size * self.eval_batches_per_call
         images = np.asarray(images).reshape(n, -1)
         labels = np.asarray(labels, np.int32)
-        totals = None
-        for start in range(0, n, block):
-            x, y = images[start:start + block], labels[start:start + block]
-            valid = np.arange(block) < len(y)
-            pad = block - len(y)
-            x = np.pad(x, ((0, pad), (0, 0))) if pad else x
-            y = np.pad(y, (0, pad)) if pad else y
-            args = (self.state.params, self.hyper, x, y, valid)
-            sums = self._program("evaluate", *args)(*args)
-            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-        # Keras' evaluate reports the penalty once on top of the mean data loss.
-        loss = np.asarray(totals.loss / totals.count) + np.asarray(self.state.penalty)
-        return {"loss": loss, "accuracy": np.asarray(totals.correct / totals.count)}
+        losses, accuracies = [], []
+        for k, lane in enumerate(self.slices):
+            totals = None
+            for start in range(0, n, block):
+                x, y = images[start:start + block], labels[start:start + block]
+                pad = block - len(y)
+                valid = np.arange(block) < len(y)
+                x = np.pad(x, ((0, pad), (0, 0))) if pad else x
+                y = np.pad(y, (0, pad)) if pad else y
+                args = (self.states[k].params, lane.hyper, x, y, valid)
+                sums = self._program("evaluate", *args)(*args)
+                totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+            # Keras' evaluate reports the penalty once on top of the mean data loss.
+            losses.append(np.asarray(totals.loss / totals.count) + np.asarray(self.states[k].penalty))
+            accuracies.append(np.asarray(totals.correct / totals.count))
+        return {"loss": self._gather(losses), "accuracy": self._gather(accuracies)}
 
     def member_params(self, i: int) -> dict[str, np.ndarray]:
-        return {k: np.asarray(v[i]) for k, v in self.state.params.items()}
+        k, lane = i // self.width, i % self.width
+        return {name: np.asarray(v[lane]) for name, v in self.states[k].params.items()}
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Every slice's state as flat named arrays (for checkpoints; see `load_state_arrays`)."""
+        out = {}
+        for k, state in enumerate(self.states):
+            for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+                out[f"{k}{jax.tree_util.keystr(path)}"] = np.asarray(leaf)
+        return out
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray], epochs_done: int, diverged) -> None:
+        """Put back what `state_arrays` gave, into a population built from the same members."""
+        for k, state in enumerate(self.states):
+            leaves, tree = jax.tree_util.tree_flatten_with_path(state)
+            restored = [jnp.asarray(arrays[f"{k}{jax.tree_util.keystr(path)}"], leaf.dtype) for path, leaf in leaves]
+            self.states[k] = jax.tree_util.tree_unflatten(tree, restored)
+        self.epochs_done = epochs_done
+        self.diverged = np.asarray(diverged, bool)
 
     def compile_all(self) -> None:
         """Compile every program an epoch needs now, so epoch times measure training only."""
         steps, b = self.steps_per_epoch(), self.spec.training.batch_size
-        args = (self._shuffle_keys, jnp.int32(1))
+        args = (self.slices[0].shuffle_keys, jnp.int32(1))
         self._program("order", *args)
         for size in set(plan_chunks(steps, self.chunks_per_epoch)):
-            self._program("chunk", *self._chunk_args(jnp.zeros((self.size, size, b), jnp.int32)))
+            self._program("chunk", *self._chunk_args(0, jnp.zeros((self.width, size, b), jnp.int32)))
         if self.has_validation:
             block = self.spec.training.eval_batch_size * self.eval_batches_per_call
-            self._program("evaluate", self.state.params, self.hyper, np.zeros((block, self.images.shape[1]), np.uint8),
-                          np.zeros(block, np.int32), np.zeros(block, bool))
+            self._program("evaluate", self.states[0].params, self.slices[0].hyper,
+                          np.zeros((block, self.images.shape[1]), np.uint8), np.zeros(block, np.int32),
+                          np.zeros(block, bool))
 
 
 def evaluate(spec: RunSpec, params, images, labels) -> dict[str, float]:
     """Loss (penalty included) and accuracy of one set of parameters on a data set."""
     population = Population([spec], np.zeros((1, *np.shape(images)[1:]), np.uint8), np.zeros(1, np.int32))
     params = {k: jnp.asarray(v)[None] for k, v in params.items()}
-    hyper = {k: v[0] for k, v in population.hyper.items()}
+    hyper = {k: v[0] for k, v in population.slices[0].hyper.items()}
     penalty = model.penalty(spec.model, {k: v[0] for k, v in params.items()}, hyper)
-    population.state = population.state._replace(params=params, penalty=penalty[None])
+    population.states[0] = population.states[0]._replace(params=params, penalty=penalty[None])
     result = population.evaluate(images, labels)
     return {"loss": float(result["loss"][0]), "accuracy": float(result["accuracy"][0])}

@@ -64,7 +64,7 @@ def test_epoch_metrics_are_keras_sample_weighted_means_including_the_last_small_
     assert pop.steps_per_epoch() == 4
     result = pop.train_epoch()
     full = pop.evaluate(images, labels)
-    assert int(np.asarray(pop.state.step)[0]) == 4
+    assert int(np.asarray(pop.states[0].step)[0]) == 4
     assert result.metrics["loss"][0] == pytest.approx(float(full["loss"][0]), rel=1e-5)
     assert result.metrics["accuracy"][0] == pytest.approx(float(full["accuracy"][0]), abs=1e-7)
 
