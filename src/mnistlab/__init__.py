@@ -4,5 +4,19 @@ from mnistlab.errors import UserError
 from mnistlab.spec import RunSpec, load, preset, with_overrides
 from mnistlab.training import TrainResult, train
 
-__all__ = ["RunSpec", "TrainResult", "UserError", "load", "preset", "train", "with_overrides"]
+
+def sweep(spec, **kwargs):
+    """Run a sweep (a `search.SweepSpec`, a dict, or the path of a sweep TOML); see `search.run_sweep`."""
+    from pathlib import Path
+
+    from mnistlab import search
+
+    if isinstance(spec, (str, Path)):
+        spec = search.load_sweep(spec)
+    elif isinstance(spec, dict):
+        spec = search.sweep_from_dict(spec)
+    return search.run_sweep(spec, **kwargs)
+
+
+__all__ = ["RunSpec", "TrainResult", "UserError", "load", "preset", "sweep", "train", "with_overrides"]
 __version__ = "0.1.0"

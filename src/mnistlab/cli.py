@@ -96,6 +96,61 @@ def _print_summary(summary: dict, run_dir: Path | None) -> None:
         out.print(f"recorded in {run_dir}")
 
 
+def _short(name: str, names: list[str]) -> str:
+    """The shortest dotted suffix of `name` that no other name ends with."""
+    parts = name.split(".")
+    for k in range(1, len(parts) + 1):
+        tail = ".".join(parts[-k:])
+        if sum(n.endswith(tail) for n in names) == 1:
+            return tail
+    return name
+
+
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(help="A sweep TOML: base configuration + search space.")],
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the newest unfinished run of this sweep.")] = False,
+    data_dir: DataDir = None,
+    sweeps_dir: Annotated[Path, typer.Option(help="Where sweep folders are written.")] = Path("sweeps"),
+    top: Annotated[int, typer.Option(help="Rows of the results table.")] = 15,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final table.")] = False,
+) -> None:
+    """Train many configurations at once (grid, random or list), ranked on validation."""
+    from mnistlab import search
+
+    spec = search.load_sweep(config)
+    cands = search.candidates(spec)
+    groups = search.groups(cands)
+    epochs = max(c.spec.training.epochs for c in cands)
+    out.print(f"{spec.name}: {len(cands)} members in {len(groups)} group(s), {epochs} epochs, "
+              f"ranked by {spec.metric}")
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
+               TextColumn("best {task.fields[best]}"), TimeRemainingColumn())
+    with Progress(*columns, console=out, transient=True, disable=quiet) as bar:
+        task = bar.add_task("members", total=None, done="", best="-")
+
+        def on_epoch(p):
+            best = "-" if p["best"] is None else f"{p['best']:.4f}"
+            bar.update(task, completed=p["members_done"], total=p["members"], best=best,
+                       done=f"{p['members_done']}/{p['members']} done, part {p['part']} epoch {p['epoch']}/{p['epochs']}")
+
+        result = search.run_sweep(spec, data_dir=data_dir, sweeps_dir=sweeps_dir, resume=resume, on_epoch=on_epoch)
+    for message in result.summary["messages"]:
+        out.print(message)
+    table = Table(title=f"{spec.name}: best {spec.metric} first")
+    names = list(cands[0].params)
+    for column in ["member", "status", *[_short(n, names) for n in names], "seed", "epochs", spec.metric]:
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in result.rows[:top]:
+        value = row.get(spec.metric)
+        table.add_row(str(row["member"]), row["status"], *[f"{row['params'].get(n)}" for n in names],
+                      str(row["seed"]), str(row["epochs"]), "-" if value is None else f"{value:.4f}")
+    out.print(table)
+    s = result.summary
+    out.print(f"{s['completed']} completed, {s['stopped']} stopped early, {s['diverged']} diverged in "
+              f"{s['seconds']:.1f} s; best run: {result.path / 'best'}; all results: {result.path / 'results.csv'}")
+
+
 @app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A run folder.")],

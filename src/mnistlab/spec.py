@@ -444,14 +444,28 @@ def _set_path(tree: Any, path: list[str], value: Any, full: str) -> None:
         _set_path(tree[key], rest, value, full)
 
 
-def with_overrides(spec: RunSpec, assignments: list[str]) -> RunSpec:
-    """Apply `section.key=value` overrides (`model.layers.0.units=500`) and re-validate."""
+def with_values(spec: RunSpec, values: dict[str, Any], source: str = "--set") -> RunSpec:
+    """Set dotted paths to typed values (`{"model.layers.0.units": 500}`) and re-validate."""
     # Only what was given, not the filled-in defaults: switching `optimizer.name` from
     # adam to sgd must not carry Adam's beta_1 along.
     data = spec.model_dump(mode="json", exclude_unset=True)
+    for key, value in values.items():
+        _set_path(data, key.strip().split("."), value, f"{key}={value!r}")
+    return from_dict(data, source)
+
+
+def parse_assignment(item: str) -> tuple[str, Any]:
+    """'optimizer.learning_rate=0.01' -> ('optimizer.learning_rate', 0.01)."""
+    if "=" not in item:
+        raise UserError(f"--set {item!r}: expected key=value, e.g. optimizer.learning_rate=0.01")
+    key, text = item.split("=", 1)
+    return key.strip(), _parse_value(text.strip())
+
+
+def with_overrides(spec: RunSpec, assignments: list[str]) -> RunSpec:
+    """Apply `section.key=value` overrides (`model.layers.0.units=500`) and re-validate."""
+    values: dict[str, Any] = {}
     for item in assignments:
-        if "=" not in item:
-            raise UserError(f"--set {item!r}: expected key=value, e.g. optimizer.learning_rate=0.01")
-        key, text = item.split("=", 1)
-        _set_path(data, key.strip().split("."), _parse_value(text.strip()), item)
-    return from_dict(data, "--set")
+        key, value = parse_assignment(item)
+        values[key] = value
+    return with_values(spec, values)

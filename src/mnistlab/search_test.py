@@ -1,0 +1,241 @@
+"""search.py: spaces, grouping, isolation, exactness, resume and records, on real MNIST."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomli_w
+
+import mnistlab
+from mnistlab import data, engine, runs, search
+from mnistlab.errors import UserError
+
+BASE = ["training.subset=3000", "training.epochs=3", "training.validation_split=0.2", "training.batch_size=64"]
+
+
+def sweep_spec(**over):
+    raw = {"name": "t", "base": "fast", "set": BASE, "seeds": 2,
+           "search": {"method": "grid", "params": {"optimizer.learning_rate": [1e-3, 3e-3]}}}
+    raw.update(over)
+    return search.sweep_from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_root):
+    return data.load("mnist", mnist_root)
+
+
+def test_grid_is_the_product_times_seeds():
+    s = sweep_spec(search={"method": "grid", "params": {"optimizer.learning_rate": [0.1, 0.2, 0.3, 0.4],
+                                                        "model.layers.0.units": [8, 16]}}, seeds=3)
+    cands = search.candidates(s)
+    assert len(cands) == 4 * 2 * 3
+    assert [c.seed for c in cands[:3]] == [0, 1, 2]
+    assert cands[3].params == {"optimizer.learning_rate": 0.1, "model.layers.0.units": 16}
+    assert cands[3].spec.model.layers[0].units == 16 and cands[3].spec.optimizer.learning_rate == 0.1
+    assert len(search.groups(cands)) == 2  # two widths: two programs
+
+
+def test_random_draws_are_reproducible_and_in_range():
+    space = {"method": "random", "trials": 200, "seed": 3, "params": {
+        "optimizer.learning_rate": {"distribution": "log_uniform", "low": 1e-4, "high": 1e-1},
+        "training.epochs": {"distribution": "int_uniform", "low": 1, "high": 3},
+        "model.layers.0.units": {"choice": [8, 16]}}}
+    a = search.Space.model_validate(space).points_to_train()
+    b = search.Space.model_validate(space).points_to_train()
+    assert a == b and len(a) == 200
+    lrs = np.array([p["optimizer.learning_rate"] for p in a])
+    assert lrs.min() >= 1e-4 and lrs.max() <= 1e-1
+    # log-uniform: about half the draws fall below the geometric mean of the bounds.
+    assert 0.4 < np.mean(lrs < np.sqrt(1e-4 * 1e-1)) < 0.6
+    assert {p["training.epochs"] for p in a} == {1, 2, 3}
+    assert {p["model.layers.0.units"] for p in a} == {8, 16}
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"method": "grid", "params": {"optimizer.learning_rate": {"distribution": "uniform", "low": 0, "high": 1}}},
+     "a grid takes non-empty lists"),
+    ({"method": "list", "params": {"optimizer.learning_rate": [1]}}, "takes `points`"),
+    ({"method": "random", "params": {"x": {"distribution": "log_uniform", "low": 0, "high": 1}}}, "low > 0"),
+])
+def test_bad_spaces_are_refused(space, message):
+    with pytest.raises(UserError, match=message):
+        search.sweep_from_dict({"search": space})
+
+
+def test_a_misspelt_parameter_names_the_point():
+    s = sweep_spec(search={"method": "grid", "params": {"optimizer.learnig_rate": [0.1]}})
+    with pytest.raises(UserError, match="did you mean 'learning_rate'"):
+        search.candidates(s)
+
+
+def test_lane_widths_give_the_same_numbers(mnist):
+    """Three members side by side, two by two (padding the last slice), and one by one."""
+    specs = [c.spec for c in search.candidates(sweep_spec(seeds=1, search={
+        "method": "list", "points": [{"optimizer.learning_rate": 1e-3}, {"optimizer.learning_rate": 3e-3},
+                                     {"optimizer.learning_rate": 2e-3, "training.seed": 5}]}))]
+    x, y = mnist.train_images[:2000], mnist.train_labels[:2000]
+    results = []
+    for lanes in (3, 2, 1):
+        population = engine.Population(specs, x, y, lanes=lanes)
+        population.train_epoch()
+        results.append([population.member_params(i) for i in range(3)])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            for k in a:
+                np.testing.assert_allclose(a[k], b[k], rtol=2e-5, atol=2e-6)
+
+
+def test_choose_lanes_measures_a_width_within_bounds(mnist):
+    spec = search.candidates(sweep_spec())[0].spec
+    width = engine.choose_lanes(spec, mnist.train_images, mnist.train_labels, 4, steps=8)
+    assert width in (1, 2, 4)
+
+
+@pytest.fixture(scope="module")
+def finished(mnist, tmp_path_factory):
+    # SGD at learning rate 1e3 with l2(0.01) multiplies the weights by about (1 - 2*1e3*0.01)
+    # = -19 each step: they overflow and the loss turns NaN. That member must be frozen and
+    # marked, the others unaffected. Two groups (two widths).
+    spec = sweep_spec(search={"method": "grid", "params": {
+        "optimizer.learning_rate": [3e-2, 1e3], "model.layers.0.units": [48, 80]}}, lanes=4,
+        set=BASE + ["optimizer.name=sgd", "optimizer.momentum=0.9", "optimizer.schedule.name=constant",
+                    "model.layers.0.kernel_regularizer={l2 = 0.01}"])
+    before = dict(engine.COMPILATIONS)
+    result = search.run_sweep(spec, sweeps_dir=tmp_path_factory.mktemp("sweeps"), arrays=mnist)
+    compiled = {k: v - before.get(k, 0) for k, v in engine.COMPILATIONS.items()}
+    return spec, result, compiled
+
+
+def test_sweep_isolates_divergence_and_ranks(finished):
+    spec, result, _ = finished
+    rows = result.rows
+    assert len(rows) == 8
+    diverged = [r for r in rows if r["status"] == "diverged"]
+    assert {r["params"]["optimizer.learning_rate"] for r in diverged} == {1e3} and len(diverged) == 4
+    completed = [r for r in rows if r["status"] == "completed"]
+    assert len(completed) == 4 and rows[:4] == completed  # diverged members rank last
+    values = [r["val_accuracy"] for r in completed]
+    assert values == sorted(values, reverse=True) and values[0] > 0.8
+    assert result.summary["best_member"] == rows[0]["member"]
+
+
+def test_each_group_compiles_its_step_once(finished):
+    _, result, compiled = finished
+    # Two groups (two widths, shapes no other test uses), four members each side by side:
+    # one chunk program per group serves every learning rate, seed and epoch (an epoch of
+    # 38 steps is cut into chunks of one size), one evaluation program per group.
+    assert result.summary["groups"] == 2 and len(set(engine.plan_chunks(38))) == 1
+    assert compiled["chunk"] == 2 and compiled["evaluate"] == 2
+
+
+def test_member_in_population_matches_it_trained_alone(finished, mnist):
+    spec, result, _ = finished
+    row = result.rows[0]
+    member = search.candidates(spec)[row["member"]]
+    alone = mnistlab.train(member.spec, runs_dir=None, arrays=mnist)
+    assert alone.history[-1]["val_accuracy"] == pytest.approx(row["val_accuracy"], abs=2e-3)
+    assert alone.history[-1]["loss"] == pytest.approx(row["loss"], rel=1e-3)
+
+
+def test_records_and_best_run(finished, mnist_root):
+    spec, result, _ = finished
+    folder = result.path
+    metrics = [json.loads(line) for line in (folder / search.METRICS).read_text().splitlines()]
+    completed = {r["member"] for r in result.rows if r["status"] == "completed"}
+    for m in completed:
+        assert [r["epoch"] for r in metrics if r["member"] == m] == [1, 2, 3]
+    csv_lines = (folder / search.RESULTS_CSV).read_text().splitlines()
+    assert len(csv_lines) == 9 and "param:optimizer.learning_rate" in csv_lines[0]
+    assert json.loads((folder / search.RESULTS_JSON).read_text()) == json.loads(json.dumps(result.rows))
+    best = runs.open_run(folder / "best")
+    assert best.summary["member"] == result.rows[0]["member"]
+    assert [m["epoch"] for m in best.metrics] == [1, 2, 3]
+    done = subprocess.run([sys.executable, "-m", "mnistlab", "evaluate", str(folder / "best"), "--split", "validation"],
+                          capture_output=True, text=True, env={**os.environ, "MNISTLAB_DATA": str(mnist_root)})
+    assert done.returncode == 0, done.stderr
+    assert f"accuracy {result.rows[0]['val_accuracy']:.3f}" in done.stdout
+
+
+def test_memory_budget_splits_a_group(mnist, tmp_path):
+    spec = sweep_spec()
+    per_member = engine.member_bytes(search.candidates(spec)[0].spec, 784)
+    result = search.run_sweep(spec, sweeps_dir=tmp_path, arrays=mnist, memory_budget=int(2.5 * per_member))
+    assert any("trained in" in m or "training it in 2 parts" in m for m in result.summary["messages"])
+    assert sum(r["status"] == "completed" for r in result.rows) == 4
+
+
+def test_killed_sweep_resumes_to_the_same_numbers(mnist_root, tmp_path):
+    spec_file = tmp_path / "s.toml"
+    raw = {"name": "k", "base": "fast", "seeds": 2,
+           "set": ["training.subset=4000", "training.epochs=6", "training.validation_split=0.2"],
+           "search": {"method": "grid", "params": {"optimizer.learning_rate": [1e-3, 3e-3]}}}
+    spec_file.write_text(tomli_w.dumps(raw))
+    env = {**os.environ, "MNISTLAB_DATA": str(mnist_root)}
+    cmd = [sys.executable, "-m", "mnistlab", "sweep", str(spec_file), "-q"]
+    reference = subprocess.run(cmd + ["--sweeps-dir", str(tmp_path / "a")], capture_output=True, text=True, env=env)
+    assert reference.returncode == 0, reference.stderr
+
+    proc = subprocess.Popen(cmd + ["--sweeps-dir", str(tmp_path / "b")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        checkpoints = list((tmp_path / "b").glob("*/checkpoints/part-*.safetensors"))
+        if checkpoints:
+            break
+        time.sleep(0.05)
+    assert checkpoints, "no checkpoint written in time"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (folder,) = list((tmp_path / "b").iterdir())
+    assert not (folder / search.RESULTS_JSON).exists()  # it really was stopped mid-way
+    resumed = subprocess.run(cmd + ["--sweeps-dir", str(tmp_path / "b"), "--resume"], capture_output=True,
+                             text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    (ref_folder,) = list((tmp_path / "a").iterdir())
+    a = json.loads((ref_folder / search.RESULTS_JSON).read_text())
+    b = json.loads((folder / search.RESULTS_JSON).read_text())
+    assert [r["member"] for r in a] == [r["member"] for r in b]
+    for ra, rb in zip(a, b):
+        assert rb["val_accuracy"] == pytest.approx(ra["val_accuracy"], abs=1e-6)
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-6)
+    ma = (ref_folder / search.METRICS).read_text().splitlines()
+    mb = (folder / search.METRICS).read_text().splitlines()
+    assert len(ma) == len(mb) == 4 * 6  # every epoch once: none lost, none doubled
+
+
+def test_resume_without_anything_to_resume(tmp_path, mnist):
+    with pytest.raises(UserError, match="no unfinished sweep"):
+        search.run_sweep(sweep_spec(), sweeps_dir=tmp_path, arrays=mnist, resume=True)
+
+
+def test_members_shard_across_devices(tmp_path, mnist_root):
+    """With two (forced host) devices, the member axis is split and the numbers stay the same."""
+    script = r'''
+import json, sys, numpy as np, jax
+from mnistlab import data, engine, search
+spec = search.sweep_from_dict(json.loads(sys.argv[1]))
+specs = [c.spec for c in search.candidates(spec)]
+arrays = data.load("mnist")
+population = engine.Population(specs, arrays.train_images[:2000], arrays.train_labels[:2000], lanes=2)
+population.train_epoch()
+leaf = population.states[0].params["dense/kernel"]
+print(json.dumps({"devices": len(leaf.sharding.device_set), "count": jax.device_count(),
+                  "sums": [float(np.abs(population.member_params(i)["dense/kernel"]).sum()) for i in range(2)]}))
+'''
+    raw = {"base": "fast", "set": BASE, "seeds": 1,
+           "search": {"method": "grid", "params": {"optimizer.learning_rate": [1e-3, 3e-3]}}}
+    outputs = {}
+    for count in (1, 2):
+        env = {**os.environ, "MNISTLAB_DATA": str(mnist_root), "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
+        done = subprocess.run([sys.executable, "-c", script, json.dumps(raw)], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        outputs[count] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outputs[2]["count"] == 2 and outputs[2]["devices"] == 2 and outputs[1]["devices"] == 1
+    np.testing.assert_allclose(outputs[2]["sums"], outputs[1]["sums"], rtol=1e-5)
