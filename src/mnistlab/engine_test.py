@@ -123,6 +123,34 @@ def test_population_members_follow_their_solo_trajectories():
             np.testing.assert_allclose(together.member_params(i)[k], v, rtol=2e-5, atol=2e-6)
 
 
+def test_a_frozen_member_keeps_its_weights_while_the_others_train():
+    images, labels = tiny_data(n=200)
+    specs = [dropout_spec(seed=s) for s in (0, 1, 2)]
+    population = engine.Population(specs, images, labels, lanes=3)  # side by side: computed along
+    population.train_epoch()
+    frozen = population.member_params(1)
+    population.freeze([1])
+    result = population.train_epoch()
+    for k, v in population.member_params(1).items():
+        np.testing.assert_array_equal(v, frozen[k])
+    assert np.isnan(result.metrics["loss"][1]) and population.active.tolist() == [True, False, True]
+    alone, _ = train(specs[2], images, labels)
+    for k, v in alone.member_params(0).items():
+        np.testing.assert_allclose(population.member_params(2)[k], v, rtol=2e-5, atol=2e-6)
+
+
+def test_a_diverging_member_is_frozen_and_marked_the_others_go_on():
+    images, labels = tiny_data()
+    ok = tiny_spec(batch_size=4)
+    bad = ok.model_copy(update={"optimizer": OptimizerSpec(name="sgd", learning_rate=1e4)})
+    population = engine.Population([ok, bad], images, labels, lanes=2)
+    result = population.train_epoch()
+    assert result.diverged == [False, True] and population.active.tolist() == [True, False]
+    assert np.isfinite(result.metrics["loss"][0])
+    second = population.train_epoch()
+    assert second.diverged == [False, True] and np.isfinite(second.metrics["loss"][0])
+
+
 def test_a_diverging_run_is_marked():
     images, labels = tiny_data()
     spec = tiny_spec(batch_size=4).model_copy(update={"optimizer": OptimizerSpec(name="sgd", learning_rate=1e30)})

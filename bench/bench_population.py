@@ -1,0 +1,79 @@
+"""Populations against single runs: is training 16 configurations at once worth it?
+
+For the seed architecture (784-1000-10, batch 32, Adam) and a small one (784-100-10), one
+epoch of real MNIST:
+  - a single run (a population of one), times 16;
+  - 16 members (16 learning rates) trained as one population, at the width `choose_lanes`
+    measures, and at forced widths, to show what the measurement decides between.
+Prints a Markdown table and writes JSON. Usage:
+  .venv/bin/python bench/bench_population.py [--members 16] [--widths 1,4,16] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+from mnistlab import data, engine, spec as spec_lib
+
+
+def members(base: spec_lib.RunSpec, count: int) -> list[spec_lib.RunSpec]:
+    rates = np.geomspace(1e-4, 1e-2, count)
+    return [spec_lib.with_values(base, {"optimizer.learning_rate": float(r), "training.seed": i})
+            for i, r in enumerate(rates)]
+
+
+def epoch_seconds(specs, arrays, lanes) -> float:
+    """Seconds of the second epoch (the first compiles and warms caches)."""
+    population = engine.Population(specs, arrays.train_images, arrays.train_labels, lanes=lanes)
+    population.compile_all()
+    population.train_epoch()
+    return population.train_epoch().seconds
+
+
+def bench(name: str, base: spec_lib.RunSpec, arrays, count: int, widths: list[int]) -> dict:
+    specs = members(base, count)
+    single = epoch_seconds(specs[:1], arrays, 1)
+    chosen = engine.choose_lanes(base, arrays.train_images, arrays.train_labels, count)
+    rows = {"single_epoch_s": single, "chosen_lanes": chosen, "widths": {}}
+    for width in sorted(set(widths) | {chosen}):
+        seconds = epoch_seconds(specs, arrays, width)
+        rows["widths"][width] = {"epoch_s": seconds, "ratio_to_singles": seconds / (count * single)}
+        print(f"[bench] {name} width {width}: {seconds:.2f} s for {count} members "
+              f"({seconds / (count * single):.3f} x {count} single runs)", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--members", type=int, default=16)
+    parser.add_argument("--widths", default="1,4,16")
+    parser.add_argument("--out", default="docs/bench-population.json")
+    args = parser.parse_args()
+    arrays = data.load("mnist")
+    widths = [int(w) for w in args.widths.split(",")]
+    seed = spec_lib.preset("seed")
+    small = spec_lib.with_values(seed, {"model.layers.0.units": 100})
+    results = {"machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                           "date": time.strftime("%Y-%m-%d")},
+               "seed": bench("seed 784-1000-10", seed, arrays, args.members, widths),
+               "small": bench("small 784-100-10", small, arrays, args.members, widths)}
+    print("\n| network | single run s/epoch | lanes chosen | width | population s/epoch | ÷ 16 single runs |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name in ("seed", "small"):
+        r = results[name]
+        for width, w in r["widths"].items():
+            mark = " (chosen)" if width == r["chosen_lanes"] else ""
+            print(f"| {name} | {r['single_epoch_s']:.2f} | {r['chosen_lanes']} | {width}{mark} | "
+                  f"{w['epoch_s']:.2f} | {w['ratio_to_singles']:.3f} |")
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
