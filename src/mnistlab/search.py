@@ -182,7 +182,9 @@ def candidates(sweep: SweepSpec) -> list[Candidate]:
     for p, point in enumerate(sweep.search.points_to_train()):
         for s in range(sweep.seeds):
             seed = base.training.seed + s
-            spec = spec_lib.with_values(base, {**point, "training.seed": seed, "name": f"{sweep.name}-{len(out)}"},
+            # A key naming several paths, "a.b,c.d", gives them one value (tied parameters).
+            values = {path.strip(): v for key, v in point.items() for path in key.split(",")}
+            spec = spec_lib.with_values(base, {**values, "training.seed": seed, "name": f"{sweep.name}-{len(out)}"},
                                         source=f"sweep point {p} {point}")
             out.append(Candidate(len(out), point, seed, spec))
     return out

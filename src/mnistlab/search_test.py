@@ -42,6 +42,19 @@ def test_grid_is_the_product_times_seeds():
     assert len(search.groups(cands)) == 2  # two widths: two programs
 
 
+def test_a_key_naming_several_paths_ties_them():
+    s = sweep_spec(base="seed", set=[], search={"method": "grid", "params": {
+        "model.layers.0.kernel_regularizer.l2,model.layers.2.kernel_regularizer.l2": [0.0, 0.5]}})
+    tied = search.candidates(s)[2].spec.model.layers
+    assert tied[0].kernel_regularizer.l2 == 0.5 and tied[2].kernel_regularizer.l2 == 0.5
+
+
+def test_example_sweeps_expand():
+    root = Path(__file__).resolve().parents[2] / "examples"
+    assert len(search.candidates(search.load_sweep(root / "sweep-lr-l2.toml"))) == 48
+    assert len(search.candidates(search.load_sweep(root / "sweep-random.toml"))) == 24
+
+
 def test_random_draws_are_reproducible_and_in_range():
     space = {"method": "random", "trials": 200, "seed": 3, "params": {
         "optimizer.learning_rate": {"distribution": "log_uniform", "low": 1e-4, "high": 1e-1},
