@@ -72,20 +72,41 @@ def _optimizer_hyper(hyper):
 def loss_terms(spec: RunSpec, params, hyper, images, labels, valid, dropout_key=None):
     """(mean data loss over the valid samples, logits) for one batch.
 
+    `labels` are class indices (B,), or a multi-hot label set per image (B, C) for images
+    holding several things at once. Softmax outputs take categorical cross-entropy
+    (against the normalised label set when there are several), sigmoid outputs binary
+    cross-entropy averaged over the classes, as Keras' `binary_crossentropy`.
     `valid` masks the padding of the epoch's last batch: Keras trains on a last, smaller
     batch, and a mask gives its exact mean without a second compiled program of that shape.
     """
     z = model.logits(spec.model, params, hyper, images, dropout_key)
+    targets = labels.astype(jnp.float32) if labels.ndim == 2 else jax.nn.one_hot(labels, z.shape[-1])
     if spec.model.output_activation == "softmax":
-        per_sample = optax.softmax_cross_entropy_with_integer_labels(z, labels)
+        if labels.ndim == 1:
+            per_sample = optax.softmax_cross_entropy_with_integer_labels(z, labels)
+        else:
+            per_sample = optax.softmax_cross_entropy(z, targets / jnp.maximum(targets.sum(-1, keepdims=True), 1))
     else:
-        per_sample = optax.sigmoid_binary_cross_entropy(z, jax.nn.one_hot(labels, z.shape[-1])).mean(-1)
+        per_sample = optax.sigmoid_binary_cross_entropy(z, targets).mean(-1)
     data_loss = jnp.sum(jnp.where(valid, per_sample, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
     return data_loss, z
 
 
-def _correct(z, labels, valid):
-    return jnp.sum(valid & (jnp.argmax(z, -1) == labels))
+def predicted_sets(z: jax.Array, activation: str) -> jax.Array:
+    """Multi-hot predictions: sigmoid p >= 0.5; softmax p >= 0.25 (a digit sharing an
+    image with another has ideal probability 0.5, an absent one 0)."""
+    if activation == "sigmoid":
+        return z >= 0.0  # sigmoid(z) >= 0.5
+    return jax.nn.softmax(z) >= 0.25
+
+
+def _correct(z, labels, valid, activation="softmax"):
+    """Correct predictions: the arg-max class, or for label sets the exact set."""
+    if labels.ndim == 1:
+        hit = jnp.argmax(z, -1) == labels
+    else:
+        hit = jnp.all(predicted_sets(z, activation) == (labels > 0), axis=-1)
+    return jnp.sum(valid & hit)
 
 
 def make_step(spec: RunSpec) -> Callable:
@@ -106,7 +127,8 @@ def make_step(spec: RunSpec) -> Callable:
         # sum into the update loop instead of reading the kernel again next step
         # (measured: 0.13 s/epoch of the seed network's 2.35 s).
         penalty = model.penalty(spec.model, params, hyper)
-        return State(params, opt_state, state.step + 1, penalty), (loss, _correct(z, labels, valid))
+        correct = _correct(z, labels, valid, spec.model.output_activation)
+        return State(params, opt_state, state.step + 1, penalty), (loss, correct)
 
     return step
 
@@ -151,9 +173,10 @@ def make_evaluate(spec: RunSpec) -> Callable:
         def batch(block):
             x, y, v = block
             loss, z = loss_terms(spec, params, hyper, x, y, v)
-            return loss * jnp.sum(v), _correct(z, y, v)
+            return loss * jnp.sum(v), _correct(z, y, v, spec.model.output_activation)
 
-        blocks = (images.reshape(-1, size, images.shape[-1]), labels.reshape(-1, size), valid.reshape(-1, size))
+        blocks = (images.reshape(-1, size, images.shape[-1]), labels.reshape(-1, size, *labels.shape[1:]),
+                  valid.reshape(-1, size))
         loss, correct = jax.lax.map(batch, blocks)
         return Sums(loss.sum(), correct.sum(), jnp.sum(valid))
 
@@ -463,7 +486,7 @@ class Population:
                 pad = block - len(y)
                 valid = np.arange(block) < len(y)
                 x = np.pad(x, ((0, pad), (0, 0))) if pad else x
-                y = np.pad(y, (0, pad)) if pad else y
+                y = np.pad(y, [(0, pad)] + [(0, 0)] * (y.ndim - 1)) if pad else y
                 args = (self.states[k].params, lane.hyper, x, y, valid)
                 sums = self._run("evaluate", *args)
                 totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
@@ -504,13 +527,14 @@ class Population:
         if self.has_validation:
             block = self.spec.training.eval_batch_size * self.eval_batches_per_call
             self._program("evaluate", self.states[0].params, self.slices[0].hyper,
-                          np.zeros((block, self.images.shape[1]), np.uint8), np.zeros(block, np.int32),
-                          np.zeros(block, bool))
+                          np.zeros((block, self.images.shape[1]), np.uint8),
+                          np.zeros((block, *self.labels.shape[1:]), np.int32), np.zeros(block, bool))
 
 
 def evaluate(spec: RunSpec, params, images, labels) -> dict[str, float]:
     """Loss (penalty included) and accuracy of one set of parameters on a data set."""
-    population = Population([spec], np.zeros((1, *np.shape(images)[1:]), np.uint8), np.zeros(1, np.int32))
+    population = Population([spec], np.zeros((1, *np.shape(images)[1:]), np.uint8),
+                            np.zeros((1, *np.shape(labels)[1:]), np.int32))
     params = {k: jnp.asarray(v)[None] for k, v in params.items()}
     hyper = {k: v[0] for k, v in population.slices[0].hyper.items()}
     penalty = model.penalty(spec.model, {k: v[0] for k, v in params.items()}, hyper)

@@ -177,3 +177,31 @@ def test_population_rejects_mixed_structures():
     wide = tiny_spec().model_copy(update={"model": ModelSpec(layers=[Dense(units=9, activation="softmax")])})
     with pytest.raises(ValueError, match="share one structure"):
         engine.Population([tiny_spec(), wide], images, labels)
+
+
+@pytest.mark.parametrize("output", ["sigmoid", "softmax"])
+def test_label_sets_losses_follow_keras_formulas(output):
+    # Images with one or two digits: multi-hot targets. With a vanishing learning rate the
+    # epoch's loss is that of the initial weights, computed here by hand in NumPy.
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 6), dtype=np.uint8)
+    labels = np.zeros((24, 3), np.int32)
+    labels[np.arange(24), rng.integers(0, 3, 24)] = 1
+    labels[np.arange(0, 24, 2), rng.integers(0, 3, 12)] = 1
+    spec = RunSpec(model=ModelSpec(layers=[Dense(units=3, activation=output)]),
+                   optimizer=OptimizerSpec(name="sgd", learning_rate=1e-30), training=TrainingSpec(batch_size=8))
+    population = engine.Population([spec], images, labels)
+    p = {k: v.astype(np.float64) for k, v in population.member_params(0).items()}
+    z = images / 255.0 @ p["dense/kernel"] + p["dense/bias"]
+    if output == "sigmoid":  # Keras binary_crossentropy: mean over classes, then over the batch
+        q = 1 / (1 + np.exp(-z))
+        expected = -(labels * np.log(q) + (1 - labels) * np.log(1 - q)).mean(1).mean()
+        predicted = q >= 0.5
+    else:  # categorical cross-entropy against the normalised label set
+        logq = z - np.log(np.exp(z).sum(1, keepdims=True))
+        expected = -(labels / labels.sum(1, keepdims=True) * logq).sum(1).mean()
+        predicted = np.exp(logq) >= 0.25
+    result = population.train_epoch()
+    assert result.metrics["loss"][0] == pytest.approx(expected, rel=1e-5)
+    exact = np.mean(np.all(predicted == (labels > 0), axis=1))
+    assert result.metrics["accuracy"][0] == pytest.approx(exact, abs=1e-6)
