@@ -284,9 +284,9 @@ class Population:
         self._active = np.ones(self.size, bool)
         self._snapshots: dict[int, tuple[np.ndarray, State]] = {}
         self._device_data()
-        names = list(Member(first).hyper)
-        values = np.asarray([[Member(m).hyper[k] for k in names] for m in self.members], np.float32).reshape(
-            self.size, len(names))
+        hypers = [Member(m).hyper for m in self.members]
+        names = list(hypers[0])
+        values = np.asarray([[h[k] for k in names] for h in hypers], np.float32).reshape(self.size, len(names))
         seeds = [m.training.seed for m in self.members]
         self.slices: list[Lane] = []
         self.states: list[State] = []
@@ -297,7 +297,7 @@ class Population:
             keys = self._shard(jnp.stack([jax.random.split(jax.random.PRNGKey(seeds[i]), 2) for i in idx]))
             hyper = self._shard({k: jnp.asarray(values[idx, j]) for j, k in enumerate(names)})
             self.slices.append(Lane(idx, real, hyper, keys[:, 0], keys[:, 1]))
-            self.states.append(self._shard(self._init_state(idx, real, hyper)))
+            self.states.append(self._shard(self._init_state(idx, hyper)))
         self.diverged = np.zeros(self.size, bool)
         self.epochs_done = 0
 
@@ -321,7 +321,7 @@ class Population:
         """Split the leading member axis of every leaf across the devices (if several)."""
         return tree if self.sharding is None else jax.device_put(tree, self.sharding)
 
-    def _init_state(self, idx, real, hyper) -> State:
+    def _init_state(self, idx, hyper) -> State:
         input_dim = int(np.prod(self.train_images.shape[1:]))
         drawn = {i: model.init(self.members[i].model, self.members[i].training.seed, input_dim) for i in set(idx)}
         params = {k: jnp.asarray(np.stack([drawn[i][k] for i in idx])) for k in drawn[idx[0]]}
@@ -332,7 +332,10 @@ class Population:
 
     def _program(self, name: str, *args):
         """The compiled program `name` for these argument shapes (compiled once per process)."""
-        key = (name, structure(self.spec), self.width) + tuple(
+        # "order" closes over the training set's size; every other program takes its sizes
+        # from its arguments' shapes.
+        size = len(self.train_labels) if name == "order" else None
+        key = (name, structure(self.spec), self.width, size) + tuple(
             (getattr(a, "shape", None), str(getattr(a, "dtype", ""))) for a in jax.tree.leaves(args))
         if key not in _PROGRAMS:
             start = time.perf_counter()

@@ -205,3 +205,12 @@ def test_label_sets_losses_follow_keras_formulas(output):
     assert result.metrics["loss"][0] == pytest.approx(expected, rel=1e-5)
     exact = np.mean(np.all(predicted == (labels > 0), axis=1))
     assert result.metrics["accuracy"][0] == pytest.approx(exact, abs=1e-6)
+
+
+def test_populations_of_different_sizes_do_not_share_an_epoch_order():
+    images, labels = tiny_data(n=60)
+    first = engine.Population([tiny_spec(batch_size=8)], images[:40], labels[:40])
+    first.train_epoch()
+    second = engine.Population([tiny_spec(batch_size=8)], images, labels)
+    second.train_epoch()
+    assert int(np.asarray(second.states[0].step)[0]) == 8  # 60 samples in batches of 8
