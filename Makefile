@@ -11,6 +11,7 @@ export MNISTLAB_DATA ?= $(if $(wildcard $(SHARED_DATA)/mnist),$(SHARED_DATA),)
 
 setup: $(VENV)/.installed
 
+# The runtime: what `make train` needs.
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
 	  echo "python3 -m venv failed: installing Debian's python3-venv"; \
@@ -18,13 +19,18 @@ $(VENV)/.installed: pyproject.toml
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq python3-venv; fi; \
 	  rm -rf $(VENV); $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	@touch $@
+
+# The test tools on top (Playwright, onnxruntime, TensorBoard, MLflow, ...).
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $@
 
 train: setup
 	$(BIN)/mnistlab train --preset seed --test
 
-test: setup
+test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
 bench: setup
