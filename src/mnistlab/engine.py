@@ -503,18 +503,25 @@ class Population:
         return {name: np.asarray(v[lane]) for name, v in self.states[k].params.items()}
 
     def state_arrays(self) -> dict[str, np.ndarray]:
-        """Every slice's state as flat named arrays (for checkpoints; see `load_state_arrays`)."""
+        """Every member's state as flat named arrays, `<member><path>` (for checkpoints).
+
+        Per member, not per slice: a resumed population may run at another width.
+        """
         out = {}
-        for k, state in enumerate(self.states):
+        for lane, state in zip(self.slices, self.states):
             for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
-                out[f"{k}{jax.tree_util.keystr(path)}"] = np.asarray(leaf)
+                values = np.asarray(leaf)
+                for j in np.flatnonzero(lane.real):
+                    out[f"{lane.members[j]}{jax.tree_util.keystr(path)}"] = np.ascontiguousarray(values[j])
         return out
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray], epochs_done: int, diverged) -> None:
         """Put back what `state_arrays` gave, into a population built from the same members."""
-        for k, state in enumerate(self.states):
+        for k, (lane, state) in enumerate(zip(self.slices, self.states)):
             leaves, tree = jax.tree_util.tree_flatten_with_path(state)
-            restored = [jnp.asarray(arrays[f"{k}{jax.tree_util.keystr(path)}"], leaf.dtype) for path, leaf in leaves]
+            # reshape: a file format may hold a scalar as shape (1,)
+            restored = [jnp.asarray(np.stack([np.reshape(arrays[f"{i}{jax.tree_util.keystr(path)}"], leaf.shape[1:])
+                                              for i in lane.members]), leaf.dtype) for path, leaf in leaves]
             self.states[k] = self._shard(jax.tree_util.tree_unflatten(tree, restored))
         self.epochs_done = epochs_done
         self.diverged = np.asarray(diverged, bool)

@@ -214,3 +214,18 @@ def test_populations_of_different_sizes_do_not_share_an_epoch_order():
     second = engine.Population([tiny_spec(batch_size=8)], images, labels)
     second.train_epoch()
     assert int(np.asarray(second.states[0].step)[0]) == 8  # 60 samples in batches of 8
+
+
+def test_a_checkpoint_resumes_at_another_width():
+    images, labels = tiny_data(n=200)
+    specs = [dropout_spec(seed=s) for s in (0, 1, 2)]
+    straight = engine.Population(specs, images, labels, lanes=3)
+    straight.train_epoch()
+    saved = straight.state_arrays()
+    straight.train_epoch()
+    resumed = engine.Population(specs, images, labels, lanes=2)  # another width, padded last slice
+    resumed.load_state_arrays(saved, 1, [False] * 3)
+    resumed.train_epoch()
+    for i in range(3):
+        for k, v in straight.member_params(i).items():
+            np.testing.assert_allclose(resumed.member_params(i)[k], v, rtol=2e-5, atol=2e-6)
