@@ -1,0 +1,238 @@
+"""Prediction from a real trained run: the Predictor, and `mnistlab predict` on real files.
+
+The trained run and the MNIST arrays are made once per test session and shared with
+serve_test and export_test (they import the fixtures from here).
+"""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mnistlab
+from mnistlab import cli, data, imaging, model, runs
+from mnistlab.predict import Predictor
+
+_SHARED: dict = {}  # one training per session, whichever test module asks first
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_root) -> data.Arrays:
+    if "mnist" not in _SHARED:
+        _SHARED["mnist"] = data.load("mnist", mnist_root)
+    return _SHARED["mnist"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(mnist, tmp_path_factory) -> Path:
+    """A small real network (784-256-10, 2 epochs on 10,000 images: ~93% test accuracy)."""
+    if "run" not in _SHARED:
+        spec = mnistlab.with_overrides(mnistlab.preset("fast"), ["training.subset=10000", "training.epochs=2"])
+        result = mnistlab.train(spec, arrays=mnist, runs_dir=tmp_path_factory.mktemp("runs"), test=True)
+        assert result.summary["test"]["accuracy"] >= 0.9
+        _SHARED["run"] = result.run_dir
+    return _SHARED["run"]
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_run) -> Predictor:
+    return Predictor.from_run(trained_run)
+
+
+def run_cli(args: list[str], capsys, monkeypatch, stdin: bytes | None = None) -> tuple[int, str, str]:
+    """`mnistlab ARGS` through the real entry point (cli.main), in this process."""
+    monkeypatch.setattr(sys, "argv", ["mnistlab", *map(str, args)])
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    captured = capsys.readouterr()
+    return exit_.value.code or 0, captured.out, captured.err
+
+
+def write_pngs(folder: Path, images: np.ndarray, labels: np.ndarray) -> list[Path]:
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i, (image, label) in enumerate(zip(images, labels)):
+        path = folder / f"{i:05d}_{label}.png"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths
+
+
+# ------------------------------------------------------------------------------ Predictor
+
+
+def test_predictor_matches_the_model_and_is_independent_of_batching(predictor, trained_run, mnist):
+    run = runs.open_run(trained_run)
+    images = mnist.test_images[:300]
+    expected = np.asarray(model.probabilities(run.spec.model, run.params(), images))
+    got = predictor.probabilities(images)  # 256 + a chunk of 44 padded to 64
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+    small = Predictor(run.spec, run.params(), max_batch=4)
+    np.testing.assert_allclose(small.probabilities(images[:11]), expected[:11], atol=1e-6)
+    one = np.stack([predictor.probabilities(images[i:i + 1])[0] for i in range(5)])
+    np.testing.assert_allclose(one, expected[:5], atol=1e-6)
+    accuracy = (got.argmax(1) == mnist.test_labels[:300]).mean()
+    assert accuracy >= 0.88
+
+
+def test_warm_up_compiles_each_bucket_once(trained_run, monkeypatch):
+    traced = []  # Python code in a jitted function runs once per trace, i.e. per compilation
+    real = model.probabilities
+    monkeypatch.setattr(model, "probabilities", lambda spec, params, x: traced.append(x.shape[0]) or real(spec, params, x))
+    p = Predictor.from_run(trained_run, max_batch=8)
+    assert p.buckets() == [1, 2, 4, 8]
+    p.warm_up()
+    assert traced == [1, 2, 4, 8]
+    p.probabilities(np.zeros((3, 28, 28), np.uint8))
+    p.probabilities(np.zeros((20, 28, 28), np.uint8))
+    assert traced == [1, 2, 4, 8]  # 3 -> 4, 20 -> 8 + 8 + 4: nothing new compiled
+
+
+def test_bad_arrays_and_batch_sizes_are_refused(predictor, trained_run):
+    with pytest.raises(ValueError, match=r"expected \(N, 28, 28\) uint8"):
+        predictor.probabilities(np.zeros((2, 28, 28), np.float32))
+    with pytest.raises(ValueError, match="power of two"):
+        Predictor.from_run(trained_run, max_batch=48)
+
+
+def test_top_and_description(predictor, trained_run):
+    assert Predictor.top(np.array([0.1, 0.5, 0.1, 0.3]), 3) == [(1, 0.5), (3, 0.3), (0, 0.1)]
+    d = predictor.description()
+    assert d["dataset"] == "mnist" and d["classes"] == [str(k) for k in range(10)]
+    assert [l["units"] for l in d["layers"] if l["type"] == "dense"] == [256, 10]
+    assert d["parameters"] == 784 * 256 + 256 + 256 * 10 + 10
+    assert d["test_accuracy"] >= 0.9 and d["input"]["shape"] == [28, 28]
+
+
+# ------------------------------------------------------------------------ mnistlab predict
+
+
+@pytest.fixture(scope="module")
+def digits(mnist, tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
+    """200 MNIST test digits written as PNG files."""
+    folder = tmp_path_factory.mktemp("digits")
+    images, labels = mnist.test_images[:200], mnist.test_labels[:200]
+    write_pngs(folder, images, labels)
+    return folder, images, labels
+
+
+def test_predict_a_folder_of_pngs_keeps_mnist_accuracy(digits, predictor, capsys, monkeypatch, trained_run):
+    folder, images, labels = digits
+    code, out, err = run_cli(["predict", trained_run, folder, "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [Path(r["file"]).name for r in rows] == sorted(p.name for p in folder.iterdir())
+    predicted = np.array([r["class"] for r in rows])
+    accuracy_files = (predicted == labels).mean()
+    accuracy_memory = (predictor.probabilities(images).argmax(1) == labels).mean()
+    assert accuracy_files >= 0.85
+    assert accuracy_files >= accuracy_memory - 0.03  # preprocessing an MNIST digit again costs little
+
+
+def test_raw_predictions_equal_the_in_memory_model_output_exactly(digits, predictor, capsys, monkeypatch, trained_run):
+    folder, images, _ = digits
+    code, out, err = run_cli(["predict", trained_run, folder, "--json", "--raw", "--top", "10"], capsys, monkeypatch)
+    assert code == 0, err
+    from_files = np.array([json.loads(line)["probabilities"] for line in out.splitlines()], np.float32)
+    np.testing.assert_array_equal(from_files, predictor.probabilities(images))
+
+
+def test_text_output_shows_the_top_k(digits, capsys, monkeypatch, trained_run):
+    folder, _, labels = digits
+    files = sorted(folder.iterdir())[:3]
+    code, out, _ = run_cli(["predict", trained_run, *files, "--top", "2"], capsys, monkeypatch)
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 3
+    for path, line in zip(files, lines):
+        name, _, rest = line.partition(": ")
+        assert name == str(path)
+        pairs = rest.split("  ")
+        assert len(pairs) == 2
+        probs = [float(pair.split(" (")[1].rstrip(")")) for pair in pairs]
+        assert probs[0] >= probs[1] and 0 <= probs[1] <= 1
+    code, out, _ = run_cli(["predict", trained_run, files[0], "--json", "--top", "50"], capsys, monkeypatch)
+    assert len(json.loads(out)["top"]) == 10  # clamped to the number of classes
+
+
+def test_any_size_and_colour_is_preprocessed_to_the_same_answer(mnist, predictor, tmp_path, capsys, monkeypatch, trained_run):
+    # Confident test digits, drawn as a user would have them: big, dark on light, in
+    # colour, as JPEG / BMP / GIF; each must get the label the network gives the original.
+    probs = predictor.probabilities(mnist.test_images[:40])
+    confident = [i for i in range(40) if probs[i].max() > 0.99][:4]
+    files, expected = [], []
+    for i, fmt in zip(confident, ["JPEG", "BMP", "GIF", "PNG"]):
+        digit = mnist.test_images[i]
+        big = Image.fromarray(255 - digit).resize((300, 240), Image.Resampling.BICUBIC)  # stretched too
+        rgb = Image.merge("RGB", [big, big, big.point(lambda v: v // 2 + 100)])  # ink dark blue on yellow-white
+        path = tmp_path / f"d{i}.{fmt.lower()}"
+        rgb.save(path, format=fmt)
+        files.append(path)
+        expected.append(int(mnist.test_labels[i]))
+    code, out, err = run_cli(["predict", trained_run, *files, "--json", "--top", "1"], capsys, monkeypatch)
+    assert code == 0, err
+    assert [json.loads(line)["class"] for line in out.splitlines()] == expected
+
+
+def test_stdin_is_one_image(mnist, predictor, capsys, monkeypatch, trained_run):
+    png = imaging.to_png(mnist.test_images[0])
+    code, out, _ = run_cli(["predict", trained_run, "-", "--json", "--raw"], capsys, monkeypatch, stdin=png)
+    assert code == 0
+    row = json.loads(out)
+    assert row["file"] == "<stdin>"
+    assert row["class"] == int(predictor.probabilities(mnist.test_images[:1]).argmax())
+
+
+def test_bad_files_fail_alone_and_the_exit_code_is_2(digits, tmp_path, capsys, monkeypatch, trained_run):
+    folder, _, labels = digits
+    good = sorted(folder.iterdir())[:2]
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "cut.png").write_bytes(good[0].read_bytes()[:70])
+    Image.new("L", (64, 64), 255).save(tmp_path / "blank.png")
+    bad = {"notes.png": "not an image", "empty.png": "the file is empty", "cut.png": "corrupt or truncated",
+           "blank.png": "no digit found", "missing.png": "cannot read it"}
+    args = [good[0], *[tmp_path / name for name in bad], good[1]]
+    code, out, err = run_cli(["predict", trained_run, *args], capsys, monkeypatch)
+    assert code == 2
+    assert [line.split(":")[0] for line in out.splitlines()] == [str(good[0]), str(good[1])]
+    for name, words in bad.items():
+        line = next(l for l in err.splitlines() if f"{tmp_path / name}:" in l)
+        assert words in line, line
+    assert "5 of 7 images could not be used" in err
+
+    code, out, err = run_cli(["predict", trained_run, *args, "--json"], capsys, monkeypatch)
+    assert code == 2
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r.get("error") for r in rows] == [None, "not_image", "empty", "unreadable", "no_ink", "unreadable", None]
+
+
+def test_bad_arguments_exit_2_with_the_fix(tmp_path, capsys, monkeypatch, trained_run):
+    (tmp_path / "nothing").mkdir()
+    code, _, err = run_cli(["predict", trained_run, tmp_path / "nothing"], capsys, monkeypatch)
+    assert code == 2 and "holds no image files" in err
+    code, _, err = run_cli(["predict", tmp_path, tmp_path / "x.png"], capsys, monkeypatch)
+    assert code == 2 and "not a run folder" in err
+    code, _, err = run_cli(["predict", trained_run, "-", "-"], capsys, monkeypatch, stdin=b"")
+    assert code == 2 and "stdin" in err
+
+
+def test_the_installed_command_reads_stdin_and_exits_2_on_a_bad_file(mnist, trained_run, tmp_path):
+    # Once through a real process: the console script, a pipe on stdin, the exit status.
+    bad = tmp_path / "bad.gif"
+    bad.write_bytes(b"GIF89a garbage")
+    done = subprocess.run([sys.executable, "-m", "mnistlab", "predict", str(trained_run), "-", str(bad)],
+                          input=imaging.to_png(255 - mnist.test_images[1]), capture_output=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 2
+    assert done.stdout.decode().startswith(f"<stdin>: {mnist.test_labels[1]} (")
+    assert f"{bad}: " in done.stderr.decode()

@@ -1,0 +1,466 @@
+"""`mnistlab serve` for real: the server process on a free loopback port, its JSON API with
+every limit and error, the micro-batcher, and the page driven in Debian's Chromium.
+"""
+
+import asyncio
+import re
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnistlab import cli, imaging, serve
+from mnistlab.errors import UserError
+from mnistlab.predict import Predictor
+from mnistlab.predict_test import mnist, trained_run  # noqa: F401 (shared session fixtures)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def server(trained_run):
+    """`python -m mnistlab serve RUN --port 0`: the real command, on a port the system picks."""
+    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(trained_run), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    found = threading.Event()
+
+    def drain():  # keep reading so the pipe never fills; remember what it said
+        for line in proc.stdout:
+            lines.append(line)
+            if re.search(r"http://127\.0\.0\.1:\d+", line):
+                found.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    if not found.wait(120):
+        proc.kill()
+        pytest.fail("the server did not say where it listens:\n" + "".join(lines))
+    url = re.search(r"http://127\.0\.0\.1:\d+", "".join(lines)).group(0)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def api(server):
+    with httpx.Client(base_url=server, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_run):
+    return Predictor.from_run(trained_run)
+
+
+def png(array: np.ndarray) -> bytes:
+    return imaging.to_png(array)
+
+
+def bomb_png(side: int) -> bytes:
+    """A genuine decompression bomb: side x side black pixels, zlib-compressed ~1000:1."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    packer, row, parts = zlib.compressobj(9), b"\0" * (side + 1), []
+    for _ in range(side):
+        parts.append(packer.compress(row))
+    parts.append(packer.flush())
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+
+
+def assert_error(response: httpx.Response, status: int, code: str, *words: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert body["error"] == code, body
+    for word in words:
+        assert word in body["detail"], body
+
+
+# ------------------------------------------------------------------------------- the API
+
+
+def test_the_server_listens_on_loopback_only_by_default(server):
+    assert server.startswith("http://127.0.0.1:")
+    import inspect
+
+    assert inspect.signature(cli.serve).parameters["host"].default == "127.0.0.1"
+
+
+def test_health_and_model_description(api, trained_run, predictor):
+    health = api.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    described = api.get("/api/model").json()
+    assert described["classes"] == [str(k) for k in range(10)]
+    assert [l["units"] for l in described["layers"] if l["type"] == "dense"] == [256, 10]
+    assert described["test_accuracy"] == pytest.approx(predictor.summary["test"]["accuracy"])
+    assert described["limits"] == {"max_body_bytes": 1_000_000, "max_pixels": 16_000_000, "max_batch": 64,
+                                   "formats": ["PNG", "JPEG", "BMP", "GIF"]}
+
+
+def test_predict_answers_with_mnistlabs_own_numbers(api, mnist, predictor):
+    for i in range(5):
+        digit = mnist.test_images[i]
+        body = png(255 - digit)  # dark on light: the preprocessing inverts it
+        answer = api.post("/api/predict", content=body, headers={"content-type": "image/png"}).json()
+        seen = imaging.load(body)
+        np.testing.assert_array_equal(np.array(answer["input"], np.uint8), seen)
+        expected = predictor.probabilities(seen[None])[0]
+        np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-6)
+        assert answer["class"] == int(expected.argmax()) and answer["label"] == str(answer["class"])
+        assert [t["class"] for t in answer["top"]] == list(np.argsort(-expected)[:3])
+        assert answer["raw"] is False
+
+
+def test_raw_skips_the_preprocessing(api, mnist, predictor):
+    digit = mnist.test_images[7]
+    answer = api.post("/api/predict?raw=true", content=png(digit)).json()
+    np.testing.assert_array_equal(np.array(answer["input"], np.uint8), digit)
+    np.testing.assert_allclose(answer["probabilities"], predictor.probabilities(digit[None])[0], atol=1e-6)
+    assert_error(api.post("/api/predict?raw=true", content=png(np.zeros((32, 32), np.uint8))),
+                 422, "wrong_size", "must be 28x28", "this image is 32x32")
+
+
+def test_multipart_uploads_and_top_k(api, mnist):
+    body = png(mnist.test_images[3])
+    plain = api.post("/api/predict", content=body).json()
+    form = api.post("/api/predict?top=5", files={"image": ("three.png", body, "image/png")}).json()
+    assert form["probabilities"] == plain["probabilities"] and len(form["top"]) == 5
+    other_name = api.post("/api/predict", files={"upload": ("x.png", body, "image/png")}).json()
+    assert other_name["class"] == plain["class"]
+    assert_error(api.post("/api/predict", files={"note": (None, "no file here")}), 400, "missing_image",
+                 "field 'image'")
+    # A form whose file is not an image names the uploaded file.
+    assert_error(api.post("/api/predict", files={"image": ("notes.txt", b"hello", "text/plain")}),
+                 415, "not_image", "notes.txt")
+
+
+@pytest.mark.parametrize("query", ["top=0", "top=11", "top=many", "raw=perhaps"])
+def test_bad_parameters_are_422(api, mnist, query):
+    assert_error(api.post(f"/api/predict?{query}", content=png(mnist.test_images[0])), 422, "invalid_parameter",
+                 query.split("=")[0])
+
+
+def test_body_limit_is_one_megabyte_exactly(api, mnist):
+    digit = png(255 - mnist.test_images[0])
+    at_limit = digit + b"\0" * (1_000_000 - len(digit))  # bytes after IEND are ignored by decoders
+    assert api.post("/api/predict", content=at_limit).status_code == 200
+    assert_error(api.post("/api/predict", content=at_limit + b"\0"), 413, "too_large", "1,000,001 bytes",
+                 "limit is 1,000,000")
+
+    def chunked():  # no Content-Length: the server counts as the bytes arrive
+        for _ in range(20):
+            yield b"\0" * 100_000
+
+    assert_error(api.post("/api/predict", content=chunked()), 413, "too_large", "1,000,000-byte limit")
+
+
+def test_decompression_bombs_and_huge_images_are_refused(api):
+    bomb = bomb_png(12_000)  # 144 million pixels (144 MB decoded) in ~140 kB
+    assert len(bomb) < 1_000_000
+    started = time.perf_counter()
+    assert_error(api.post("/api/predict", content=bomb), 413, "too_large", "12000x12000", "16,000,000")
+    assert time.perf_counter() - started < 2.0  # refused from the header, nothing decompressed
+    assert_error(api.post("/api/predict", content=bomb_png(4001)), 413, "too_large")  # just over
+    assert api.get("/healthz").status_code == 200  # and the server is fine
+
+
+@pytest.mark.parametrize("body, status, code, words", [
+    (b"", 400, "empty", ["no data"]),
+    (b"{\"pixels\": [1, 2, 3]}", 415, "not_image", ["PNG, JPEG, BMP or GIF"]),
+    (png(np.full((8, 8), 200, np.uint8))[:50], 400, "unreadable", ["corrupt or truncated"]),
+    (png(np.full((64, 64), 255, np.uint8)), 422, "no_ink", ["no digit found"]),
+])
+def test_bad_images_get_clear_json_errors(api, body, status, code, words):
+    assert_error(api.post("/api/predict", content=body), status, code, *words)
+
+
+def test_wrong_method_path_and_form(api):
+    assert_error(api.get("/api/predict"), 405, "method_not_allowed")
+    assert_error(api.get("/api/nothing"), 404, "not_found")
+    bad_form = api.post("/api/predict", content=b"--x\r\nnonsense",
+                        headers={"content-type": "multipart/form-data"})  # no boundary
+    assert_error(bad_form, 400, "bad_form")
+
+
+def test_the_page_and_its_files(api):
+    page = api.get("/")
+    assert page.status_code == 200 and '<canvas id="pad"' in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    script = api.get("/static/app.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert api.get("/static/style.css").status_code == 200
+
+
+def test_requests_that_arrive_together_are_batched(server, mnist, predictor):
+    bodies = [png(mnist.test_images[i]) for i in range(64)]
+
+    async def fire():
+        async with httpx.AsyncClient(base_url=server, timeout=60,
+                                     limits=httpx.Limits(max_connections=64)) as client:
+            before = (await client.get("/healthz")).json()
+            answers = await asyncio.gather(*(client.post("/api/predict?raw=true", content=b) for b in bodies))
+            after = (await client.get("/healthz")).json()
+        return before, [a.json() for a in answers], after
+
+    before, answers, after = asyncio.run(fire())
+    expected = predictor.probabilities(mnist.test_images[:64])
+    np.testing.assert_allclose([a["probabilities"] for a in answers], expected, atol=1e-6)
+    assert after["predictions"] - before["predictions"] == 64
+    assert after["batches"] - before["batches"] < 64 and after["largest_batch"] > 1
+
+
+# ----------------------------------------------------------------------- batcher, binding
+
+
+def test_batcher_takes_everything_waiting_up_to_max_batch(mnist, predictor):
+    async def scenario():
+        batcher = serve.Batcher(predictor, max_batch=4, max_pending=100)
+        await batcher.start()
+        rows = await asyncio.gather(*(batcher.predict(mnist.test_images[i]) for i in range(10)))
+        stats = (batcher.batches, batcher.largest_batch, batcher.predictions)
+        await batcher.stop()
+        return np.stack(rows), stats
+
+    rows, stats = asyncio.run(scenario())
+    assert stats == (3, 4, 10)  # 4 + 4 + 2: all ten were waiting before the first batch ran
+    np.testing.assert_allclose(rows, predictor.probabilities(mnist.test_images[:10]), atol=1e-6)
+
+
+def test_batcher_refuses_when_too_many_wait(mnist, predictor):
+    async def scenario():
+        batcher = serve.Batcher(predictor, max_batch=2, max_pending=3)
+        await batcher.start()
+        results = await asyncio.gather(*(batcher.predict(mnist.test_images[i]) for i in range(6)),
+                                       return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    refused = [r for r in results if isinstance(r, serve.ApiError)]
+    assert len(refused) == 3 and all(r.status == 503 and r.code == "busy" for r in refused)
+    assert sum(isinstance(r, np.ndarray) for r in results) == 3
+
+
+def test_bind_picks_a_free_loopback_port_and_explains_a_taken_one():
+    sock = serve.bind("127.0.0.1", 0)
+    try:
+        host, port = sock.getsockname()
+        assert host == "127.0.0.1" and port > 0
+        assert serve.url_of(sock) == f"http://127.0.0.1:{port}"
+        other = socket.socket()
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        try:
+            with pytest.raises(UserError, match=r"cannot listen on 127.0.0.1:\d+ .*Pass another --port"):
+                serve.bind("127.0.0.1", other.getsockname()[1])
+        finally:
+            other.close()
+    finally:
+        sock.close()
+
+
+# ------------------------------------------------------------------------------ the page
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 900, "height": 700}, has_touch=True)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.goto(server + "/")
+    page.wait_for_selector("body[data-ready=true]")
+    yield page
+    context.close()
+    # Errors the tests provoke on purpose (4xx answers) are logged by Chromium as failed
+    # loads; anything else is a bug in the page.
+    assert [p for p in problems if "status of 4" not in p] == []
+
+
+def pad_origin(page) -> tuple[float, float, float]:
+    box = page.locator("#pad").bounding_box()
+    return box["x"], box["y"], box["width"] / 280  # CSS pixels per pad pixel
+
+
+def stroke(page, points, steps: int = 4) -> None:
+    x0, y0, k = pad_origin(page)
+    page.mouse.move(x0 + points[0][0] * k, y0 + points[0][1] * k)
+    page.mouse.down()
+    for x, y in points[1:]:
+        page.mouse.move(x0 + x * k, y0 + y * k, steps=steps)
+    page.mouse.up()
+
+
+def predictions(page) -> int:
+    return int(page.evaluate("() => Number(document.body.dataset.predictions || 0)"))
+
+
+def settle(page) -> None:
+    """Wait until the page has shown the answer for its latest drawing."""
+    page.wait_for_function("() => !document.body.dataset.busy", timeout=10_000)
+    page.wait_for_timeout(300)
+    n = predictions(page)
+    page.wait_for_timeout(300)
+    assert predictions(page) == n
+
+
+def bars(page) -> dict[int, float]:
+    return {int(li.get_attribute("data-class")): float(li.get_attribute("data-probability"))
+            for li in page.locator("#bars li").all()}
+
+
+def seen_image(page) -> np.ndarray:
+    data = page.evaluate("() => Array.from(document.getElementById('seen').getContext('2d')"
+                         ".getImageData(0, 0, 28, 28).data)")
+    return np.array(data, np.uint8).reshape(28, 28, 4)[..., 0]
+
+
+def trace(digit: np.ndarray) -> list[list[tuple[float, float]]]:
+    """A 28x28 digit as horizontal pen strokes over its ink, one per run of bright pixels."""
+    strokes = []
+    for y in range(28):
+        on = np.flatnonzero(digit[y] > 128)
+        if not len(on):
+            continue
+        runs = np.split(on, np.flatnonzero(np.diff(on) > 1) + 1)
+        for run in runs:
+            strokes.append([(run[0] * 10 + 5, y * 10 + 5), (run[-1] * 10 + 5.01, y * 10 + 5)])
+    return strokes
+
+
+def test_drawing_a_one_shows_1_with_live_bars(page):
+    x0, y0, k = pad_origin(page)
+    page.mouse.move(x0 + 140 * k, y0 + 40 * k)
+    page.mouse.down()
+    page.mouse.move(x0 + 140 * k, y0 + 140 * k, steps=10)
+    # Still drawing: the bars already moved (a prediction came back mid-stroke).
+    page.wait_for_function("() => Number(document.body.dataset.predictions || 0) > 0", timeout=10_000)
+    page.mouse.move(x0 + 140 * k, y0 + 240 * k, steps=10)
+    page.mouse.up()
+    settle(page)
+    assert page.locator("#label").text_content() == "1"
+    probs = bars(page)
+    assert max(probs, key=probs.get) == 1 and probs[1] > 0.5
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
+    top = page.locator("#bars li.top")
+    assert top.get_attribute("data-class") == "1"
+    width = top.locator(".fill").evaluate("e => e.getBoundingClientRect().width / e.parentElement.getBoundingClientRect().width")
+    assert width == pytest.approx(probs[1], abs=0.02)
+    assert page.locator("#bars li[data-class='1'] .pct").text_content() == f"{probs[1] * 100:.1f}%"
+    seen = seen_image(page)
+    rows, cols = np.nonzero(seen)
+    assert rows.max() - rows.min() + 1 == 20  # a vertical stroke: 20 px tall, thin
+    assert cols.max() - cols.min() + 1 <= 5
+
+
+def test_tracing_real_mnist_digits_gives_their_labels(page, mnist, predictor):
+    # The first confident test digit of three different classes, traced with the mouse.
+    probs = predictor.probabilities(mnist.test_images[:100])
+    chosen, labels = [], set()
+    for i in range(100):
+        label = int(mnist.test_labels[i])
+        if probs[i].max() > 0.99 and probs[i].argmax() == label and label not in labels and label != 1:
+            chosen.append(i)
+            labels.add(label)
+        if len(chosen) == 3:
+            break
+    for i in chosen:
+        page.click("#clear")
+        for points in trace(mnist.test_images[i]):
+            stroke(page, points, steps=2)
+        settle(page)
+        assert page.locator("#label").text_content() == str(mnist.test_labels[i]), f"test digit {i}"
+        assert page.locator("#bars li.top").get_attribute("data-class") == str(mnist.test_labels[i])
+
+
+def test_undo_and_clear(page):
+    stroke(page, [(140, 40), (140, 240)])  # a 1
+    settle(page)
+    assert page.locator("#label").text_content() == "1"
+    one = bars(page)
+    stroke(page, [(60, 60), (220, 60)])  # a bar across the top: no longer a 1
+    settle(page)
+    assert bars(page) != one
+    page.click("#undo")
+    settle(page)
+    assert page.locator("#label").text_content() == "1"
+    assert bars(page) == pytest.approx(one, abs=1e-6)  # the same drawing, the same answer
+    page.click("#clear")
+    assert page.locator("#label").text_content() == "–"
+    assert set(bars(page).values()) == {0.0}
+    assert seen_image(page).max() == 0
+    blank = page.evaluate("() => Array.from(document.getElementById('pad').getContext('2d')"
+                          ".getImageData(0, 0, 280, 280).data).every(v => v === 255)")
+    assert blank
+
+
+def test_a_finger_can_draw(page):
+    x0, y0, k = pad_origin(page)
+    cdp = page.context.new_cdp_session(page)
+
+    def touch(kind, y):
+        points = [] if kind == "touchEnd" else [{"x": x0 + 140 * k, "y": y0 + y * k}]
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": points})
+
+    touch("touchStart", 40)
+    for y in range(50, 250, 10):
+        touch("touchMove", y)
+    touch("touchEnd", 240)
+    settle(page)
+    assert page.locator("#label").text_content() == "1"
+
+
+def test_uploading_a_test_image_shows_its_answer(page, mnist, predictor, tmp_path):
+    probs = predictor.probabilities(mnist.test_images[:50])
+    i = next(i for i in range(50) if probs[i].max() > 0.99 and mnist.test_labels[i] not in (1,))
+    path = tmp_path / "digit.png"
+    Image.fromarray(mnist.test_images[i]).resize((112, 112)).save(path)
+    page.set_input_files("#upload", str(path))
+    page.wait_for_function("(label) => document.getElementById('label').textContent === label",
+                           arg=str(mnist.test_labels[i]), timeout=10_000)
+    assert page.locator("#error").is_hidden()
+    np.testing.assert_array_equal(seen_image(page), imaging.load(path))
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("notes.png", b"these are my notes", "not an image"),
+    ("empty.png", b"", "no data"),
+    ("blank.png", png(np.full((64, 64), 255, np.uint8)), "no digit found"),
+    ("huge.bmp", b"BM" + b"\0" * 1_100_000, "limit"),
+])
+def test_bad_uploads_show_an_error(page, tmp_path, name, content, words):
+    stroke(page, [(140, 40), (140, 240)])
+    settle(page)
+    path = tmp_path / name
+    path.write_bytes(content)
+    page.set_input_files("#upload", str(path))
+    error = page.locator("#error")
+    error.wait_for(state="visible", timeout=10_000)
+    assert name in error.text_content() and words in error.text_content()
+    assert page.locator("#label").text_content() == "–"  # no stale answer next to the error
