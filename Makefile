@@ -31,6 +31,7 @@ train: setup
 	$(BIN)/mnistlab train --preset seed --test
 
 test: $(VENV)/.installed-test
+	bash scripts/system-deps.sh
 	$(BIN)/python -m pytest -q
 
 bench: setup
