@@ -16,6 +16,13 @@ Random search draws `trials` points from distributions:
 `{ distribution = "log_uniform", low = 1e-4, high = 1e-1 }`, `"uniform"`, `"int_uniform"`,
 or `{ choice = [256, 512] }`. A list search trains `points = [{...}, {...}]` as given.
 
+Keys under `mlp.` vary the hidden stack of a dense network as a whole, which dotted
+paths cannot (a path names one layer, and the number of layers is what changes):
+`mlp.hidden_layers`, `mlp.units`, `mlp.dropout` (after each hidden layer),
+`mlp.input_dropout`, `mlp.l2` (every kernel, output included), `mlp.max_norm` (hidden
+kernels; 0 removes the constraint) and `mlp.activation`. Whatever is not given is copied
+from the base model's first hidden Dense layer and its dropout (`expand_point`).
+
 Members that share a structure (layer sizes, activations, optimizer family, batch size...)
 train together in one compiled program (`engine.Population`); groups run one after
 another. Every epoch is recorded and checkpointed, so an interrupted sweep resumes where
@@ -182,12 +189,82 @@ def candidates(sweep: SweepSpec) -> list[Candidate]:
     for p, point in enumerate(sweep.search.points_to_train()):
         for s in range(sweep.seeds):
             seed = base.training.seed + s
-            # A key naming several paths, "a.b,c.d", gives them one value (tied parameters).
-            values = {path.strip(): v for key, v in point.items() for path in key.split(",")}
+            values = expand_point(base, point)
             spec = spec_lib.with_values(base, {**values, "training.seed": seed, "name": f"{sweep.name}-{len(out)}"},
                                         source=f"sweep point {p} {point}")
             out.append(Candidate(len(out), point, seed, spec))
     return out
+
+
+MLP_KEYS = ("hidden_layers", "units", "dropout", "input_dropout", "l2", "max_norm", "activation")
+
+
+def expand_point(base: spec_lib.RunSpec, point: dict[str, Any]) -> dict[str, Any]:
+    """A point as the dotted paths `spec.with_values` takes.
+
+    A key naming several paths, "a.b,c.d", gives them one value (tied parameters). The
+    `mlp.*` keys are replaced by the `model.layers` list they build, put first, so a
+    dotted path such as `model.layers.1.kernel_initializer` still applies on top of it.
+    """
+    values = {path.strip(): v for key, v in point.items() for path in key.split(",")}
+    family = {k.removeprefix("mlp."): v for k, v in values.items() if k.startswith("mlp.")}
+    if not family:
+        return values
+    for key in family:
+        if key not in MLP_KEYS:
+            raise UserError(f"mlp.{key}: unknown family setting: {spec_lib.suggest(key, MLP_KEYS)} "
+                            f"(known: {', '.join('mlp.' + k for k in MLP_KEYS)})")
+    rest = {k: v for k, v in values.items() if not k.startswith("mlp.")}
+    return {"model.layers": mlp_layers(base.model, family), **rest}
+
+
+def mlp_layers(model: spec_lib.ModelSpec, family: dict[str, Any]) -> list[dict[str, Any]]:
+    """The layer tables of `model` with its hidden stack rebuilt from `family` (see `expand_point`).
+
+    The base's first hidden block (its first Dense layer and what follows up to the next
+    Dense: an Activation, a Dropout) is the template repeated `mlp.hidden_layers` times;
+    what comes before it (input dropout) and the output Dense onwards are kept.
+    """
+    dump = lambda layer: {"type": layer.type, **layer.model_dump(mode="json", exclude_unset=True)}  # noqa: E731
+    layers = [dump(layer) for layer in model.layers]
+    dense = [i for i, layer in enumerate(layers) if layer["type"] == "dense"]
+    if len(dense) < 2:
+        raise UserError("mlp.*: the base model has no hidden Dense layer to copy (activation, initializer, "
+                        "regularizer); use a base with one, e.g. the `seed` preset (784-1000-10)")
+    prefix, block, head = layers[:dense[0]], layers[dense[0]:dense[1]], layers[dense[-1]:]
+    count = family.get("hidden_layers", len(dense) - 1)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise UserError(f"mlp.hidden_layers = {count!r}: expected a whole number >= 0")
+
+    def regularized(table: dict[str, Any]) -> dict[str, Any]:
+        if "l2" in family:
+            old = table.get("kernel_regularizer") or {}
+            table["kernel_regularizer"] = {"l1": old.get("l1", 0.0), "l2": float(family["l2"])}
+        return table
+
+    def with_dropout(tables: list[dict[str, Any]], key: str, at_start: bool) -> list[dict[str, Any]]:
+        if key not in family:
+            return tables
+        rate = {"type": "dropout", "rate": float(family[key])}
+        if any(t["type"] == "dropout" for t in tables):
+            return [rate if t["type"] == "dropout" else t for t in tables]
+        return [rate, *tables] if at_start else [*tables, rate]
+
+    # Dropout and regularizers are written even at rate / factor 0: those numbers are
+    # per-member inputs, so members differing only in them still share one program.
+    hidden = regularized(dict(block[0]))
+    hidden["units"] = family.get("units", hidden["units"])
+    rest = block[1:]
+    if "activation" in family:
+        hidden["activation"] = family["activation"]
+        rest = [t for t in rest if t["type"] != "activation"]
+    if "max_norm" in family:
+        hidden.pop("kernel_constraint", None)
+        if float(family["max_norm"]) > 0:
+            hidden["kernel_constraint"] = {"max_value": float(family["max_norm"])}
+    block = with_dropout([hidden, *rest], "dropout", at_start=False)
+    stack = [dict(t) for _ in range(count) for t in block]
+    return with_dropout(prefix, "input_dropout", at_start=True) + stack + [regularized(head[0])] + head[1:]
 
 
 def groups(cands: list[Candidate]) -> list[list[Candidate]]:
@@ -315,7 +392,7 @@ def run_sweep(sweep: SweepSpec, *, data_dir: str | Path | None = None, sweeps_di
 
     context = Context(sweep, folder, arrays, members, on_epoch, memory_budget, progress)
     for g, group in enumerate(grouped):
-        for part, chunk in enumerate(_fit_memory(group, arrays, memory_budget, context.messages)):
+        for part, chunk in enumerate(fit_memory(group, arrays, memory_budget, context.messages)):
             key = f"{g}.{part}"
             if key not in progress["done_parts"]:
                 _train_part(context, chunk, g, key, live.get(key))
@@ -362,7 +439,7 @@ class Context:
         self.compile_seconds = 0.0
 
 
-def _fit_memory(group: list[Candidate], arrays: data.Arrays, budget: int | None, messages: list[str]):
+def fit_memory(group: list[Candidate], arrays: data.Arrays, budget: int | None, messages: list[str]):
     """Split a group into parts whose members' state fits the device at once."""
     per_member = engine.member_bytes(group[0].spec, int(np.prod(arrays.train_images.shape[1:])))
     budget = budget if budget is not None else engine.device_memory() // 2

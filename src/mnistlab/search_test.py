@@ -49,6 +49,30 @@ def test_a_key_naming_several_paths_ties_them():
     assert tied[0].kernel_regularizer.l2 == 0.5 and tied[2].kernel_regularizer.l2 == 0.5
 
 
+def test_mlp_family_rebuilds_the_hidden_stack():
+    """`mlp.*` keys: depth, width, dropout, L2 and max-norm of every hidden layer at once."""
+    s = sweep_spec(base="seed", set=["training.validation_split=0.1"], seeds=1, search={"method": "list", "points": [
+        {"mlp.hidden_layers": 3, "mlp.units": 40, "mlp.dropout": 0.3, "mlp.input_dropout": 0.1,
+         "mlp.l2": 1e-5, "mlp.max_norm": 3.0},
+        {"mlp.hidden_layers": 1, "mlp.max_norm": 0, "model.layers.0.kernel_initializer": "he_normal"}]})
+    deep, shallow = (c.spec.model for c in search.candidates(s))
+    # seed: Dense(1000) -> Activation(relu) -> Dense(10) -> Activation(softmax), l2(0.01) on both kernels
+    assert [layer.type for layer in deep.layers] == (
+        ["dropout"] + ["dense", "activation", "dropout"] * 3 + ["dense", "activation"])
+    hidden = deep.dense_layers[:-1]
+    assert [d.units for d in deep.dense_layers] == [40, 40, 40, 10]
+    assert all(d.kernel_regularizer.l2 == 1e-5 and d.kernel_constraint.max_value == 3.0 for d in hidden)
+    assert deep.dense_layers[-1].kernel_regularizer.l2 == 1e-5 and deep.dense_layers[-1].kernel_constraint is None
+    assert deep.layers[0].rate == 0.1 and {layer.rate for layer in deep.layers[1:] if layer.type == "dropout"} == {0.3}
+    assert [layer.activation for layer in deep.layers if layer.type == "activation"] == ["relu"] * 3 + ["softmax"]
+    # Unnamed settings are the base's; a dotted path applies on top of the built stack.
+    assert [d.units for d in shallow.dense_layers] == [1000, 10]
+    assert shallow.dense_layers[0].kernel_regularizer.l2 == 0.01 and shallow.dense_layers[0].kernel_constraint is None
+    assert shallow.layers[1].type == "activation" and shallow.layers[0].kernel_initializer.name == "he_normal"
+    with pytest.raises(UserError, match="did you mean 'units'"):
+        search.candidates(sweep_spec(search={"method": "list", "points": [{"mlp.unit": 3}]}))
+
+
 def test_example_sweeps_expand():
     root = Path(__file__).resolve().parents[2] / "examples"
     assert len(search.candidates(search.load_sweep(root / "sweep-lr-l2.toml"))) == 48

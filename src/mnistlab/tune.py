@@ -1,0 +1,986 @@
+"""Hyper-parameter search with Optuna, trained as populations; the test set read once.
+
+    mnistlab tune SPACE.toml --trials 30                    # SQLite in studies/<name>/study.db
+    mnistlab tune SPACE.toml --trials 30 --storage postgresql://user@host/db   # on any number of machines
+    mnistlab tune SPACE.toml --final                        # retrain the best trial, test it once
+
+SPACE.toml is a sweep file (the same `base`, `set`, `metric` and `[search.params]`), plus an
+optional `[tune]` table (sampler, pruner, batch, heartbeats...; see `TuneSettings`):
+
+    name = "mlp"
+    base = "seed"
+    set = ["training.epochs=10", "training.validation_split=0.1", "training.batch_size=128"]
+    metric = "val_accuracy"
+    [search.params]
+    "optimizer.learning_rate" = { distribution = "log_uniform", low = 3e-4, high = 3e-3 }
+    "mlp.hidden_layers" = { choice = [1, 2, 3] }
+    [tune]
+    sampler = "tpe"
+    pruner = "median"
+
+How a worker runs (`run`): while the study has fewer than N finished trials (complete or
+pruned), it asks Optuna for a batch of trials, turns each trial's suggestions into a run
+specification, groups the batch by program structure (as sweeps do) and trains each group
+as one `engine.Population`. Every epoch's validation value is reported to its trial; a
+trial the pruner stops is frozen inside the running population and told PRUNED. A
+diverged member is told FAIL. Nothing here reads the test set: only `final` does.
+
+Several workers (processes, machines) share a study through its storage. The rule that
+keeps the count exact: asking is serialized by a lock on the storage (a PostgreSQL
+advisory lock, a MySQL named lock, a file lock beside an SQLite file), and a worker asks
+for at most N - finished - running trials. Each worker sends a heartbeat for its running
+trials; a trial whose heartbeat is older than the grace period is failed by the next
+worker that asks (`optuna.storages.fail_stale_trials`) and re-queued with the same
+parameters (`RetryHeartbeatStaleTrialCallback`), so a killed worker's trial is trained
+again and counted once. A worker whose trial was taken over that way (it stalled past the
+grace period) drops its result rather than count it twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import socket
+import threading
+import time
+import tomllib
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mnistlab import data, engine, runs, search
+from mnistlab import spec as spec_lib
+from mnistlab.errors import UserError
+from mnistlab.training import epoch_record, split
+
+# What a study folder holds (`mnistlab report` reads study.json, trials.json and metrics.jsonl).
+SPACE, DATABASE, STUDY, TRIALS_JSON, TRIALS_CSV, METRICS, FINAL = (
+    "tune.toml", "study.db", "study.json", "trials.json", "trials.csv", "metrics.jsonl", "final.json")
+SPACE_ATTR, TESTS_ATTR = "mnistlab.space", "mnistlab.test_evaluations"
+
+Sampler = Literal["tpe", "random", "grid", "cmaes"]
+Pruner = Literal["none", "median", "halving", "hyperband"]
+
+
+class TuneSettings(BaseModel):
+    """The `[tune]` table; command-line options override it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sampler: Sampler = "tpe"
+    pruner: Pruner = "median"
+    batch: int = Field(default=4, gt=0)  # trials asked at once and trained as populations
+    seed: int | None = None  # of the sampler; None: the search table's `seed`
+    startup_trials: int = Field(default=10, ge=0)  # TPE / CMA-ES: random trials first
+    prune_after: int = Field(default=5, ge=0)  # median pruner: complete trials before it prunes
+    warmup_epochs: int = Field(default=1, ge=0)  # median pruner: epochs never pruned
+    heartbeat_interval: int = Field(default=10, gt=0)  # seconds between a worker's heartbeats
+    grace_period: int = Field(default=60, gt=0)  # seconds without one before a trial is re-run
+    max_retry: int = Field(default=3, ge=0)  # re-runs of one trial whose workers keep dying
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    sweep: search.SweepSpec
+    settings: TuneSettings
+    text: str  # the normalized TOML, as saved in the study folder
+
+    @property
+    def name(self) -> str:
+        return self.sweep.name
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.sweep.search.params
+
+
+def load_tune(path: str | Path) -> TuneSpec:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file. Give the path of a search-space TOML (see README: "
+                        "Tuning with Optuna).") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{path}: not valid TOML: {err}") from None
+    return tune_from_dict(raw, str(path), base_dir=path.parent)
+
+
+def tune_from_dict(raw: dict[str, Any], source: str = "tune", base_dir: Path | None = None) -> TuneSpec:
+    raw = dict(raw)
+    table = raw.pop("tune", {})
+    try:
+        settings = TuneSettings.model_validate(table)
+    except ValidationError as err:
+        lines = [f"tune.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()]
+        raise UserError(f"{source}: invalid [tune] table:\n  " + "\n  ".join(lines)) from None
+    raw.setdefault("search", {})
+    if isinstance(raw["search"], dict) and "method" not in raw["search"]:
+        raw["search"] = {**raw["search"], "method": "random"}  # Optuna samples: any distribution goes
+    sweep = search.sweep_from_dict(raw, source, base_dir)
+    problems = []
+    if sweep.search.method == "list":
+        problems.append("search.points: tune samples from `[search.params]`; a list of points is for sweeps")
+    if sweep.seeds != 1:
+        problems.append(f"seeds = {sweep.seeds}: a trial is one training run; leave seeds out (1)")
+    if sweep.patience is not None:
+        problems.append("patience: tune stops poor trials with its pruner (`[tune] pruner`); remove patience")
+    if not sweep.metric.startswith("val_"):
+        problems.append(f"metric = '{sweep.metric}': tune ranks trials on validation: val_accuracy or val_loss")
+    if problems:
+        raise UserError(f"{source}: not a tune space:\n  " + "\n  ".join(problems))
+    dump = sweep.model_dump(mode="json", exclude_none=True)
+    text = tomli_w.dumps({**dump, "tune": settings.model_dump(mode="json", exclude_none=True)})
+    spec = TuneSpec(sweep, settings, text)
+    _check_space(spec)
+    return spec
+
+
+def _check_space(tune: TuneSpec) -> None:
+    """Build the specs at the corners of the space now: a misspelt path fails before any trial."""
+    base = _base(tune)
+    if base.training.validation.fraction <= 0:
+        raise UserError(f"{tune.name}: tune needs validation data to rank trials on: add "
+                        "\"training.validation_split=0.1\" to `set`")
+    for corner in (0, -1):
+        point = {}
+        for name, dist in tune.params.items():
+            choices = _choices(dist)
+            point[name] = choices[corner] if choices is not None else (dist.low if corner == 0 else dist.high)
+            if choices is None and dist.distribution == "int_uniform":
+                point[name] = int(point[name])
+        trial_spec(tune, base, point, "check")
+
+
+def _base(tune: TuneSpec) -> spec_lib.RunSpec:
+    return search.base_spec(tune.sweep)
+
+
+def trial_spec(tune: TuneSpec, base: spec_lib.RunSpec, point: dict[str, Any], name: str) -> spec_lib.RunSpec:
+    return spec_lib.with_values(base, {**search.expand_point(base, point), "name": name},
+                                source=f"{tune.name}: point {point}")
+
+
+# ------------------------------------------------------------------ the space, in Optuna's words
+
+
+def _choices(dist) -> list[Any] | None:
+    if isinstance(dist, list):
+        return dist
+    return dist.choice
+
+
+def _plain(values: list[Any]) -> bool:
+    return all(v is None or isinstance(v, (bool, int, float, str)) for v in values)
+
+
+def _encoded(values: list[Any]) -> list[Any]:
+    """Optuna's categorical choices must be plain values: tables and lists go as JSON text."""
+    return values if _plain(values) else [json.dumps(v, sort_keys=True) for v in values]
+
+
+def suggest(trial, tune: TuneSpec) -> dict[str, Any]:
+    """The trial's point: one value per parameter of the space, asked of Optuna."""
+    point = {}
+    for name, dist in tune.params.items():
+        choices = _choices(dist)
+        if choices is not None:
+            value = trial.suggest_categorical(name, _encoded(choices))
+            point[name] = value if _plain(choices) else json.loads(value)
+        elif dist.distribution == "int_uniform":
+            point[name] = trial.suggest_int(name, int(dist.low), int(dist.high))
+        else:
+            point[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.distribution == "log_uniform")
+    return point
+
+
+def point_of(params: dict[str, Any], tune: TuneSpec) -> dict[str, Any]:
+    """A finished trial's Optuna params back as the space's values."""
+    out = {}
+    for name, value in params.items():
+        dist = tune.params.get(name)
+        choices = _choices(dist) if dist is not None else None
+        out[name] = json.loads(value) if choices is not None and not _plain(choices) else value
+    return out
+
+
+def grid_space(tune: TuneSpec) -> dict[str, list[Any]]:
+    grid = {}
+    for name, dist in tune.params.items():
+        choices = _choices(dist)
+        if choices is not None:
+            grid[name] = _encoded(choices)
+        elif dist.distribution == "int_uniform" and dist.high - dist.low < 1000:
+            grid[name] = list(range(int(dist.low), int(dist.high) + 1))
+        else:
+            raise UserError(f"--sampler grid: '{name}' is a {dist.distribution} distribution; a grid takes "
+                            "lists of values: give `[...]` or `{ choice = [...] }`, or use --sampler tpe")
+    return grid
+
+
+def grid_size(tune: TuneSpec) -> int:
+    return math.prod(len(v) for v in grid_space(tune).values())
+
+
+def make_sampler(tune: TuneSpec, settings: TuneSettings, seed: int):
+    import optuna
+
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if settings.sampler == "grid":
+        class Grid(optuna.samplers.GridSampler):
+            def after_trial(self, study, trial, state, values) -> None:
+                # GridSampler stops an exhausted study with Study.stop(), which only works
+                # inside optimize(); here the worker's loop ends at the grid's size itself.
+                pass
+
+        return Grid(grid_space(tune), seed=seed)
+    if settings.sampler == "cmaes":
+        # CMA-ES samples numbers; categorical parameters go to the independent sampler.
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=settings.startup_trials,
+                                            warn_independent_sampling=False,
+                                            independent_sampler=optuna.samplers.RandomSampler(seed=seed))
+    # constant_liar: a running trial counts as a poor result, so a batch asked at once (and
+    # other workers' trials) spreads out instead of piling onto one promising point.
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True,
+                                      n_startup_trials=settings.startup_trials)
+
+
+def make_pruner(settings: TuneSettings, max_epochs: int):
+    import optuna
+
+    if settings.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=settings.prune_after,
+                                           n_warmup_steps=settings.warmup_epochs)
+    if settings.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if settings.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+# ------------------------------------------------------------------ storage
+
+
+def default_storage(folder: Path) -> str:
+    return f"sqlite:///{(folder / DATABASE).resolve()}"
+
+
+def redact(url: str) -> str:
+    """The URL without its password (it goes into files and messages)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def normalize_url(url: str) -> str:
+    # `postgres://` is a common spelling that SQLAlchemy no longer accepts.
+    return "postgresql://" + url[len("postgres://"):] if url.startswith("postgres://") else url
+
+
+def open_storage(url: str, settings: TuneSettings, callback: bool = True):
+    """An Optuna RDBStorage with heartbeats; a clear UserError when it cannot be opened."""
+    import optuna
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    url = normalize_url(url)
+    fix = ("Give a SQLAlchemy URL such as sqlite:///study.db or postgresql://USER:PASSWORD@HOST:5432/DB, "
+           "and check that the server runs and the database exists (createdb DB)")
+    try:
+        backend = make_url(url).get_backend_name()
+    except sqlalchemy.exc.ArgumentError:
+        raise UserError(f"--storage {redact(url)}: not a database URL. {fix}") from None
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if backend == "postgresql":
+        kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails in seconds
+    elif backend == "mysql":
+        kwargs["connect_args"] = {"connect_timeout": 10}
+    elif backend == "sqlite":
+        kwargs["connect_args"] = {"timeout": 60}  # workers on one machine wait for each other's writes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=settings.max_retry)
+        try:
+            for attempt in range(3):
+                try:
+                    return optuna.storages.RDBStorage(
+                        url, engine_kwargs=kwargs, heartbeat_interval=settings.heartbeat_interval,
+                        grace_period=settings.grace_period, heartbeat_stale_trial_callback=retry if callback else None)
+                except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                    # Workers started together race to create Optuna's tables in a new
+                    # database; the loser finds them made on its next try.
+                    if attempt == 2:
+                        raise
+                    time.sleep(1 + attempt)
+        except sqlalchemy.exc.NoSuchModuleError:
+            raise UserError(f"--storage {redact(url)}: unknown database kind '{url.split(':')[0]}'. {fix}") from None
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as err:
+            reason = str(err.orig if getattr(err, "orig", None) is not None else err).strip().splitlines()[0]
+            raise UserError(f"--storage {redact(url)}: cannot connect: {reason}. {fix}") from None
+        except ImportError as err:
+            raise UserError(f"--storage {redact(url)}: the database driver is missing ({err}); install it "
+                            "(PostgreSQL: pip install 'psycopg[binary]', a mnistlab dependency)") from None
+        except (sqlalchemy.exc.ArgumentError, ValueError) as err:
+            raise UserError(f"--storage {redact(url)}: {err}. {fix}") from None
+
+
+@contextlib.contextmanager
+def ask_lock(storage, study_name: str) -> Iterator[None]:
+    """Serialize count-and-ask across workers, so that together they never overshoot N."""
+    from sqlalchemy import text
+
+    backend = storage.engine.dialect.name
+    key = int.from_bytes(hashlib.sha256(f"mnistlab:{study_name}".encode()).digest()[:8], "big", signed=True)
+    if backend == "sqlite":
+        database = storage.engine.url.database
+        if not database or database == ":memory:":
+            yield
+            return
+        with open(f"{database}.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+        return
+    if backend in ("postgresql", "mysql"):
+        lock, unlock = {"postgresql": ("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)"),
+                        "mysql": ("SELECT GET_LOCK(:k, 3600)", "SELECT RELEASE_LOCK(:k)")}[backend]
+        k = key if backend == "postgresql" else f"mnistlab:{key}"
+        # A session lock: if this worker dies, the server drops it with the connection.
+        with storage.engine.connect() as conn:
+            conn.execute(text(lock), {"k": k})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text(unlock), {"k": k})
+                conn.commit()
+        return
+    yield  # other databases: no lock; two workers asking at the same instant may overshoot
+
+
+class Heartbeats:
+    """A thread that records a heartbeat for each of this worker's running trials."""
+
+    def __init__(self, storage, interval: int):
+        self.storage, self.interval = storage, interval
+        self.ids: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="mnistlab-heartbeat", daemon=True)
+
+    def __enter__(self) -> "Heartbeats":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def add(self, trial_id: int) -> None:
+        self.storage.record_heartbeat(trial_id)  # at once: a trial with no heartbeat is never failed
+        with self._lock:
+            self.ids.add(trial_id)
+
+    def remove(self, trial_id: int) -> None:
+        with self._lock:
+            self.ids.discard(trial_id)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                ids = list(self.ids)
+            for trial_id in ids:
+                with contextlib.suppress(Exception):  # a lost beat is retried next interval
+                    self.storage.record_heartbeat(trial_id)
+
+
+# ------------------------------------------------------------------ the study
+
+
+def open_study(tune: TuneSpec, settings: TuneSettings, storage, create: bool = True):
+    """Create or load the study; refuse one made from a different space."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if not create and tune.name not in names:
+        raise UserError(f"no study '{tune.name}' in {redact(storage.url)}: run `mnistlab tune SPACE.toml "
+                        "--trials N` first")
+    study = optuna.create_study(storage=storage, study_name=tune.name, direction=tune.sweep.direction,
+                                load_if_exists=True)
+    space = json.dumps(tune.sweep.model_dump(mode="json", exclude_none=True), sort_keys=True)
+    recorded = study.user_attrs.get(SPACE_ATTR)
+    if recorded is None:
+        study.set_user_attr(SPACE_ATTR, space)
+    elif recorded != space:
+        raise UserError(f"study '{tune.name}' in {redact(storage.url)} was made from another search space "
+                        "(base, set, metric or params differ). Give this space another `name`, or delete the "
+                        f"old study: optuna delete-study --study-name {tune.name} --storage URL")
+    if study.direction.name.lower() != tune.sweep.direction:
+        raise UserError(f"study '{tune.name}' {study.direction.name.lower()}s; metric {tune.sweep.metric} "
+                        f"needs {tune.sweep.direction}")
+    return study
+
+
+@dataclass
+class Counts:
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+
+def counts(study) -> Counts:
+    from optuna.trial import TrialState
+
+    c = Counts()
+    for t in study.get_trials(deepcopy=False):
+        name = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
+                TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}[t.state]
+        setattr(c, name, getattr(c, name) + 1)
+    return c
+
+
+def best_trial(study):
+    """The best complete trial, or None."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# ------------------------------------------------------------------ a worker
+
+
+@dataclass
+class Open:
+    """A trial this worker is training."""
+
+    trial: Any  # optuna.Trial
+    point: dict[str, Any]
+    spec: spec_lib.RunSpec
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_value: float | None = None
+
+
+@dataclass
+class TuneResult:
+    path: Path
+    storage: str
+    counts: Counts
+    summary: dict[str, Any]
+    interrupted: bool = False
+    timed_out: bool = False
+
+
+class _OutOfTime(Exception):
+    """The `timeout` budget ran out while trials were training."""
+
+
+def run(tune: TuneSpec, trials: int, *, study_dir: str | Path | None = None, storage: str | None = None,
+        settings: TuneSettings | None = None, data_dir: str | Path | None = None,
+        arrays: data.Arrays | None = None, timeout: float | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        memory_budget: int | None = None) -> TuneResult:
+    """Work on the study until it has `trials` finished (complete + pruned) trials.
+
+    Re-running resumes: the study lives in its storage. Any number of workers may run this
+    at once against one storage (see the module's docstring for the counting rule).
+    `timeout`: a budget in seconds. No batch is asked after it; trials still training when it
+    runs out are stopped at the end of their epoch, failed and queued again (as after Ctrl-C).
+    """
+    import optuna
+
+    settings = settings or tune.settings
+    folder, url, rdb = _open(tune, settings, study_dir, storage, retry=True)
+    study = open_study(tune, settings, rdb)
+    _save_space(folder, tune)
+    if settings.sampler == "grid" and trials > grid_size(tune):
+        _emit(on_event, {"event": "message", "text": f"the grid has {grid_size(tune)} points: "
+                         f"--trials {trials} lowered to {grid_size(tune)}"})
+        trials = grid_size(tune)
+    base = _base(tune)
+    arrays = arrays if arrays is not None else data.load(base.dataset, data_dir)
+    max_epochs = _max_epochs(tune, base)
+    study.pruner = make_pruner(settings, max_epochs)
+    seed = settings.seed if settings.seed is not None else tune.sweep.search.seed
+    started = time.perf_counter()
+    opened: dict[int, Open] = {}
+    deadline = started + timeout if timeout is not None else None
+    ctx = _Worker(tune, settings, study, folder, arrays, base, on_event, memory_budget, opened, deadline)
+    interrupted = timed_out = False
+    with warnings.catch_warnings(), Heartbeats(rdb, settings.heartbeat_interval) as beats:
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        ctx.beats = beats
+        try:
+            while True:
+                if deadline is not None and time.perf_counter() > deadline:
+                    _emit(on_event, {"event": "message", "text": f"--timeout {timeout:g} s reached: no new trials"})
+                    timed_out = True
+                    break
+                with ask_lock(rdb, tune.name):
+                    optuna.storages.fail_stale_trials(study)
+                    now = counts(study)
+                    slots = trials - now.finished - now.running
+                    if now.finished >= trials:
+                        break
+                    if slots > 0:
+                        # A fresh seed per batch: a resumed study, or another worker, does not
+                        # repeat the draws already made (the count differs at every ask).
+                        n_all = len(study.get_trials(deepcopy=False))
+                        study.sampler = make_sampler(tune, settings, seed * 1_000_003 + n_all)
+                        batch = [study.ask() for _ in range(min(settings.batch, slots))]
+                        for trial in batch:
+                            beats.add(trial._trial_id)
+                            opened[trial.number] = Open(trial, {}, base)
+                        for trial in batch:  # suggested while holding the lock: others' liars see them
+                            point = suggest(trial, tune)
+                            spec = trial_spec(tune, base, point, f"{tune.name}-{trial.number}")
+                            opened[trial.number] = Open(trial, point, spec)
+                            trial.set_user_attr("worker", worker_name())
+                if slots <= 0:
+                    _emit(on_event, {"event": "wait", "running": now.running, "finished": now.finished,
+                                     "target": trials})
+                    time.sleep(min(settings.heartbeat_interval, 5))
+                    continue
+                _emit(on_event, {"event": "batch", "trials": [t.number for t in batch],
+                                 "finished": now.finished, "target": trials})
+                ctx.train_batch([opened[t.number] for t in batch])
+                write_outputs(study, folder, tune, settings, url, trials, with_importances=False)
+        except (KeyboardInterrupt, _OutOfTime) as stop:
+            # Ctrl-C or the budget: the trials in training are failed and queued again with
+            # the same parameters; re-running the command trains them.
+            interrupted, timed_out = isinstance(stop, KeyboardInterrupt), isinstance(stop, _OutOfTime)
+            if timed_out:
+                _emit(on_event, {"event": "message", "text": f"--timeout {timeout:g} s reached: trials "
+                                 f"{', '.join(map(str, opened))} stopped and queued again"})
+            for o in list(opened.values()):
+                frozen = _fail(study, o, "interrupted" if interrupted else "out of time")
+                if frozen is not None:
+                    requeue(study, frozen, settings.max_retry)
+        except BaseException as err:
+            for o in list(opened.values()):
+                _fail(study, o, f"error: {type(err).__name__}: {err}")
+            raise
+        finally:
+            for o in opened.values():
+                beats.remove(o.trial._trial_id)
+    summary = write_outputs(study, folder, tune, settings, url, trials, with_importances=True)
+    _prune_trial_folders(study, folder)
+    _emit(on_event, {"event": "done", "seconds": time.perf_counter() - started})
+    return TuneResult(folder, url, counts(study), summary, interrupted, timed_out)
+
+
+def _open(tune: TuneSpec, settings: TuneSettings, study_dir, storage: str | None, retry: bool):
+    """(study folder, storage URL, storage). A given storage is opened before the folder is
+    made, so a bad URL leaves nothing behind; the default SQLite file lives in the folder."""
+    folder = Path(study_dir) if study_dir is not None else Path("studies") / tune.name
+    url = normalize_url(storage) if storage else default_storage(folder)
+    if storage:
+        rdb = open_storage(url, settings, callback=retry)
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        rdb = open_storage(url, settings, callback=retry)
+    return folder, url, rdb
+
+
+def _emit(on_event, event: dict[str, Any]) -> None:
+    if on_event is not None:
+        on_event(event)
+
+
+def _max_epochs(tune: TuneSpec, base: spec_lib.RunSpec) -> int:
+    dist = tune.params.get("training.epochs")
+    if dist is None:
+        return base.training.epochs
+    choices = _choices(dist)
+    return int(max(choices) if choices is not None else dist.high)
+
+
+def _save_space(folder: Path, tune: TuneSpec) -> None:
+    path = folder / SPACE
+    if not path.exists():
+        runs.atomic_write(path, tune.text)
+
+
+def requeue(study, frozen, max_retry: int | None) -> None:
+    """Queue a failed trial again with the same parameters, as Optuna's retry callback does
+    for a stale one (the same `failed_trial` / `retry_history` marks), its results left behind."""
+    import optuna
+
+    history = [*frozen.system_attrs.get("retry_history", []), frozen.number]
+    if max_retry is not None and len(history) > max_retry:
+        return
+    system = {**frozen.system_attrs, "failed_trial": frozen.system_attrs.get("failed_trial", frozen.number),
+              "retry_history": history}
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.WAITING, params=frozen.params,
+                                              distributions=frozen.distributions, system_attrs=system))
+
+
+def _fail(study, o: Open, why: str):
+    """Tell a trial FAIL (unless finished already); its frozen record, or None."""
+    import optuna
+
+    try:
+        o.trial.set_user_attr("status", "failed")
+        o.trial.set_user_attr("failure", why)
+        if o.history:
+            o.trial.set_user_attr("history", o.history)
+        return study.tell(o.trial, state=optuna.trial.TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError):
+        return None
+
+
+@dataclass
+class _Worker:
+    tune: TuneSpec
+    settings: TuneSettings
+    study: Any
+    folder: Path
+    arrays: data.Arrays
+    base: spec_lib.RunSpec
+    on_event: Callable[[dict[str, Any]], None] | None
+    memory_budget: int | None
+    opened: dict[int, Open]
+    deadline: float | None = None
+    beats: Heartbeats | None = None
+
+    def __post_init__(self):
+        self.messages: list[str] = []
+
+    def train_batch(self, batch: list[Open]) -> None:
+        cands = [search.Candidate(o.trial.number, o.point, o.spec.training.seed, o.spec) for o in batch]
+        by: dict[tuple, list[search.Candidate]] = {}
+        for c in cands:  # one program and one split per population
+            t = c.spec.training
+            by.setdefault((engine.structure(c.spec), t.subset, t.validation.fraction, t.validation.method,
+                           t.seed if t.validation.method == "stratified" else None), []).append(c)
+        for group in by.values():
+            for part in search.fit_memory(group, self.arrays, self.memory_budget, self.messages):
+                self.train_part([self.opened[c.member] for c in part])
+
+    def train_part(self, part: list[Open]) -> None:
+        from optuna.trial import TrialState
+
+        first = part[0].spec
+        x_train, y_train, x_val, y_val = split(first, self.arrays)  # the test set is never touched here
+        lanes = self.tune.sweep.lanes or engine.choose_lanes(first, x_train, y_train, len(part))
+        population = engine.Population([o.spec for o in part], x_train, y_train, x_val, y_val, lanes=lanes)
+        metric, direction = self.tune.sweep.metric, self.tune.sweep.direction
+        live = dict(enumerate(part))
+        while live:
+            result = population.train_epoch()
+            for i, o in list(live.items()):
+                record = epoch_record(result, i)
+                o.history.append(record)
+                value = record.get(metric, float("nan"))
+                if result.diverged[i] or not math.isfinite(value):
+                    self.finish(i, o, population, TrialState.FAIL, "diverged")
+                    del live[i]
+                    continue
+                if search._better(value, o.best_value, direction):
+                    o.best_value, o.best_epoch = value, result.epoch
+                o.trial.report(value, result.epoch)
+                if result.epoch >= o.spec.training.epochs:
+                    self.finish(i, o, population, TrialState.COMPLETE, "completed", value)
+                    del live[i]
+                elif o.trial.should_prune():
+                    self.finish(i, o, population, TrialState.PRUNED, "pruned")
+                    del live[i]
+            population.freeze([i for i in range(len(part)) if i not in live])
+            _emit(self.on_event, {"event": "epoch", "epoch": result.epoch, "trials": [o.trial.number for o in part],
+                                  "running": len(live), "seconds": result.seconds})
+            if live and self.deadline is not None and time.perf_counter() > self.deadline:
+                raise _OutOfTime
+
+    def finish(self, i: int, o: Open, population: engine.Population, state, status: str,
+               value: float | None = None) -> None:
+        import optuna
+        from optuna.trial import TrialState
+
+        trial = o.trial
+        final = {k: v for k, v in o.history[-1].items() if k not in ("epoch", "seconds")} if o.history else {}
+        attrs = {"status": status, "history": o.history, "epochs": len(o.history), "best_epoch": o.best_epoch,
+                 "final": final, "point": o.point, "seed": o.spec.training.seed, "worker": worker_name(),
+                 "train_seconds": sum(r["seconds"] for r in o.history)}
+        try:
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
+            frozen = self.study.tell(trial, value if state == TrialState.COMPLETE else None, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Another worker failed this trial (our heartbeat was late) and queued it again:
+            # the re-run counts, this result does not.
+            _emit(self.on_event, {"event": "message", "text": f"trial {trial.number} was taken over by another "
+                                  "worker (heartbeat late): result dropped"})
+            frozen = None
+        finally:
+            self.opened.pop(trial.number, None)
+            if self.beats is not None:
+                self.beats.remove(trial._trial_id)
+        if frozen is None:
+            return
+        best = best_trial(self.study)
+        is_best = state == TrialState.COMPLETE and best is not None and best.number == trial.number
+        if is_best:
+            save_trial_run(self.folder, self.tune, o, population.member_params(i))
+            point_best(self.folder, trial.number)
+        _emit(self.on_event, {"event": "trial", "trial": trial.number, "status": status, "value": frozen.value,
+                              "epochs": len(o.history), "params": o.point, "best": is_best,
+                              "best_value": best.value if best is not None else None,
+                              "best_trial": best.number if best is not None else None,
+                              "finished": counts(self.study).finished})
+
+
+# ------------------------------------------------------------------ the study folder
+
+
+def save_trial_run(folder: Path, tune: TuneSpec, o: Open, params: dict[str, Any]) -> Path:
+    """A trial as an ordinary run folder, trials/<number> (kept for trials that were best)."""
+    import numpy as np
+
+    dest = folder / "trials" / str(o.trial.number)
+    if dest.exists():
+        return dest
+    tmp = folder / "trials" / f".{o.trial.number}.tmp-{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    writer = runs.RunWriter(tmp, o.spec)
+    for record in o.history:
+        writer.log_epoch(record)
+    writer.save_weights({k: np.asarray(v) for k, v in params.items()})
+    writer.finish({"name": o.spec.name, "status": "completed", "epochs_completed": len(o.history),
+                   "epochs_requested": o.spec.training.epochs,
+                   "final": o.history[-1] if o.history else None,
+                   "train_seconds": sum(r["seconds"] for r in o.history),
+                   "seconds_per_epoch": [r["seconds"] for r in o.history],
+                   "from_study": str(folder), "trial": o.trial.number, "params": o.point,
+                   "environment": runs.environment()})
+    tmp.rename(dest)
+    return dest
+
+
+def point_best(folder: Path, number: int) -> None:
+    """`best` -> trials/<number>, swapped atomically (a symbolic link replaced by rename)."""
+    tmp = folder / f".best.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(f"trials/{number}", tmp)
+    os.replace(tmp, folder / "best")
+
+
+def _prune_trial_folders(study, folder: Path) -> None:
+    """Point `best` at the study's best trial when its folder is here; drop folders of worse trials.
+
+    Only trials known complete and worse than the best are removed: another worker may be
+    writing a newer, better one right now.
+    """
+    from optuna.trial import TrialState
+
+    best = best_trial(study)
+    if best is None or not (folder / "trials").is_dir():
+        return
+    if (folder / "trials" / str(best.number)).is_dir():
+        point_best(folder, best.number)
+    done = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    for path in (folder / "trials").iterdir():
+        if path.name.isdigit() and int(path.name) in done and int(path.name) != best.number:
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def trial_rows(study, tune: TuneSpec) -> list[dict[str, Any]]:
+    """One row per trial, best first (by the value Optuna was told), then the rest by number."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        a = t.user_attrs
+        status = a.get("status") if t.state.name not in ("RUNNING", "WAITING") else t.state.name.lower()
+        final = a.get("final") or {}
+        rows.append({
+            "trial": t.number, "state": t.state.name, "status": status or t.state.name.lower(),
+            "value": t.value, "params": point_of(t.params, tune), "seed": a.get("seed"), "epochs": a.get("epochs", len(t.intermediate_values)),
+            "best_epoch": a.get("best_epoch"), **{k: final.get(k) for k in ("loss", "accuracy", "val_loss",
+                                                                          "val_accuracy")},
+            "retry_of": retried_from(t), "worker": a.get("worker"),
+            "train_seconds": a.get("train_seconds"),
+            "started": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
+            "finished": t.datetime_complete.isoformat(timespec="seconds") if t.datetime_complete else None,
+        })
+    sign = -1 if tune.sweep.direction == "maximize" else 1
+    ok = lambda r: r["state"] == "COMPLETE" and r["value"] is not None and math.isfinite(r["value"])  # noqa: E731
+    return sorted(rows, key=lambda r: (0, sign * r["value"], r["trial"]) if ok(r) else (1, 0, r["trial"]))
+
+
+def retried_from(trial) -> int | None:
+    """The number of the first trial this one re-runs (Optuna's retry mark), or None."""
+    return trial.system_attrs.get("failed_trial")
+
+
+def importances(study) -> tuple[dict[str, float], str]:
+    import optuna
+
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if len(complete) < 2:
+        return {}, "fewer than 2 complete trials"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = optuna.importance.get_param_importances(study)
+        return {k: float(v) for k, v in found.items()}, "optuna.importance.get_param_importances (fANOVA)"
+    except (RuntimeError, ValueError, ZeroDivisionError) as err:
+        return {}, f"not computed: {err}"
+
+
+def write_outputs(study, folder: Path, tune: TuneSpec, settings: TuneSettings, url: str, trials: int | None,
+                  with_importances: bool) -> dict[str, Any]:
+    """study.json, trials.json / trials.csv and metrics.jsonl, all from the storage."""
+    rows = trial_rows(study, tune)
+    metrics = []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        metrics += [{"trial": t.number, **r} for r in t.user_attrs.get("history") or []]
+    c = counts(study)
+    best = best_trial(study)
+    previous = json.loads((folder / STUDY).read_text()) if (folder / STUDY).exists() else {}
+    found, method = (importances(study) if with_importances
+                     else (previous.get("importances", {}), previous.get("importance_method", "not computed yet")))
+    link = folder / "best"
+    summary = {
+        "name": tune.name, "study_name": study.study_name, "storage": redact(url),
+        "metric": tune.sweep.metric, "direction": tune.sweep.direction,
+        "trials_requested": trials if trials is not None else previous.get("trials_requested"),
+        "complete": c.complete, "pruned": c.pruned, "failed": c.failed, "running": c.running, "waiting": c.waiting,
+        "best_trial": best.number if best else None, "best_value": best.value if best else None,
+        "best_params": point_of(best.params, tune) if best else None,
+        "best_run": "best" if best and link.is_dir() and os.readlink(link) == f"trials/{best.number}" else None,
+        "importances": found, "importance_method": method,
+        "sampler": settings.sampler, "pruner": settings.pruner, "batch": settings.batch,
+        "test_evaluations": study.user_attrs.get(TESTS_ATTR, []),
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "dashboard": f"optuna-dashboard {redact(url)}",
+    }
+    if best and summary["best_run"] is None:
+        summary["best_run_note"] = (f"trial {best.number} was trained by {best.user_attrs.get('worker')}; its run "
+                                    "folder is in that worker's study folder")
+    runs.atomic_write(folder / TRIALS_JSON, json.dumps(rows, indent=1) + "\n")
+    runs.atomic_write(folder / TRIALS_CSV, search.rows_csv(rows))
+    runs.atomic_write(folder / METRICS, "".join(json.dumps(m) + "\n" for m in metrics))
+    runs.atomic_write(folder / STUDY, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+# ------------------------------------------------------------------ the test set, once
+
+
+def _on_all_training_data(spec: spec_lib.RunSpec, arrays: data.Arrays) -> tuple[spec_lib.RunSpec, str | None]:
+    """The spec trained on train + validation. A schedule that spanned the searched run
+    exactly (decay_steps = epochs x steps per epoch) is stretched to the longer epochs, so
+    its shape over the run stays the one that was searched; anything else is kept as is."""
+    import math as m
+
+    searched = len(split(spec, arrays)[1])
+    spec_all = spec_lib.with_values(spec, {"training.validation.fraction": 0.0}, source="--with-validation")
+    everything = len(split(spec_all, arrays)[1])
+    t, schedule = spec.training, spec.optimizer.schedule
+    before, after = (t.epochs * m.ceil(n / t.batch_size) for n in (searched, everything))
+    if schedule.name != "constant" and schedule.decay_steps == before and before != after:
+        spec_all = spec_lib.with_values(spec_all, {"optimizer.schedule.decay_steps": after}, source="--with-validation")
+        return spec_all, f"optimizer.schedule.decay_steps {before} -> {after}: the schedule spans the longer epochs"
+    return spec_all, None
+
+
+@dataclass
+class FinalResult:
+    record: dict[str, Any]  # the test evaluation: new, or the one recorded before
+    again: bool  # True: the test set had been used already and was not read now
+    path: Path
+
+
+def final(tune: TuneSpec, *, study_dir: str | Path | None = None, storage: str | None = None,
+          settings: TuneSettings | None = None, with_validation: bool = False, retest: bool = False,
+          data_dir: str | Path | None = None, arrays: data.Arrays | None = None,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FinalResult:
+    """Retrain the best trial's configuration and evaluate it on the test set, once per study.
+
+    The evaluation is recorded in the study's storage (user attribute
+    `mnistlab.test_evaluations`) and in final.json. Asked again, it returns the recorded
+    result without reading the test set, unless `retest` (itself recorded, numbered).
+    """
+    from mnistlab.training import train
+
+    settings = settings or tune.settings
+    where = Path(study_dir) if study_dir is not None else Path("studies") / tune.name
+    if not storage and not (where / DATABASE).exists():
+        raise UserError(f"{where / DATABASE}: no study here: run `mnistlab tune SPACE.toml --trials N` first "
+                        "(or give --storage / --study-dir where it ran)")
+    folder, url, rdb = _open(tune, settings, study_dir, storage, retry=False)
+    study = open_study(tune, settings, rdb, create=False)
+    with ask_lock(rdb, tune.name):
+        done = list(study.user_attrs.get(TESTS_ATTR, []))
+        used = [r for r in done if r.get("test") is not None or r.get("status") == "started"]
+        if used and not retest:
+            return FinalResult(used[-1], True, folder)  # the test set stays unread
+        best = best_trial(study)
+        if best is None:
+            raise UserError(f"study '{tune.name}' has no complete trial yet: run `mnistlab tune SPACE.toml "
+                            "--trials N` first")
+        # Claimed before training: a second --final while this one runs sees it.
+        claim = {"evaluation": len(done) + 1, "status": "started", "trial": best.number,
+                 "value": best.value, "params": point_of(best.params, tune),
+                 "data": "train+validation" if with_validation else "train", "retest": bool(done),
+                 "worker": worker_name(), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        study.set_user_attr(TESTS_ATTR, done + [claim])
+    base = _base(tune)
+    spec = trial_spec(tune, base, point_of(best.params, tune), f"{tune.name}-final")
+    arrays = arrays if arrays is not None else data.load(base.dataset, data_dir)
+    if with_validation:
+        spec, note = _on_all_training_data(spec, arrays)
+        claim["adjusted"] = note
+    try:
+        # The test set is read at the very end of train(), after the last epoch.
+        result = train(spec, runs_dir=folder / "final", test=True, arrays=arrays,
+                       on_epoch=(lambda r: on_epoch({**r, "epochs": spec.training.epochs})) if on_epoch else None)
+    except BaseException:
+        with ask_lock(rdb, tune.name):  # stopped before the test set was read: withdraw the claim
+            study.set_user_attr(TESTS_ATTR, [r for r in study.user_attrs.get(TESTS_ATTR, []) if r != claim])
+        raise
+    record = {**claim, "status": result.status, "test": result.summary.get("test"),
+              "final": result.summary.get("final"), "run": str(result.run_dir),
+              "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    summary_path = result.run_dir / runs.SUMMARY
+    run_summary = json.loads(summary_path.read_text())
+    run_summary["tune"] = {"study": tune.name, "storage": redact(url), "trial": best.number,
+                           "evaluation": record["evaluation"], "retest": record["retest"], "data": record["data"]}
+    runs.atomic_write(summary_path, json.dumps(run_summary, indent=2) + "\n")
+    with ask_lock(rdb, tune.name):
+        recorded = list(study.user_attrs.get(TESTS_ATTR, []))
+        recorded = [r for r in recorded if not (r.get("evaluation") == claim["evaluation"]
+                                                and r.get("worker") == claim["worker"])]
+        study.set_user_attr(TESTS_ATTR, sorted(recorded + [record], key=lambda r: r["evaluation"]))
+        everything = study.user_attrs[TESTS_ATTR]
+    runs.atomic_write(folder / FINAL, json.dumps(everything, indent=2) + "\n")
+    write_outputs(study, folder, tune, settings, url, None, with_importances=False)
+    return FinalResult(record, False, folder)

@@ -1,0 +1,421 @@
+"""tune.py: Optuna studies trained as populations, on real MNIST and a real PostgreSQL server.
+
+The PostgreSQL server is started here (initdb into a temporary folder, 127.0.0.1 on a free
+port) and stopped at the end; `.ci/run` installs Debian's `postgresql` when it is missing.
+"""
+
+import contextlib
+import dataclasses
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import tomli_w
+from optuna.trial import TrialState
+
+from mnistlab import data, engine, runs, tune
+from mnistlab.errors import UserError
+from mnistlab.training import split
+
+# Small, real trials: 2000 MNIST images (1500 train / 500 validation), a 784-32-10 network.
+BASE = ["training.subset=2000", "training.epochs=3", "training.validation_split=0.25",
+        "training.batch_size=100", "optimizer.schedule.name=constant", "model.layers.0.units=32"]
+
+
+def space(name="t", params=None, settings=None, set_=BASE, **top):
+    raw = {"name": name, "base": "fast", "set": set_, "lanes": 2, **top,
+           "search": {"params": params or {
+               "optimizer.learning_rate": {"choice": [1e-5, 3e-3, 1e-2]},
+               "mlp.dropout": {"distribution": "uniform", "low": 0.0, "high": 0.3}}},
+           "tune": {"sampler": "random", "pruner": "none", "batch": 2, "seed": 0, **(settings or {})}}
+    return raw
+
+
+def load(raw) -> tune.TuneSpec:
+    return tune.tune_from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def mnist(mnist_root):
+    return data.load("mnist", mnist_root)
+
+
+@pytest.fixture(scope="module")
+def no_test(mnist):
+    """MNIST without its test set: the search must never need it."""
+    return dataclasses.replace(mnist, test_images=None, test_labels=None)
+
+
+def trials_of(storage, name):
+    """The study's trials as its storage (a URL or an opened storage) holds them now."""
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+# ------------------------------------------------------------------ the space in Optuna's words
+
+
+def test_space_becomes_optuna_distributions_and_back():
+    t = load(space(params={
+        "optimizer.learning_rate": {"distribution": "log_uniform", "low": 1e-4, "high": 1e-1},
+        "mlp.dropout": {"distribution": "uniform", "low": 0.0, "high": 0.5},
+        "mlp.hidden_layers": {"distribution": "int_uniform", "low": 1, "high": 3},
+        "model.layers.0.units": [16, 32],
+        "optimizer.schedule": {"choice": [{"name": "constant"}, {"name": "cosine", "decay_steps": 45}]}}))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    points = []
+    for _ in range(60):
+        trial = study.ask()
+        points.append((trial, tune.suggest(trial, t)))
+        study.tell(trial, 0.0)
+    lrs = [p["optimizer.learning_rate"] for _, p in points]
+    assert min(lrs) >= 1e-4 and max(lrs) <= 1e-1
+    assert 0.25 < np.mean(np.array(lrs) < np.sqrt(1e-4 * 1e-1)) < 0.75  # log-uniform: half below the geometric mean
+    assert {p["mlp.hidden_layers"] for _, p in points} == {1, 2, 3}
+    assert {p["model.layers.0.units"] for _, p in points} == {16, 32}
+    # Tables are not valid Optuna choices: they travel as JSON text and come back as tables.
+    schedules = [p["optimizer.schedule"] for _, p in points]
+    assert {json.dumps(s, sort_keys=True) for s in schedules} == {
+        '{"name": "constant"}', '{"decay_steps": 45, "name": "cosine"}'}
+    trial, point = points[0]
+    assert isinstance(trial.params["optimizer.schedule"], str)
+    assert tune.point_of(trial.params, t) == point
+    spec = tune.trial_spec(t, tune._base(t), point, "x")
+    assert spec.optimizer.learning_rate == point["optimizer.learning_rate"]
+    assert len(spec.model.dense_layers) == point["mlp.hidden_layers"] + 1
+
+
+def test_grid_space_and_its_size():
+    t = load(space(params={"optimizer.learning_rate": [1e-3, 1e-2], "mlp.hidden_layers": {
+        "distribution": "int_uniform", "low": 1, "high": 3}}))
+    assert tune.grid_space(t) == {"optimizer.learning_rate": [1e-3, 1e-2], "mlp.hidden_layers": [1, 2, 3]}
+    assert tune.grid_size(t) == 6
+    with pytest.raises(UserError, match="a grid takes lists"):
+        tune.grid_space(load(space()))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seeds": 2}, "a trial is one training run"),
+    ({"patience": 2}, "pruner"),
+    ({"metric": "accuracy"}, "ranks trials on validation"),
+    ({"set": [s for s in BASE if "validation" not in s]}, "needs validation data"),
+    ({"search": {"params": {"optimizer.learnig_rate": [0.1]}}}, "did you mean 'learning_rate'"),
+    ({"search": {"method": "list", "points": [{"optimizer.learning_rate": 0.1}]}}, "a list of points is for sweeps"),
+    ({"tune": {"sampler": "tpee"}}, "sampler"),
+])
+def test_bad_spaces_are_refused_before_any_trial(change, message):
+    raw = space()
+    if "set" in change:
+        raw["set"] = change.pop("set")
+    raw.update(change)
+    with pytest.raises(UserError, match=message):
+        load(raw)
+
+
+# ------------------------------------------------------------------ a study on SQLite
+
+
+@pytest.fixture(scope="module")
+def pruned_study(no_test, tmp_path_factory):
+    """Six finished trials, batches of 3 as populations, the median pruner after 2 complete trials."""
+    folder = tmp_path_factory.mktemp("pruned")
+    t = load(space("pruned", settings={"pruner": "median", "prune_after": 2, "warmup_epochs": 0, "batch": 3,
+                                       "seed": 2}))
+    events = []
+    result = tune.run(t, 6, study_dir=folder, arrays=no_test, on_event=events.append)
+    return t, result, events
+
+
+def test_study_counts_reports_and_ranks(pruned_study):
+    t, result, _ = pruned_study
+    trials = trials_of(result.storage, "pruned")
+    assert result.storage == f"sqlite:///{(result.path / 'study.db').resolve()}"
+    finished = [x for x in trials if x.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 6 and len(trials) == 6  # exactly N: none lost, none extra
+    lines = [json.loads(line) for line in (result.path / "metrics.jsonl").read_text().splitlines()]
+    for x in finished:
+        mine = [m for m in lines if m["trial"] == x.number]
+        # Every epoch's validation value was reported to the trial, and nothing else.
+        assert x.intermediate_values == {m["epoch"]: pytest.approx(m["val_accuracy"]) for m in mine}
+        if x.state == TrialState.COMPLETE:
+            assert len(mine) == 3 and x.value == pytest.approx(mine[-1]["val_accuracy"])
+    rows = json.loads((result.path / "trials.json").read_text())
+    complete = sorted((x.value for x in trials if x.state == TrialState.COMPLETE), reverse=True)
+    assert [r["value"] for r in rows[:len(complete)]] == complete  # best first
+    summary = json.loads((result.path / "study.json").read_text())
+    assert summary["complete"] + summary["pruned"] == 6 and summary["failed"] == 0
+    assert summary["best_value"] == complete[0] and summary["best_trial"] == rows[0]["trial"]
+    assert summary["best_params"] == rows[0]["params"]
+    assert set(summary["importances"]) <= set(t.params) and summary["importances"]
+    assert abs(sum(summary["importances"].values()) - 1) < 1e-6
+    header = (result.path / "trials.csv").read_text().splitlines()[0]
+    assert "param:optimizer.learning_rate" in header and len((result.path / "trials.csv").read_text().splitlines()) == 7
+
+
+def test_pruning_follows_the_median_rule_inside_populations(pruned_study):
+    """Recompute the median rule from the stored curves: every decision, both ways."""
+    _, result, events = pruned_study
+    trials = trials_of(result.storage, "pruned")
+    pruned = [x for x in trials if x.state == TrialState.PRUNED]
+    assert pruned, "this seed's draws include learning rate 1e-5, which the rule must prune"
+    for x in trials:
+        # One worker, one program per batch: the trials complete when x's epochs were judged
+        # are those that completed before x's batch was asked.
+        done_before = [y for y in trials if y.state == TrialState.COMPLETE and y.datetime_complete < x.datetime_start]
+        last = max(x.intermediate_values)
+        checked = range(1, last + 1) if x.state == TrialState.PRUNED else range(1, 3)
+        for step in checked:
+            if len(done_before) < 2:
+                continue
+            best_so_far = max(v for s, v in x.intermediate_values.items() if s <= step)
+            median = statistics.median(y.intermediate_values[step] for y in done_before)
+            should = best_so_far < median
+            assert should == (x.state == TrialState.PRUNED and step == last), (x.number, step)
+    # A pruned member stopped inside its running population: a batch-mate of the same
+    # program trained on for more epochs after it.
+    batches = [e["trials"] for e in events if e["event"] == "batch"]
+    epochs = {x.number: len(x.intermediate_values) for x in trials}
+    assert any(epochs[p.number] < epochs[o] for p in pruned for b in batches if p.number in b for o in b)
+
+
+def test_best_trial_is_a_run_folder_with_its_weights(pruned_study, no_test):
+    _, result, _ = pruned_study
+    summary = json.loads((result.path / "study.json").read_text())
+    best = result.path / "best"
+    assert summary["best_run"] == "best" and os.readlink(best) == f"trials/{summary['best_trial']}"
+    run = runs.open_run(best)
+    assert run.summary["trial"] == summary["best_trial"]
+    # The weights, evaluated afresh on the validation split, give the value Optuna was told.
+    _, _, x_val, y_val = split(run.spec, no_test)
+    assert engine.evaluate(run.spec, run.params(), x_val, y_val)["accuracy"] == pytest.approx(
+        summary["best_value"], abs=1e-6)
+    assert [p.name for p in (result.path / "trials").iterdir()] == [str(summary["best_trial"])]
+
+
+@pytest.mark.parametrize("sampler, pruner", [("grid", "halving"), ("cmaes", "hyperband"), ("tpe", "median")])
+def test_every_sampler_and_pruner_runs_a_study(sampler, pruner, no_test, tmp_path):
+    params = ({"optimizer.learning_rate": [3e-3, 1e-2], "mlp.dropout": [0.0, 0.2]} if sampler == "grid" else {
+        "optimizer.learning_rate": {"distribution": "log_uniform", "low": 1e-3, "high": 1e-2},
+        "mlp.dropout": {"distribution": "uniform", "low": 0.0, "high": 0.3},
+        "mlp.units": {"choice": [16, 32]}})
+    t = load(space(sampler, params=params, settings={"sampler": sampler, "pruner": pruner, "startup_trials": 2}))
+    result = tune.run(t, 5, study_dir=tmp_path, arrays=no_test)
+    trials = trials_of(result.storage, sampler)
+    finished = [x for x in trials if x.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    if sampler == "grid":  # the grid has 4 points: 5 is lowered to 4, each point once
+        assert len(finished) == len(trials) == 4
+        assert sorted(tuple(sorted(x.params.items())) for x in trials) == sorted(
+            tuple(sorted({"optimizer.learning_rate": lr, "mlp.dropout": d}.items()))
+            for lr in (3e-3, 1e-2) for d in (0.0, 0.2))
+    else:
+        assert len(finished) == len(trials) == 5
+        assert all(1e-3 <= x.params["optimizer.learning_rate"] <= 1e-2 for x in trials)
+    assert result.summary["sampler"] == sampler and result.summary["pruner"] == pruner
+
+
+@pytest.fixture(scope="module")
+def resumed(no_test, tmp_path_factory):
+    """A study interrupted (Ctrl-C) in its second batch, then run again to the end."""
+    folder = tmp_path_factory.mktemp("resume")
+    t = load(space("resume"))
+
+    def interrupt(event):
+        if event["event"] == "epoch" and event["trials"] == [2, 3]:
+            raise KeyboardInterrupt
+
+    first = tune.run(t, 4, study_dir=folder, arrays=no_test, on_event=interrupt)
+    before = {x.number: (x.state, x.value, x.params) for x in trials_of(first.storage, "resume")}
+    second = tune.run(t, 4, study_dir=folder, arrays=no_test)
+    return t, first, before, second
+
+
+def test_sqlite_resume_after_an_interrupted_run(resumed):
+    _, first, before, second = resumed
+    assert first.interrupted
+    assert [s for s, _, _ in before.values()].count(TrialState.COMPLETE) == 2
+    assert first.counts.failed == 2 and first.counts.waiting == 2  # failed, and queued again
+    trials = trials_of(second.storage, "resume")
+    complete = [x for x in trials if x.state == TrialState.COMPLETE]
+    assert len(complete) == 4 and len(trials) == 6 and second.counts.running == 0
+    for number, (state, value, params) in before.items():
+        if state == TrialState.COMPLETE:  # kept as they were, not trained again
+            assert trials[number].state == TrialState.COMPLETE and trials[number].value == value
+        if state == TrialState.FAIL:  # re-run once, with the same parameters
+            (again,) = [x for x in complete if tune.retried_from(x) == number]
+            assert again.params == params and again.number >= 4
+
+
+def test_timeout_is_a_budget(no_test, tmp_path):
+    """Out of time after the first epoch: the trials in training are failed and queued again."""
+    t = load(space("budget"))
+    late = lambda event: time.sleep(1.2) if event["event"] == "batch" else None  # noqa: E731
+    started = time.perf_counter()
+    result = tune.run(t, 4, study_dir=tmp_path, arrays=no_test, timeout=1.0, on_event=late)
+    assert result.timed_out and not result.interrupted and time.perf_counter() - started < 60
+    trials = trials_of(result.storage, "budget")
+    assert [x.state for x in trials] == [TrialState.FAIL] * 2 + [TrialState.WAITING] * 2
+    assert all(len(x.intermediate_values) == 1 for x in trials[:2])  # stopped after epoch 1 of 3
+    assert [tune.retried_from(x) for x in trials[2:]] == [0, 1]
+
+
+def test_final_tests_once_and_records_it(resumed, mnist, no_test):
+    t, _, _, second = resumed
+    study = optuna.load_study(study_name="resume", storage=second.storage)
+    best = study.best_trial
+    done = tune.final(t, study_dir=second.path, arrays=mnist)
+    assert not done.again and done.record["trial"] == best.number and done.record["evaluation"] == 1
+    run = runs.open_run(done.record["run"])
+    assert run.spec.optimizer.learning_rate == best.params["optimizer.learning_rate"]
+    assert run.summary["tune"]["trial"] == best.number and run.summary["train_samples"] == 1500
+    # The recorded figure is the run's weights on the 10,000 test images, computed afresh.
+    fresh = engine.evaluate(run.spec, run.params(), mnist.test_images, mnist.test_labels)
+    assert done.record["test"]["accuracy"] == pytest.approx(fresh["accuracy"], abs=1e-6)
+    assert done.record["test"]["samples"] == 10000
+    # Asked again: the recorded result, the test set unread (it is not even there).
+    again = tune.final(t, study_dir=second.path, arrays=no_test)
+    assert again.again and again.record == done.record
+    assert len(list((second.path / "final").iterdir())) == 1
+    # --retest is explicit, and recorded as a second, numbered evaluation (here on train + validation).
+    retest = tune.final(t, study_dir=second.path, arrays=mnist, retest=True, with_validation=True)
+    assert not retest.again and retest.record["evaluation"] == 2 and retest.record["retest"]
+    assert runs.open_run(retest.record["run"]).summary["train_samples"] == 2000
+    recorded = json.loads((second.path / "final.json").read_text())
+    assert [r["evaluation"] for r in recorded] == [1, 2]
+    assert optuna.load_study(study_name="resume", storage=second.storage).user_attrs[tune.TESTS_ATTR] == recorded
+    assert json.loads((second.path / "study.json").read_text())["test_evaluations"] == recorded
+
+
+# ------------------------------------------------------------------ PostgreSQL, several workers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL server of our own on 127.0.0.1, for this module only."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+    if not found:
+        pytest.fail("no PostgreSQL server under /usr/lib/postgresql: apt-get install postgresql (.ci/run does)")
+    bindir = Path(found[-1]).parent
+    root = Path(tempfile.mkdtemp(prefix="mnistlab-pg-"))
+    as_user = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(root, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+
+    def pg(*cmd):
+        return subprocess.run([*as_user, *map(str, cmd)], check=True, capture_output=True, text=True, timeout=120)
+
+    port = _free_port()
+    pg(bindir / "initdb", "-D", root / "data", "-A", "trust", "-U", "mnistlab", "--no-sync", "-E", "UTF8")
+    pg(bindir / "pg_ctl", "-D", root / "data", "-l", root / "log", "-w", "-t", "60", "-o",
+       f"-k {root} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    try:
+        pg(bindir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "mnistlab", "optuna")
+        yield f"postgresql://mnistlab@127.0.0.1:{port}/optuna"
+    finally:
+        pg(bindir / "pg_ctl", "-D", root / "data", "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def mnistlab(*args, env=None, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "mnistlab", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "250", **(env or {})},
+                            **kwargs)
+
+
+def test_two_workers_on_postgresql_survive_a_killed_one(postgres, mnist_root, tmp_path):
+    raw = space("shared", set_=[*BASE, "training.epochs=4"], settings={
+        "batch": 1, "heartbeat_interval": 1, "grace_period": 5})
+    (tmp_path / "space.toml").write_text(tomli_w.dumps(raw))
+    env = {"MNISTLAB_DATA": str(mnist_root)}
+    common = ["tune", tmp_path / "space.toml", "--trials", 4, "--storage", postgres]
+    watch = optuna.storages.RDBStorage(postgres)  # the tables exist before the workers start
+    survivor = mnistlab(*common, "--study-dir", tmp_path / "a", env=env)
+    victim = mnistlab(*common, "--study-dir", tmp_path / "b", env=env)
+    try:
+        # Kill the victim while it holds a running trial (its first includes compiling: seconds).
+        deadline, held = time.time() + 150, None
+        while held is None:
+            assert time.time() < deadline, "the victim never held a trial"
+            assert victim.poll() is None, victim.communicate()
+            time.sleep(0.05)
+            with contextlib.suppress(KeyError):  # the workers may not have made the study yet
+                held = next((x.number for x in trials_of(watch, "shared") if x.state == TrialState.RUNNING
+                             and str(x.user_attrs.get("worker", "")).endswith(f":{victim.pid}")), None)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        out, err = survivor.communicate(timeout=300)
+    finally:
+        for p in (survivor, victim):
+            if p.poll() is None:
+                p.kill()
+    assert survivor.returncode == 0, err + out
+    trials = trials_of(postgres, "shared")
+    by_number = {x.number: x for x in trials}
+    complete = [x for x in trials if x.state == TrialState.COMPLETE]
+    assert len(complete) == 4  # exactly the requested number
+    assert not [x for x in trials if x.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert by_number[held].state == TrialState.FAIL  # found dead by its stale heartbeat
+    (rerun,) = [x for x in complete if tune.retried_from(x) == held]  # and trained again, once
+    assert rerun.params == by_number[held].params
+    assert str(rerun.user_attrs["worker"]).endswith(f":{survivor.pid}")
+    for x in trials:  # every failure was a dead worker's trial, and each was re-run once
+        if x.state == TrialState.FAIL:
+            assert len([y for y in complete if tune.retried_from(y) == x.number]) == 1
+    summary = json.loads((tmp_path / "a" / "study.json").read_text())
+    assert summary["complete"] == 4 and summary["storage"] == postgres
+    assert "4 complete" in out
+
+    # The test set, once: a second --final says so and does not evaluate again.
+    final = ["tune", tmp_path / "space.toml", "--storage", postgres, "--study-dir", tmp_path / "c", "--final"]
+    first = mnistlab(*final, env=env)
+    out1, err1 = first.communicate(timeout=200)
+    assert first.returncode == 0, err1 + out1
+    assert "retrained on train: test accuracy" in out1
+    second = mnistlab(*final, env=env)
+    out2, err2 = second.communicate(timeout=200)
+    assert second.returncode == 0, err2 + out2
+    assert "the test set was already used" in out2 and "--retest" in out2
+    assert len(list((tmp_path / "c" / "final").iterdir())) == 1
+    (record,) = optuna.load_study(study_name="shared", storage=postgres).user_attrs[tune.TESTS_ATTR]
+    assert f"test accuracy {record['test']['accuracy']:.4f}" in out1 and record["trial"] in by_number
+
+
+@pytest.mark.parametrize("url, message", [
+    ("nonsense", "not a database URL"),
+    ("oracle+nodriver://u@127.0.0.1/x", "unknown database kind"),
+    ("postgresql://mnistlab@127.0.0.1:{closed}/optuna", "cannot connect"),
+])
+def test_bad_or_unreachable_storage_exits_2(url, message, tmp_path):
+    url = url.format(closed=_free_port())  # nothing listens there
+    (tmp_path / "space.toml").write_text(tomli_w.dumps(space("bad")))
+    started = time.time()
+    done = subprocess.run([sys.executable, "-m", "mnistlab", "tune", str(tmp_path / "space.toml"), "--trials", "1",
+                           "--storage", url, "--study-dir", str(tmp_path / "study")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and f"--storage {url}" in done.stderr
+    assert "postgresql://USER:PASSWORD@HOST:5432/DB" in done.stderr  # and the fix
+    assert not (tmp_path / "study").exists()  # nothing written
+    assert time.time() - started < 60
+
+
+def test_redact_hides_passwords():
+    assert tune.redact("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert tune.normalize_url("postgres://u@h/db") == "postgresql://u@h/db"
