@@ -40,9 +40,13 @@ def train(
     runs_dir: Annotated[Path, typer.Option(help="Where run folders are written.")] = Path("runs"),
     test: Annotated[bool, typer.Option("--test", help="Evaluate once on the test set at the end.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final table.")] = False,
+    log: Annotated[Optional[list[str]], typer.Option(
+        "--log", help="Also log to tensorboard[:DIR] or mlflow[:URI] (repeatable; extras "
+                      "mnistlab[tensorboard], mnistlab[mlflow]).")] = None,
 ) -> None:
     """Train a network and record it in a run folder."""
     from mnistlab import spec as spec_lib
+    from mnistlab import tracking
     from mnistlab.training import train as run_training
 
     if config is not None and preset is not None:
@@ -50,6 +54,9 @@ def train(
     spec = spec_lib.load(config) if config is not None else spec_lib.preset(preset or "seed")
     spec = spec_lib.with_overrides(spec, set_ or [])
     epochs = spec.training.epochs
+    loggers = tracking.create(log or [], spec, runs_dir)  # opened now: a bad target fails before training
+    warn = lambda message: err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)  # noqa: E731
+    tracked = tracking.chain(loggers, warn)
 
     with Progress(TextColumn("[bold]Epoch {task.fields[epoch]}/" + str(epochs)), BarColumn(),
                   MofNCompleteColumn(), TimeRemainingColumn(), console=out, transient=True,
@@ -62,10 +69,16 @@ def train(
         def on_epoch(record):
             if not quiet:
                 bar.console.print(_keras_line(record, epochs))
+            tracked(record)
             bar.reset(task, epoch=record["epoch"] + 1)
 
-        result = run_training(spec, data_dir=data_dir, runs_dir=runs_dir, test=test,
-                              on_epoch=on_epoch, on_progress=on_progress)
+        try:
+            result = run_training(spec, data_dir=data_dir, runs_dir=runs_dir, test=test,
+                                  on_epoch=on_epoch, on_progress=on_progress)
+        except BaseException:
+            tracking.finish(loggers, "failed", {}, None, warn)
+            raise
+    tracking.finish(loggers, result.status, result.summary, result.run_dir, warn)
     _print_summary(result.summary, result.run_dir)
     if result.status == "diverged":
         err.print(f"[red]diverged[/red] at epoch {result.summary['diverged_at_epoch']}: {result.summary['hint']}")
@@ -202,6 +215,326 @@ def datasets(data_dir: DataDir = None) -> None:
         table.add_row(name, str(info.num_classes), str(where) if where else "[dim]not here (downloads on first use)[/dim]",
                       info.description)
     out.print(table)
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="A run folder.")],
+    images: Annotated[list[str], typer.Argument(
+        help="Image files (PNG, JPEG, BMP, GIF), folders of them, or - for one image on stdin.")],
+    json_: Annotated[bool, typer.Option("--json", help="One JSON object per image (JSON Lines).")] = False,
+    top: Annotated[int, typer.Option("--top", min=1, help="How many classes to show per image.")] = 3,
+    raw: Annotated[bool, typer.Option("--raw", help="Skip the MNIST preprocessing: 28x28 images, "
+                                      "light digit on black, taken as they are.")] = False,
+) -> None:
+    """Predict the digit in image files (MNIST preprocessing: crop, 20x20, centre by mass)."""
+    import json
+
+    from mnistlab import predict as predict_lib
+
+    predictor = predict_lib.Predictor.from_run(run)
+    items = predict_lib.expand(images)
+    if sum(path is None for _, path in items) > 1:
+        raise UserError("- (stdin) can be given once: it holds one image")
+    sources = [(name, path if path is not None else sys.stdin.buffer.read()) for name, path in items]
+    top = min(top, predictor.num_classes)
+    failed = 0
+    write = sys.stdout.write  # plain writes: 10,000 lines through rich cost seconds
+    for name, _, result in predict_lib.predict_files(predictor, sources, raw_input=raw):
+        if isinstance(result, UserError):
+            failed += 1
+            if json_:
+                write(json.dumps({"file": name, "error": getattr(result, "code", "error"), "detail": str(result)}) + "\n")
+            else:
+                sys.stdout.flush()
+                err.print(f"[red]error:[/red] {result}", highlight=False)
+            continue
+        best = predictor.top(result, top)
+        if json_:
+            write(json.dumps({"file": name, "class": best[0][0], "label": predictor.label(best[0][0]),
+                              "top": [{"class": c, "label": predictor.label(c), "probability": p} for c, p in best],
+                              "probabilities": [float(p) for p in result]}) + "\n")
+        else:
+            write(f"{name}: " + "  ".join(f"{predictor.label(c)} ({p:.4f})" for c, p in best) + "\n")
+    sys.stdout.flush()
+    if failed:
+        err.print(f"{failed} of {len(sources)} images could not be used (see the errors above)", highlight=False)
+        raise typer.Exit(2)
+
+
+@app.command()
+def serve(
+    run: Annotated[Path, typer.Argument(help="A run folder.")],
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port; 0 picks a free one.")] = 8000,
+) -> None:
+    """Serve a draw-a-digit page and a JSON API (POST /api/predict, GET /api/model)."""
+    from mnistlab import serve as serve_lib
+
+    def ready(url: str, predictor) -> None:
+        out.print(f"serving {predictor.spec.name} ({predictor.source}) at {url}  (Ctrl+C stops)",
+                  highlight=False)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            err.print(f"[yellow]warning:[/yellow] listening on {host}: other machines can reach it", highlight=False)
+        sys.stdout.flush()
+
+    serve_lib.serve(run, host=host, port=port, on_ready=ready)
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A run folder.")],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="The file to write (model.onnx, weights.npz, ...).")],
+    format_: Annotated[Optional[str], typer.Option("--format", help="onnx, safetensors or npz "
+                                                   "(default: from --out's suffix).")] = None,
+    input_type: Annotated[str, typer.Option(help="ONNX input: uint8 or float32 pixels 0..255.")] = "uint8",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+) -> None:
+    """Export the network: ONNX (image -> probabilities), or the weights as safetensors / npz."""
+    from mnistlab import export as export_lib, runs
+
+    fmt = export_lib.write(runs.open_run(run), out_path, format_, input_type=input_type, overwrite=force)
+    out.print(f"wrote {out_path} ({fmt})", highlight=False)
+
+
+@app.command()
+def report(
+    folder: Annotated[Path, typer.Argument(help="A run, sweep or study folder.")],
+    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="The HTML file to write "
+                                                     "(default: FOLDER/report.html).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """One self-contained HTML page about a run, sweep or study: curves, confusion, mistakes, weights."""
+    from mnistlab import report as report_lib
+
+    written = report_lib.write(folder, out_file, data_dir)
+    out.print(f"wrote {written}", highlight=False)
+
+
+@app.command()
+def plot(
+    run: Annotated[Path, typer.Argument(help="A run folder.")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="The picture to write (.png, .svg or .pdf).")],
+    what: Annotated[str, typer.Option(help="curves, confusion, mistakes, weights, histograms or activity.")] = "curves",
+    split: Annotated[Optional[str], typer.Option(help="validation or test, for confusion and mistakes "
+                                                 "(test: only when the run recorded a test evaluation).")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Draw one picture of a run with matplotlib."""
+    from mnistlab import report as report_lib
+
+    report_lib.check_plot(what)
+    if out_file.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise UserError(f"--out {out_file}: give a .png, .svg or .pdf file name")
+    if split not in (None, "validation", "test"):
+        raise UserError(f"--split {split!r}: expected validation or test")
+    data = report_lib.collect_run(run, data_dir, predictions=what not in ("curves", "histograms"))
+    fig = report_lib.plot(data, what, split)
+    if fig is None:
+        why = {"test": "it recorded no test evaluation: run `mnistlab evaluate RUN --split test` first",
+               "validation": "it has no validation set"}.get(split or "", "it has no weights or no evaluation data")
+        raise UserError(f"{run}: cannot draw {what}: {why}")
+    if not out_file.parent.exists():
+        raise UserError(f"--out {out_file}: the folder {out_file.parent} does not exist")
+    fig.savefig(out_file, bbox_inches="tight", pad_inches=0.12)
+    out.print(f"wrote {out_file}", highlight=False)
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run folders.")],
+    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the comparison: "
+                                                     ".html (a page) or .png (the curves).")] = None,
+) -> None:
+    """Final figures, differing settings and curves of several runs, side by side."""
+    from mnistlab import figures, report as report_lib
+
+    c = report_lib.compare(run_dirs)
+    table = Table("", *c["labels"], title="final figures")
+    for key, values in c["table"]:
+        table.add_row(key, *[report_lib.fmt(v, 2 if "seconds" in key else 4) for v in values])
+    out.print(table)
+    if c["differing"]:
+        diff = Table("setting", *c["labels"], title="settings that differ")
+        diff.columns[0].overflow = "fold"
+        for key, values in c["differing"]:
+            diff.add_row(key, *[report_lib.fmt_param(v) for v in values])
+        out.print(diff)
+    if out_file is not None:
+        suffix = out_file.suffix.lower()
+        if suffix == ".html":
+            report_lib.write_html(out_file, report_lib.compare_page(run_dirs).html)
+        elif suffix in (".png", ".svg", ".pdf"):
+            figures.overlaid_curves(c["series"]).savefig(out_file, bbox_inches="tight", pad_inches=0.12)
+        else:
+            raise UserError(f"--out {out_file}: give a .html, .png, .svg or .pdf file name")
+        out.print(f"wrote {out_file}", highlight=False)
+
+
+@app.command()
+def tune(
+    config: Annotated[Path, typer.Argument(help="A search space: a sweep TOML, plus an optional \\[tune] table.")],
+    trials: Annotated[Optional[int], typer.Option(
+        "--trials", min=1, help="Finished trials (complete + pruned) the study should reach; default: the "
+                                "space's `trials`, or no more search with --final.")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL that workers share, e.g. "
+                                                   "postgresql://USER@HOST/DB (default: sqlite:///STUDY_DIR/study.db).")] = None,
+    study_dir: Annotated[Optional[Path], typer.Option(help="The study folder (default: studies/NAME).")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="tpe (default), random, grid or cmaes.")] = None,
+    pruner: Annotated[Optional[str], typer.Option(help="median (default), halving, hyperband or none.")] = None,
+    batch: Annotated[Optional[int], typer.Option(min=1, help="Trials asked at once, trained as populations.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="A budget in seconds: then no new trials, and those "
+                                                     "still training are stopped and queued again.")] = None,
+    final: Annotated[bool, typer.Option("--final", help="Then retrain the best trial and evaluate it on the "
+                                        "test set, once per study (recorded).")] = False,
+    with_validation: Annotated[bool, typer.Option("--with-validation", help="With --final: retrain on "
+                                                  "train + validation.")] = False,
+    retest: Annotated[bool, typer.Option("--retest", help="With --final: evaluate on the test set again although "
+                                         "this study already did (recorded as a re-test).")] = False,
+    data_dir: DataDir = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final table.")] = False,
+) -> None:
+    """Search hyper-parameters with Optuna; resumable, shared by workers; the test set read once."""
+    import json
+
+    from mnistlab import spec as spec_lib
+    from mnistlab import tune as tune_lib
+
+    space = tune_lib.load_tune(config)
+    if (retest or with_validation) and not final:
+        raise UserError("--retest and --with-validation go with --final")
+    overrides = {k: v for k, v in {"sampler": sampler, "pruner": pruner, "batch": batch}.items() if v is not None}
+    for key, known in (("sampler", ("tpe", "random", "grid", "cmaes")), ("pruner", ("median", "halving", "hyperband", "none"))):
+        if key in overrides and overrides[key] not in known:
+            raise UserError(f"--{key} {overrides[key]!r}: {spec_lib.suggest(overrides[key], known)} "
+                            f"(one of {', '.join(known)})")
+    settings = space.settings.model_copy(update=overrides)
+    folder = study_dir or Path("studies") / space.name
+    if trials is None and not final:
+        trials = space.sweep.search.trials
+    metric = space.sweep.metric
+    names = list(space.params)
+    waiting = []
+
+    def on_event(e):
+        if quiet:
+            return
+        if e["event"] == "wait":
+            if not waiting:  # once per wait: the other workers' trials fill the count
+                out.print(f"waiting: {e['running']} trial(s) of other workers running, {e['finished']}/"
+                          f"{e['target']} finished", highlight=False)
+            waiting.append(e)
+            return
+        waiting.clear()
+        if e["event"] == "trial":
+            value = "-" if e["value"] is None else f"{e['value']:.4f}"
+            best = "" if e["best_value"] is None else f" - best {e['best_value']:.4f} (trial {e['best_trial']})"
+            params = ", ".join(f"{_short(k, names)}={v:.3g}" if isinstance(v, float) else f"{_short(k, names)}={v}"
+                               for k, v in e["params"].items())
+            out.print(f"trial {e['trial']} {e['status']}: {metric} {value} after {e['epochs']} epochs{best} - "
+                      f"{e['finished']}/{trials} - {params}", highlight=False)
+        elif e["event"] == "batch":
+            out.print(f"training trials {', '.join(map(str, e['trials']))} ({e['finished']}/{e['target']} finished)",
+                      highlight=False)
+        elif e["event"] == "message":
+            out.print(e["text"], highlight=False)
+
+    if trials is not None:
+        out.print(f"{space.name}: {trials} trials, sampler {settings.sampler}, pruner {settings.pruner}, batch "
+                  f"{settings.batch}, ranked by {metric}; study folder {folder}", highlight=False)
+        result = tune_lib.run(space, trials, study_dir=folder, storage=storage, settings=settings,
+                              data_dir=data_dir, timeout=timeout, on_event=on_event)
+        rows = json.loads((result.path / tune_lib.TRIALS_JSON).read_text())
+        table = Table(title=f"{space.name}: best {metric} first")
+        for column in ["trial", "status", *[_short(n, names) for n in names], "epochs", metric]:
+            table.add_column(column, justify="right", no_wrap=True)
+        for row in rows[:15]:
+            value = row.get(metric)
+            table.add_row(str(row["trial"]), row["status"],
+                          *[f"{v:.4g}" if isinstance(v := row["params"].get(n), float) else str(v) for n in names],
+                          str(row["epochs"]), "-" if value is None else f"{value:.4f}")
+        out.print(table)
+        c, s = result.counts, result.summary
+        out.print(f"{c.complete} complete, {c.pruned} pruned, {c.failed} failed; best {metric} "
+                  f"{'-' if s['best_value'] is None else format(s['best_value'], '.4f')} (trial {s['best_trial']}); "
+                  f"study folder {result.path}; open it live: {s['dashboard']}", highlight=False)
+        if result.interrupted:
+            err.print("interrupted: the trials in training were failed and queued again; run the same command "
+                      "to resume")
+            raise typer.Exit(130)
+    if final:
+        done = tune_lib.final(space, study_dir=folder, storage=storage, settings=settings,
+                              with_validation=with_validation, retest=retest, data_dir=data_dir,
+                              on_epoch=None if quiet else (lambda r: out.print("final: " + _keras_line(r, r["epochs"]),
+                                                                              highlight=False)))
+        r = done.record
+        test = r.get("test") or {}
+        figures = (f"test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f}" if test
+                   else f"no test figure ({r.get('status')})")
+        if done.again:
+            out.print(f"the test set was already used for study '{space.name}' at {r['at']}: {figures} (trial "
+                      f"{r['trial']}, run {r.get('run', '-')}). Not evaluated again: pass --retest to evaluate again "
+                      "(it is recorded).", highlight=False)
+        else:
+            again = f" (re-test #{r['evaluation']})" if r["retest"] else ""
+            out.print(f"final{again}: trial {r['trial']} retrained on {r['data']}: {figures}; run {r['run']}; "
+                      f"recorded in {done.path / tune_lib.FINAL}", highlight=False)
+
+
+@app.command()
+def ablate(
+    budget: Annotated[str, typer.Option(help="quick (under 20 minutes on 2 CPU cores), full (hours), "
+                                        "or test (seconds, for the test suite).")] = "quick",
+    seeds: Annotated[Optional[int], typer.Option(help="Seeds per variant (default: the budget's; at least 2).")] = None,
+    only: Annotated[Optional[list[str]], typer.Option(
+        "--only", help="Run only these claims (repeatable or comma-separated): regularization, dropout, "
+                       "activation, output, initialization, optimizer, decay, protocol, tutorial.")] = None,
+    out_dir: Annotated[Path, typer.Option(help="Where ablation folders are written.")] = Path("ablations"),
+    docs: Annotated[Optional[Path], typer.Option(help="Also write the report into this folder as "
+                                                 "ablate-<budget>.md / .html (figures in ablate-<budget>/).")] = None,
+    data_dir: DataDir = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final table.")] = False,
+) -> None:
+    """Measure the tutorial's claims over seeds: verdicts from 95% intervals, Markdown + HTML report."""
+    from mnistlab import runs, study, study_report
+
+    if budget not in study.BUDGETS:
+        raise UserError(f"--budget {budget!r}: expected one of {', '.join(study.BUDGETS)}")
+    plan = study.BUDGETS[budget]
+    only = [k.strip() for item in only or [] for k in item.split(",") if k.strip()] or None
+    selected = study.claims(plan, only)  # a bad --only fails before any training
+    if docs is not None and not docs.is_dir():
+        raise UserError(f"--docs {docs}: no such folder")
+    say = (lambda text: None) if quiet else (lambda text: out.print(text, highlight=False))  # noqa: E731
+
+    def on_event(e: dict) -> None:
+        if e["event"] == "claim":
+            say(f"[bold]{e['claim']}[/bold]: {e['title']}")
+        elif e["event"] == "group":
+            say(f"  group {e['group']}/{e['groups']}: {e['members']} members x {e['epochs']} epochs")
+        elif e["event"] == "claim done":
+            counts = {v: e["verdicts"].count(v) for v in dict.fromkeys(e["verdicts"])}
+            say(f"  done in {e['seconds']:.0f} s: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
+
+    say(f"ablate, budget {budget}: {len(selected)} claims, {seeds or plan.seeds} seeds ({plan.expected})")
+    results, kept = study.run(plan, seeds=seeds, only=only, data_dir=str(data_dir) if data_dir else None,
+                              on_event=on_event)
+    folder = runs.new_run_dir(out_dir, f"ablate-{budget}")
+    study.write_results(folder, results, kept)
+    page = study_report.build(results, kept)
+    study_report.write(page, folder / "report.md", folder / "report.html", "figures")
+    written = [folder / "report.md", folder / "report.html"]
+    if docs is not None:
+        name = f"ablate-{budget}"
+        study_report.write(page, docs / f"{name}.md", docs / f"{name}.html", name)
+        written += [docs / f"{name}.md", docs / f"{name}.html"]
+    table = Table("claim", "statement", "difference [95% CI]", "verdict", title="verdicts")
+    for claim in results["claims"]:
+        for c in claim["comparisons"]:
+            table.add_row(claim["key"], c["statement"], study_report.difference_text(c), c["verdict"])
+    out.print(table)
+    out.print(f"{results['seconds'] / 60:.1f} minutes; results in {folder / study.RESULTS}; report: "
+              + ", ".join(map(str, written)), highlight=False)
 
 
 def _enable_compile_cache() -> None:

@@ -122,6 +122,34 @@ _KMNIST = DatasetInfo(
 DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (_MNIST, _FASHION, _KMNIST)}
 
 
+# --------------------------------------------------------------------- derived datasets
+# Datasets computed from another one by a deterministic function instead of read from
+# files: `load(name)` loads the base and calls the builder on it. The builder is named
+# as "module:function" and imported on use (it imports this module for `Arrays`); that
+# module's `INFO` is the derived dataset's `DatasetInfo`.
+
+
+@dataclasses.dataclass(frozen=True)
+class Derived:
+    base: str  # a key of DATASETS
+    builder: str  # "module:function", called with the base `Arrays`, returning `Arrays`
+    description: str
+
+
+DERIVED: dict[str, Derived] = {
+    "mnist-multi": Derived("mnist", "mnistlab.multilabel:derive",
+                           "one or two MNIST digits side by side (28x56), labelled by the set of digits"),
+}
+
+
+def _load_derived(name: str, data_dir, mirrors) -> "Arrays":
+    import importlib
+
+    entry = DERIVED[name]
+    module, function = entry.builder.split(":")
+    return getattr(importlib.import_module(module), function)(load(entry.base, data_dir, mirrors=mirrors))
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Arrays:
     """A loaded dataset: read-only uint8 arrays, and the folder they were read from."""
@@ -199,10 +227,15 @@ def get_info(name: str) -> DatasetInfo:
     """The registry entry for `name`, or a UserError suggesting the closest name."""
     if name in DATASETS:
         return DATASETS[name]
-    close = difflib.get_close_matches(name, DATASETS, n=1, cutoff=0.5)
+    if name in DERIVED:
+        import importlib
+
+        return importlib.import_module(DERIVED[name].builder.split(":")[0]).INFO
+    known = [*DATASETS, *DERIVED]
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise UserError(f"Unknown dataset {name!r}.{hint} Known datasets: "
-                    f"{', '.join(sorted(DATASETS))}.")
+                    f"{', '.join(sorted(known))}.")
 
 
 def cache_dir(name: str) -> Path:
@@ -347,10 +380,12 @@ def load(name: str, data_dir: str | os.PathLike | None = None, *,
     """Finds (or downloads), verifies and reads dataset `name`.
 
     Args:
-      name: a key of `DATASETS`.
+      name: a key of `DATASETS`, or of `DERIVED` (built from its base dataset).
       data_dir: `--data-dir`: the folder holding the files, or a parent of `<name>/`.
       mirrors: base URLs to download from instead of `$MNISTLAB_MIRRORS` or the registry's.
     """
+    if name in DERIVED:
+        return _load_derived(name, data_dir, mirrors)
     folder = locate(name, data_dir, mirrors=mirrors)
     info = get_info(name)
     arrays = {role: read_idx(folder / f) for role, (f, _) in info.files.items()}

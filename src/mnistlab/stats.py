@@ -1,0 +1,114 @@
+"""Means over seeds, Student-t confidence intervals, and the verdict rule of `mnistlab ablate`.
+
+A claim compares a variant with a baseline on one figure (test accuracy, epochs to a
+target, ...), each trained with the same seeds. Seed s of both shares the initial
+weights' stream, the shuffling and the dropout masks, so the comparison is paired:
+
+    d_s = variant_s - baseline_s                     for every seed where both are finite
+    mean(d) +- t(0.975, n-1) * sd(d) / sqrt(n)       the 95% interval of the difference
+
+`verdict` reads the interval against the claimed direction (see its docstring); it is
+the only place a verdict comes from, so a report can never state one by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+LEVEL = 0.95
+Better = Literal["higher", "lower"]
+SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean over n values and its two-sided confidence interval (NaN when n < 2)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    sd: float
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n, "sd": self.sd}
+
+
+def t_quantile(df: int, level: float = LEVEL) -> float:
+    """The two-sided Student-t quantile: t such that P(|T_df| <= t) = level."""
+    return float(scipy_stats.t.ppf(0.5 + level / 2, df))
+
+
+def mean_ci(values: Sequence[float], level: float = LEVEL) -> Interval:
+    """Mean and Student-t interval of the finite values (NaN and inf are left out).
+
+    One value gives a mean but no interval (low = high = NaN); none gives NaN throughout.
+    """
+    x = np.asarray([v for v in values if v is not None and math.isfinite(v)], float)
+    n = len(x)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0, math.nan)
+    mean = float(x.mean())
+    if n == 1:
+        return Interval(mean, math.nan, math.nan, 1, math.nan)
+    sd = float(x.std(ddof=1))
+    half = t_quantile(n - 1, level) * sd / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n, sd)
+
+
+def paired_difference(variant: Sequence[float], baseline: Sequence[float], level: float = LEVEL) -> Interval:
+    """Interval of the mean of variant[s] - baseline[s] over the seeds where both are finite."""
+    if len(variant) != len(baseline):
+        raise ValueError(f"paired values need equal lengths, got {len(variant)} and {len(baseline)}")
+    diffs = [v - b for v, b in zip(variant, baseline)
+             if v is not None and b is not None and math.isfinite(v) and math.isfinite(b)]
+    return mean_ci(diffs, level)
+
+
+def verdict(difference: Interval, better: Better = "higher", tolerance: float = 0.0) -> str:
+    """The verdict on a claim, from the interval of (variant - baseline).
+
+    The claim is "the variant is better than the baseline", better meaning `higher` or
+    `lower` values; with `tolerance` > 0 it is "the variant is not worse than the
+    baseline by more than `tolerance`" (a claim of being as good, e.g. "0 is a good
+    default"). With signed = d for `higher` and -d for `lower`, and [lo, hi] the interval
+    of signed:
+
+    - supported       when lo > -tolerance   (the whole interval on the claimed side)
+    - not supported   when hi < -tolerance   (the whole interval on the other side)
+    - inconclusive    otherwise (the interval straddles the boundary), or with fewer
+                      than two paired seeds (no interval).
+
+    A zero-width interval exactly on the boundary (all differences equal to -tolerance,
+    e.g. both arms identical) is inconclusive.
+    """
+    if better not in ("higher", "lower"):
+        raise ValueError(f"better must be 'higher' or 'lower', got {better!r}")
+    if difference.n < 2 or not (math.isfinite(difference.low) and math.isfinite(difference.high)):
+        return INCONCLUSIVE
+    sign = 1.0 if better == "higher" else -1.0
+    lo, hi = sorted((sign * difference.low, sign * difference.high))
+    if lo > -tolerance:
+        return SUPPORTED
+    if hi < -tolerance:
+        return NOT_SUPPORTED
+    return INCONCLUSIVE
+
+
+def fmt_interval(i: Interval, digits: int = 4, scale: float = 1.0, unit: str = "") -> str:
+    """'0.9712 [0.9690, 0.9733]' (n < 2: the mean alone; none: 'n/a')."""
+    if i.n == 0 or not math.isfinite(i.mean):
+        return "n/a"
+    f = lambda v: f"{v * scale:.{digits}f}{unit}"  # noqa: E731
+    if i.n < 2:
+        return f"{f(i.mean)} (1 seed)"
+    return f"{f(i.mean)} [{f(i.low)}, {f(i.high)}]"

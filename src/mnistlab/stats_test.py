@@ -1,0 +1,99 @@
+"""Tests for mnistlab.stats against hand computations with tabled t quantiles."""
+
+import math
+
+import pytest
+
+from mnistlab import stats
+from mnistlab.stats import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Interval
+
+# Two-sided 95% Student-t quantiles, from a printed table (t_{0.975, df}).
+T95 = {1: 12.706204736, 2: 4.302652730, 4: 2.776445105, 9: 2.262157163}
+
+
+@pytest.mark.parametrize("df", sorted(T95))
+def test_t_quantile_matches_the_table(df):
+    assert stats.t_quantile(df) == pytest.approx(T95[df], abs=1e-8)
+
+
+def test_mean_ci_of_three_values():
+    # mean 2, sd 1 (deviations -1, 0, 1: sum of squares 2 over n-1 = 2), se 1/sqrt(3)
+    i = stats.mean_ci([1.0, 2.0, 3.0])
+    half = T95[2] / math.sqrt(3)  # 2.4841...
+    assert (i.mean, i.sd, i.n) == (pytest.approx(2.0), pytest.approx(1.0), 3)
+    assert i.low == pytest.approx(2.0 - half, abs=1e-8) and i.high == pytest.approx(2.0 + half, abs=1e-8)
+    assert i.half_width == pytest.approx(half)
+
+
+def test_mean_ci_drops_non_finite_and_needs_two_values_for_an_interval():
+    i = stats.mean_ci([0.5, math.nan, 0.7, math.inf])
+    assert i.n == 2 and i.mean == pytest.approx(0.6)
+    sd = math.sqrt(((0.5 - 0.6) ** 2 + (0.7 - 0.6) ** 2) / 1)
+    assert i.high == pytest.approx(0.6 + T95[1] * sd / math.sqrt(2))
+    one = stats.mean_ci([0.9])
+    assert one.mean == 0.9 and one.n == 1 and math.isnan(one.low) and math.isnan(one.high)
+    none = stats.mean_ci([math.nan])
+    assert none.n == 0 and math.isnan(none.mean)
+
+
+def test_paired_difference_by_hand():
+    variant = [0.970, 0.975, 0.972, 0.980, 0.971]
+    baseline = [0.960, 0.962, 0.965, 0.970, 0.958]
+    # d = [0.010, 0.013, 0.007, 0.010, 0.013]: mean 0.0106, sum of squared deviations 2.52e-5
+    d = stats.paired_difference(variant, baseline)
+    sd = math.sqrt(2.52e-5 / 4)
+    half = T95[4] * sd / math.sqrt(5)  # 0.0031165...
+    assert d.n == 5 and d.mean == pytest.approx(0.0106) and d.sd == pytest.approx(sd)
+    assert d.low == pytest.approx(0.0106 - half) and d.high == pytest.approx(0.0106 + half)
+    assert d.low == pytest.approx(0.0074835, abs=1e-6)
+    assert stats.verdict(d, "higher") == SUPPORTED
+    assert stats.verdict(d, "lower") == NOT_SUPPORTED
+
+
+def test_paired_difference_keeps_only_seeds_where_both_are_finite():
+    d = stats.paired_difference([1.0, math.nan, 3.0, 4.0], [0.0, 0.0, 1.0, math.inf])
+    assert d.n == 2 and d.mean == pytest.approx(1.5)  # (1 - 0) and (3 - 1)
+    with pytest.raises(ValueError):
+        stats.paired_difference([1.0], [1.0, 2.0])
+
+
+def test_verdict_inconclusive_when_the_interval_straddles_zero():
+    d = stats.mean_ci([1.0, 2.0, 3.0])  # [-0.484, 4.484]
+    assert d.low < 0 < d.high
+    assert stats.verdict(d, "higher") == INCONCLUSIVE
+    assert stats.verdict(d, "lower") == INCONCLUSIVE
+
+
+def test_verdict_for_lower_is_better():
+    # epochs to a target: variant 3, 4, 3 vs baseline 6, 6, 7 -> d = -3, -2, -4: [-5.484, -0.516]
+    d = stats.paired_difference([3, 4, 3], [6, 6, 7])
+    assert d.high == pytest.approx(-3 + T95[2] / math.sqrt(3))
+    assert stats.verdict(d, "lower") == SUPPORTED
+    assert stats.verdict(d, "higher") == NOT_SUPPORTED
+
+
+def test_verdict_with_a_tolerance_is_a_claim_of_not_worse():
+    d = stats.mean_ci([1.0, 2.0, 3.0])  # [-0.484, 4.484]
+    assert stats.verdict(d, "higher", tolerance=0.5) == SUPPORTED  # -0.484 > -0.5
+    assert stats.verdict(d, "higher", tolerance=0.4) == INCONCLUSIVE
+    worse = stats.mean_ci([-3.0, -2.0, -1.0])  # [-4.484, 0.484]
+    assert stats.verdict(worse, "higher", tolerance=0.0) == INCONCLUSIVE
+    much_worse = stats.mean_ci([-0.031, -0.030, -0.029])  # [-0.0325, -0.0275]
+    assert stats.verdict(much_worse, "higher", tolerance=0.01) == NOT_SUPPORTED
+    assert stats.verdict(much_worse, "higher", tolerance=0.04) == SUPPORTED
+
+
+def test_verdict_edge_cases():
+    assert stats.verdict(stats.mean_ci([0.0, 0.0, 0.0]), "higher") == INCONCLUSIVE  # identical arms
+    assert stats.verdict(stats.mean_ci([1.0, 1.0, 1.0]), "higher") == SUPPORTED  # sd 0, all above
+    assert stats.verdict(stats.mean_ci([5.0]), "higher") == INCONCLUSIVE  # one seed: no interval
+    assert stats.verdict(Interval(math.nan, math.nan, math.nan, 0, math.nan)) == INCONCLUSIVE
+    with pytest.raises(ValueError):
+        stats.verdict(stats.mean_ci([1.0, 2.0]), "up")
+
+
+def test_fmt_interval():
+    assert stats.fmt_interval(Interval(0.97, 0.96, 0.98, 3, 0.01), digits=2, scale=100, unit="%") == \
+        "97.00% [96.00%, 98.00%]"
+    assert stats.fmt_interval(stats.mean_ci([0.5])) == "0.5000 (1 seed)"
+    assert stats.fmt_interval(stats.mean_ci([])) == "n/a"

@@ -1,0 +1,977 @@
+"""`mnistlab ablate`: every claim of the tutorial (part 6), measured over seeds.
+
+A claim is data (`Claim`): the tutorial's words, a base configuration, variants (spec
+overrides of the base), arms (one variant, or the best of several variants chosen on
+validation accuracy: a penalty at its best strength, an optimizer at its tuned learning
+rate) and comparisons. A comparison is one statement, judged on one figure (test
+accuracy, train-minus-validation gap, epochs to a validation-accuracy target, ...) in a
+stated direction; its verdict comes from `stats.verdict` on the paired 95% interval of
+(variant arm - baseline arm) over seeds, never from text written by hand.
+
+    result = study.run(study.BUDGETS["quick"])          # a JSON-able dict
+    result["claims"][0]["comparisons"][0]["verdict"]     # 'supported', ...
+
+Running: a claim's members (variants x seeds) are grouped by what shapes their compiled
+program (`engine.structure`, plus data and epochs); each group trains as one
+`engine.Population`: penalty strengths, dropout rates, learning rates, initializers and
+seeds of one network family share a single compilation. Hyper-parameters are tuned on a
+validation split of MNIST's training images only; every member is then evaluated once
+on the test set, which is never used to choose anything (except in the `protocol` claim,
+which measures what choosing on the test set would cost).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from mnistlab import data, engine, model, multilabel, stats
+from mnistlab import spec as spec_lib
+from mnistlab.errors import UserError
+from mnistlab.training import split
+
+# ------------------------------------------------------------------ budgets
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much computation the study spends; `FULL` is the reference the others reduce."""
+
+    name: str
+    seeds: int
+    subset: int  # MNIST training images used: training part + validation part
+    validation: float  # the last fraction of those, held out (Keras' validation_split)
+    epochs: int  # most claims
+    long_epochs: int  # dropout (it pays off late)
+    time_epochs: int  # the time-to-target claims: activation, optimizer, decay
+    units: int  # hidden units of the claims' network
+    penalty_units: int  # hidden units of the regularization claim (the tutorial: 1000)
+    dropout_units: int  # each of the dropout claim's two hidden layers
+    batch: int
+    target: float  # validation accuracy for "epochs / seconds to reach"
+    strengths: tuple[float, ...]  # penalty strengths swept (0.01, the tutorial's, always in)
+    learning_rates: dict[str, tuple[float, ...]]  # per optimizer, the grid it is tuned on
+    tutorial_epochs: int  # the epoch budget of the tutorial's program (it trains 20)
+    multi_subset: int | None  # mnist-multi composites used (None: all ~39,900)
+    pool_units: int  # the protocol claim's pool of configurations
+    pool_epochs: int
+    pool_learning_rates: tuple[float, ...]
+    pool_l2: tuple[float, ...]
+    resamples: int  # random test-set halvings in the protocol claim
+    claims: tuple[str, ...] | None = None  # the claims run by default (None: all)
+    expected: str = ""  # how long it takes, as measured / estimated
+
+
+FULL = Budget(
+    name="full", seeds=5, subset=60000, validation=0.1, epochs=20, long_epochs=40, time_epochs=20,
+    units=1000, penalty_units=1000, dropout_units=1024, batch=128, target=0.97,
+    strengths=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
+    learning_rates={"sgd": (0.03, 0.1, 0.3, 1.0), "momentum": (0.01, 0.03, 0.1, 0.3),
+                    "nesterov": (0.01, 0.03, 0.1, 0.3), "adam": (3e-4, 1e-3, 3e-3, 1e-2)},
+    tutorial_epochs=20, multi_subset=None, pool_units=256, pool_epochs=10,
+    pool_learning_rates=(3e-4, 1e-3, 3e-3, 1e-2), pool_l2=(0.0, 1e-5, 1e-4, 1e-3), resamples=1000,
+    expected="about 8.5 hours on a 2-core CPU (estimated from the quick run's measured speed per claim, "
+             "docs/ablate-quick.md)")
+
+QUICK = dataclasses.replace(
+    FULL, name="quick", seeds=3, subset=20000, validation=0.25, epochs=6, long_epochs=8, time_epochs=8,
+    units=256, penalty_units=256, dropout_units=512, target=0.95, strengths=(1e-5, 1e-4, 1e-3, 1e-2),
+    learning_rates={"sgd": (0.1, 0.3, 1.0), "momentum": (0.03, 0.1, 0.3), "nesterov": (0.03, 0.1, 0.3),
+                    "adam": (1e-3, 3e-3, 1e-2)},
+    tutorial_epochs=3, multi_subset=20000, pool_units=128, pool_epochs=4, resamples=200,
+    expected="under 20 minutes on a 2-core CPU")
+
+# For the test suite: seconds, not minutes. Numbers from it mean nothing.
+TEST = dataclasses.replace(
+    QUICK, name="test", seeds=2, subset=2000, epochs=1, long_epochs=1, time_epochs=1, units=32,
+    penalty_units=32, dropout_units=32, target=0.8, strengths=(1e-4, 1e-2),
+    learning_rates={"sgd": (0.1,), "momentum": (0.03,), "nesterov": (0.03,), "adam": (1e-3,)},
+    tutorial_epochs=1, multi_subset=2000, pool_units=32, pool_epochs=1, pool_learning_rates=(1e-3, 1e-2),
+    pool_l2=(0.0, 1e-4), resamples=20, claims=("regularization", "output"), expected="under a minute")
+
+BUDGETS = {b.name: b for b in (QUICK, FULL, TEST)}
+
+# What each budget field means to a reader, for "what this budget reduced".
+_FIELDS = {
+    "seeds": "seeds", "subset": "MNIST training images used (training + validation)",
+    "epochs": "epochs", "long_epochs": "epochs", "time_epochs": "epochs", "units": "hidden units",
+    "penalty_units": "hidden units", "dropout_units": "hidden units per layer", "target": "target accuracy",
+    "strengths": "penalty strengths", "learning_rates": "learning rates tried", "tutorial_epochs": "epochs",
+    "multi_subset": "mnist-multi images used", "pool_units": "hidden units", "pool_epochs": "epochs",
+    "resamples": "test-set halvings",
+}
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "all"
+    if isinstance(value, dict):
+        return "; ".join(f"{k} " + ", ".join(f"{x:g}" for x in v) for k, v in value.items())
+    if isinstance(value, tuple):
+        return ", ".join(f"{x:g}" for x in value)
+    if isinstance(value, float) and value < 1:
+        return f"{value:.0%}"
+    return str(value)
+
+
+def reductions(budget: Budget, fields: tuple[str, ...]) -> list[str]:
+    """'epochs: 6 (full: 20)' for every setting where `budget` differs from FULL."""
+    out = [f"{_FIELDS[f]}: {_show(getattr(budget, f))} (full: {_show(getattr(FULL, f))})"
+           for f in ("seeds", *fields) if getattr(budget, f) != getattr(FULL, f)]
+    return list(dict.fromkeys(out))
+
+
+# ------------------------------------------------------------------ claims as data
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    values: dict[str, Any]  # spec overrides of the claim's base (`spec.with_values`)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """The best of several variants, chosen by mean validation accuracy over seeds."""
+
+    name: str
+    variants: tuple[str, ...]
+    grid: bool = True  # the variants are a grid of one number (a choice at its edge is flagged)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    statement: str  # what is claimed, in words
+    variant: str  # an arm or a variant
+    baseline: str
+    figure: str  # a key of FIGURES
+    better: stats.Better = "higher"  # the claimed direction of variant - baseline
+    tolerance: float = 0.0  # > 0: the claim is "not worse by more than this" (see stats.verdict)
+    source: str = "tutorial"  # tutorial | literature | question
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    title: str
+    quote: str  # the tutorial's words
+    base: spec_lib.RunSpec
+    variants: tuple[Variant, ...]
+    comparisons: tuple[Comparison, ...]
+    figures: tuple[str, ...]  # the figures the report tabulates and plots
+    budget_fields: tuple[str, ...]  # which budget settings shape it (for "what was reduced")
+    arms: tuple[Arm, ...] = ()
+    analysis: str | None = None  # extra measurement: "sets" | "protocol" | "symmetry"
+    notes: tuple[str, ...] = ()
+
+
+# figure -> (label, unit scale for display, digits)
+FIGURES: dict[str, tuple[str, float, int]] = {
+    "test_accuracy": ("test accuracy (%)", 100, 2),
+    "val_accuracy": ("validation accuracy (%)", 100, 2),
+    "train_accuracy": ("training accuracy (%)", 100, 2),
+    "gap": ("train - validation accuracy (points)", 100, 2),
+    "test_loss": ("test loss", 1, 4),
+    "train_loss": ("training loss", 1, 4),
+    "sparsity": ("first-layer weights near 0 (%)", 100, 1),
+    "rank": ("rank of the first-layer kernel", 1, 1),
+    "epochs_to_target": ("epochs to the target validation accuracy", 1, 2),
+    "seconds_to_target": ("seconds to the target validation accuracy", 1, 2),
+    "seconds_per_epoch": ("seconds per epoch (one member)", 1, 3),
+    "set_accuracy": ("test exact-set accuracy (%)", 100, 2),
+    "macro_f1": ("test per-digit F1, mean over digits (%)", 100, 2),
+    "optimism": ("reported - fresh accuracy (points)", 100, 3),
+    "reported": ("reported test accuracy (%)", 100, 2),
+    "fresh": ("accuracy on fresh data (%)", 100, 2),
+}
+
+
+def _dense(units: int, activation: str = "relu", init: Any = "glorot_normal", penalty: bool = False) -> dict:
+    layer = {"type": "dense", "units": units, "activation": activation, "kernel_initializer": init}
+    if penalty:
+        layer["kernel_regularizer"] = {"l1": 0.0, "l2": 0.0}
+    return layer
+
+
+def _spec(budget: Budget, name: str, layers: list[dict], *, epochs: int, optimizer: dict | None = None,
+          batch: int | None = None) -> spec_lib.RunSpec:
+    return spec_lib.from_dict({
+        "name": name, "dataset": "mnist", "model": {"layers": layers},
+        "optimizer": optimizer or {"name": "adam"},
+        "training": {"epochs": epochs, "batch_size": batch or budget.batch, "subset": budget.subset,
+                     "validation": {"fraction": budget.validation}, "seed": 0}}, f"claim {name}")
+
+
+def train_size(budget: Budget, subset: int | None = None) -> int:
+    """Training images after the validation hold-out (data.holdout's 'last' rule)."""
+    n = subset or budget.subset
+    return int(math.floor(n * (1.0 - budget.validation)))
+
+
+def _steps(budget: Budget, epochs: int, batch: int | None = None, subset: int | None = None) -> int:
+    return epochs * -(-train_size(budget, subset) // (batch or budget.batch))
+
+
+def _regularization(b: Budget) -> Claim:
+    strengths = tuple(dict.fromkeys((*b.strengths, 0.01)))
+    kinds = {"L1": lambda s: {"l1": s, "l2": 0.0}, "L2": lambda s: {"l1": 0.0, "l2": s},
+             "L1+L2": lambda s: {"l1": s, "l2": s}}
+    both = lambda reg: {f"model.layers.{i}.kernel_regularizer": reg for i in (0, 1)}  # noqa: E731
+    variants = [Variant("none", both({"l1": 0.0, "l2": 0.0}))]
+    variants += [Variant(f"{k} {s:g}", both(fn(s))) for k, fn in kinds.items() for s in strengths]
+    arms = tuple(Arm(f"{k} best", tuple(f"{k} {s:g}" for s in strengths)) for k in kinds)
+    return Claim(
+        key="regularization", title="L1 and L2 penalties",
+        quote="We use sometimes the L1 loss which is the average of the values of A, but mostly L2 loss is "
+              "better (average of squares) [...] optimize for giving these A and b as uniform as possible "
+              "so that it generalizes.",
+        base=_spec(b, "regularization", [_dense(b.penalty_units, penalty=True),
+                                         _dense(10, "softmax", penalty=True)], epochs=b.epochs),
+        variants=tuple(variants), arms=arms,
+        comparisons=(
+            Comparison("L2 is better than L1, each at its best strength", "L2 best", "L1 best", "test_accuracy"),
+            Comparison("L2 is better than L1 at the tutorial's strength 0.01", "L2 0.01", "L1 0.01",
+                       "test_accuracy"),
+            Comparison("A penalty (L2 at its best strength) generalizes better than none", "L2 best", "none",
+                       "test_accuracy"),
+            Comparison("A penalty (L2 at its best strength) narrows the train - validation gap", "L2 best",
+                       "none", "gap", "lower"),
+            Comparison("The tutorial's l2(0.01) generalizes better than no penalty", "L2 0.01", "none",
+                       "test_accuracy"),
+            Comparison("L1 drives more weights to zero than L2 (each at its best strength)", "L1 best",
+                       "L2 best", "sparsity", source="literature"),
+        ),
+        figures=("test_accuracy", "val_accuracy", "gap", "sparsity"),
+        budget_fields=("subset", "epochs", "penalty_units", "strengths"),
+        notes=("Penalties on both kernels, as the tutorial's program. Strengths matched: L1, L2 and L1+L2 "
+               "(l1 = l2 = s) share the same grid of s; 'none' is s = 0. The strengths of one kind share one "
+               "compiled program (the engine leaves zero-strength terms out, so each kind is its own).",
+               "'best' = the strength with the highest mean validation accuracy over seeds; test accuracy "
+               "is reported for that strength (the test set chose nothing).",
+               "Sparsity: the fraction of first-layer weights with |w| < 1% of the largest |w| (Adam takes "
+               "sub-gradient steps on |w|, so L1 leaves weights jittering near 0, not at 0)."))
+
+
+def _dropout(b: Budget) -> Claim:
+    u = b.dropout_units
+    layers = [{"type": "dropout", "rate": 0.0}, _dense(u), {"type": "dropout", "rate": 0.0}, _dense(u),
+              {"type": "dropout", "rate": 0.0}, _dense(10, "softmax")]
+    rates = lambda i, h: {"model.layers.0.rate": i, "model.layers.2.rate": h, "model.layers.4.rate": h}  # noqa: E731
+    return Claim(
+        key="dropout", title="Dropout",
+        quote="After seeing an image, we randomly select some teams to walk out and not give any feedback. "
+              "[...] This diversification makes our network stronger.",
+        base=_spec(b, "dropout", layers, epochs=b.long_epochs),
+        variants=(Variant("none", rates(0.0, 0.0)), Variant("hidden 0.2", rates(0.0, 0.2)),
+                  Variant("hidden 0.5", rates(0.0, 0.5)), Variant("input 0.2 + hidden 0.5", rates(0.2, 0.5))),
+        comparisons=(
+            Comparison("Dropout 0.5 on the hidden units generalizes better than none", "hidden 0.5", "none",
+                       "test_accuracy"),
+            Comparison("Dropout 0.2 on the hidden units generalizes better than none", "hidden 0.2", "none",
+                       "test_accuracy"),
+            Comparison("Dropout 0.2 on the input and 0.5 on the hidden units generalizes better than none",
+                       "input 0.2 + hidden 0.5", "none", "test_accuracy", source="literature"),
+            Comparison("Dropout 0.5 narrows the train - validation gap", "hidden 0.5", "none", "gap", "lower"),
+        ),
+        figures=("test_accuracy", "val_accuracy", "gap", "train_accuracy"),
+        budget_fields=("subset", "long_epochs", "dropout_units"),
+        notes=(f"Two hidden ReLU layers of {u} units (larger than the tutorial's one layer, where dropout is "
+               "known to matter: Srivastava et al. 2014 used 1024-8192 units); 'none' is rate 0 in the same "
+               "compiled program. Dropout needs long training to pay off (Srivastava et al. trained for "
+               "hundreds of epochs): a short budget tests it where it is weakest.",))
+
+
+def _activation(b: Budget) -> Claim:
+    names = ("relu", "sigmoid", "tanh", "softmax")
+    comparisons = [Comparison(f"ReLU reaches {b.target:.0%} validation accuracy in fewer epochs than {n}",
+                              "relu", n, "epochs_to_target", "lower") for n in names[1:]]
+    comparisons += [Comparison(f"ReLU ends with a higher test accuracy than {n}", "relu", n, "test_accuracy")
+                    for n in names[1:]]
+    comparisons.append(Comparison("ReLU is faster to compute than sigmoid (seconds per epoch)", "relu", "sigmoid",
+                                  "seconds_per_epoch", "lower"))
+    return Claim(
+        key="activation", title="Hidden activation: ReLU, sigmoid, tanh, softmax",
+        quote="We used softmax as our activation function for the inner layer. [...] The most popular one is "
+              "ReLU. [...] ReLU is fast. [...] Unless you are a researcher, ReLU should be the default middle "
+              "layer.",
+        base=_spec(b, "activation", [_dense(b.units), _dense(10, "softmax")], epochs=b.time_epochs),
+        variants=tuple(Variant(n, {"model.layers.0.activation": n}) for n in names),
+        comparisons=tuple(comparisons),
+        figures=("test_accuracy", "epochs_to_target", "seconds_to_target", "seconds_per_epoch"),
+        budget_fields=("subset", "time_epochs", "units", "target"),
+        notes=(f"Epochs to target: the first epoch whose validation accuracy is >= {b.target:.0%}; a member "
+               f"that never gets there counts as {b.time_epochs + 1} (one more than trained), which keeps the "
+               "order of the arms but understates the gap; seconds to target leave such members out.",
+               "Seconds are per member (a population's epoch time over its members) on a shared machine: "
+               "compare them within one report only."))
+
+
+def _output(b: Budget) -> Claim:
+    multi = {"dataset": "mnist-multi", "training.subset": b.multi_subset}
+    return Claim(
+        key="output", title="Output activation: softmax or sigmoid, one digit or several",
+        quote="With softmax the sum of probabilities has to be 1, which means a neuron can give only one "
+              "useful signal. Now suppose we had both cat and dog in the picture, softmax would get lost. In "
+              "this case a sigmoid would be better.",
+        base=_spec(b, "output", [_dense(b.units), _dense(10, "softmax")], epochs=b.epochs),
+        variants=(Variant("digits, softmax", {}), Variant("digits, sigmoid", {"model.layers.1.activation": "sigmoid"}),
+                  Variant("mnist-multi, softmax", multi),
+                  Variant("mnist-multi, sigmoid", {**multi, "model.layers.1.activation": "sigmoid"})),
+        comparisons=(
+            Comparison("On images holding one or two digits, sigmoid finds the exact set of digits more often "
+                       "than softmax", "mnist-multi, sigmoid", "mnist-multi, softmax", "set_accuracy"),
+            Comparison("On images holding one or two digits, sigmoid has a higher per-digit F1 than softmax",
+                       "mnist-multi, sigmoid", "mnist-multi, softmax", "macro_f1"),
+            Comparison("On single digits, softmax (one signal) is at least as accurate as sigmoid (within 0.2 "
+                       "points)", "digits, softmax", "digits, sigmoid", "test_accuracy", tolerance=0.002),
+        ),
+        figures=("test_accuracy", "set_accuracy", "macro_f1"),
+        budget_fields=("subset", "epochs", "units", "multi_subset"),
+        analysis="sets",
+        notes=("mnist-multi: 28x56 images, one digit (half of them) or two digits of different classes side by "
+               "side; the label is the set of digits (see `mnistlab.multilabel`). Softmax trains against the "
+               "normalised set (1/2 each for two digits), sigmoid with binary cross-entropy.",
+               "Each member's prediction rule (a probability threshold, or top-1 / top-2) is chosen on its "
+               "validation set for the highest exact-set accuracy, then applied once to the test set; "
+               "'test accuracy' is the engine's fixed rule (sigmoid p >= 0.5, softmax p >= 0.25; for single "
+               "digits the arg-max)."))
+
+
+def _initialization(b: Budget) -> Claim:
+    inits = {"glorot_normal": "glorot_normal", "zeros": "zeros",
+             "random_normal(0.05)": {"name": "random_normal", "stddev": 0.05}, "he_normal": "he_normal"}
+    variants = tuple(Variant(f"{act}, {name}", {"model.layers.0.activation": act,
+                                                "model.layers.0.kernel_initializer": init,
+                                                "model.layers.1.kernel_initializer": init})
+                     for act in ("relu", "sigmoid") for name, init in inits.items())
+    return Claim(
+        key="initialization", title="Initialization: Glorot, zeros, random normal, He",
+        quote="Why not 0? [...] Xavier et. al did that and found an initial state that works "
+              "better(glorot_normal). [...] It is a better parameter for softmax in most cases and worth being "
+              "the default. For sigmoid, 0 is a good default.",
+        base=_spec(b, "initialization", [_dense(b.units), _dense(10, "softmax")], epochs=b.epochs),
+        variants=variants,
+        comparisons=(
+            Comparison("glorot_normal beats zeros (ReLU hidden layer)", "relu, glorot_normal", "relu, zeros",
+                       "test_accuracy"),
+            Comparison("glorot_normal beats random_normal(0.05) (ReLU hidden layer)", "relu, glorot_normal",
+                       "relu, random_normal(0.05)", "test_accuracy"),
+            Comparison("glorot_normal beats random_normal(0.05) (sigmoid hidden layer)", "sigmoid, glorot_normal",
+                       "sigmoid, random_normal(0.05)", "test_accuracy"),
+            Comparison("For sigmoid, 0 is a good default: zeros is within 0.5 points of glorot_normal",
+                       "sigmoid, zeros", "sigmoid, glorot_normal", "test_accuracy", tolerance=0.005),
+            Comparison("Zeros in a hidden layer makes every unit identical: a lower-rank first layer than "
+                       "glorot_normal (sigmoid)", "sigmoid, zeros", "sigmoid, glorot_normal", "rank", "lower",
+                       source="literature"),
+            Comparison("he_normal beats glorot_normal for a ReLU layer (He et al. 2015)", "relu, he_normal",
+                       "relu, glorot_normal", "test_accuracy", source="literature"),
+        ),
+        figures=("test_accuracy", "val_accuracy", "rank"),
+        budget_fields=("subset", "epochs", "units"),
+        analysis="symmetry",
+        notes=("The initializer is set on both kernels (the tutorial sets glorot_normal on both); biases start "
+               "at 0, as Keras'. Initializers are numbers drawn before training, so all four share one "
+               "compiled program per activation.",
+               "Rank: the number of singular values of the learned first-layer kernel above 1e-3 x the largest "
+               "(0 for an all-zero kernel)."))
+
+
+def _optimizer(b: Budget) -> Claim:
+    families = {"SGD": {"optimizer": {"name": "sgd"}},
+                "momentum": {"optimizer": {"name": "sgd", "momentum": 0.9}},
+                "nesterov": {"optimizer": {"name": "sgd", "momentum": 0.9, "nesterov": True}},
+                "Adam": {"optimizer": {"name": "adam"}}}
+    grid = {"SGD": "sgd", "momentum": "momentum", "nesterov": "nesterov", "Adam": "adam"}
+    variants, arms = [], []
+    for fam, values in families.items():
+        names = []
+        for lr in b.learning_rates[grid[fam]]:
+            names.append(f"{fam} lr {lr:g}")
+            variants.append(Variant(names[-1], {"optimizer": {**values["optimizer"], "learning_rate": lr}}))
+        arms.append(Arm(f"{fam} tuned", tuple(names)))
+    t = f"{b.target:.0%}"
+    return Claim(
+        key="optimizer", title="SGD, momentum, Nesterov, Adam",
+        quote="Momentum gives a good boost over raw SGD. The overshooting problem was later solved by other "
+              "methods and we should be using ADAM to get to the results faster.",
+        base=_spec(b, "optimizer", [_dense(b.units), _dense(10, "softmax")], epochs=b.time_epochs),
+        variants=tuple(variants), arms=tuple(arms),
+        comparisons=(
+            Comparison(f"Momentum reaches {t} validation accuracy in fewer epochs than SGD", "momentum tuned",
+                       "SGD tuned", "epochs_to_target", "lower"),
+            Comparison("Momentum ends more accurate than SGD", "momentum tuned", "SGD tuned", "test_accuracy"),
+            Comparison(f"Adam reaches {t} in fewer epochs than momentum", "Adam tuned", "momentum tuned",
+                       "epochs_to_target", "lower"),
+            Comparison(f"Adam reaches {t} in fewer epochs than SGD", "Adam tuned", "SGD tuned",
+                       "epochs_to_target", "lower"),
+            Comparison("Adam ends more accurate than momentum", "Adam tuned", "momentum tuned", "test_accuracy"),
+            Comparison("Nesterov momentum (less overshooting) ends more accurate than plain momentum",
+                       "nesterov tuned", "momentum tuned", "test_accuracy", source="literature"),
+        ),
+        figures=("test_accuracy", "epochs_to_target", "seconds_to_target", "val_accuracy"),
+        budget_fields=("subset", "time_epochs", "units", "learning_rates", "target"),
+        notes=("'tuned' = the learning rate with the highest mean final validation accuracy over seeds, from "
+               "the grid listed in the configurations; momentum 0.9. Epochs to target: as in the activation "
+               "claim (a member that never reaches it counts as one epoch more than trained).",))
+
+
+def _decay(b: Budget) -> Claim:
+    steps = _steps(b, b.time_epochs)
+    to_tenth = 9.0 / steps  # lr / (1 + decay * steps) = lr / 10 at the last step
+    return Claim(
+        key="decay", title="Learning-rate decay",
+        quote="The learning rate we talked about is defined in keras, but the default decay is 0. Adding some "
+              "decay can get a little bit closer to the local optimum than before.",
+        base=_spec(b, "decay", [_dense(b.units), _dense(10, "softmax")], epochs=b.time_epochs),
+        variants=(Variant("none", {}), Variant("inverse-time 1e-6", {"optimizer.decay": 1e-6}),
+                  Variant("inverse-time to lr/10", {"optimizer.decay": to_tenth}),
+                  Variant("cosine", {"optimizer.schedule": {"name": "cosine", "decay_steps": steps}})),
+        comparisons=(
+            Comparison("Inverse-time decay (to lr/10) gets closer to the optimum: lower final training loss",
+                       "inverse-time to lr/10", "none", "train_loss", "lower"),
+            Comparison("Inverse-time decay (to lr/10) ends more accurate", "inverse-time to lr/10", "none",
+                       "test_accuracy"),
+            Comparison("Keras 2's usual decay=1e-6 ends more accurate", "inverse-time 1e-6", "none",
+                       "test_accuracy"),
+            Comparison("Cosine decay gets closer to the optimum: lower final training loss", "cosine", "none",
+                       "train_loss", "lower", source="question"),
+            Comparison("Cosine decay ends more accurate", "cosine", "none", "test_accuracy", source="question"),
+        ),
+        figures=("test_accuracy", "train_loss", "val_accuracy"),
+        budget_fields=("subset", "time_epochs", "units"),
+        notes=(f"Adam at 1e-3 (the tutorial's optimizer). The tutorial's decay is Keras 2's `decay` argument: "
+               f"lr / (1 + decay x step). 'to lr/10' sets decay = 9 / {steps} steps; 1e-6 is the value Keras' "
+               f"own examples used. Cosine decays to 0 over the {steps} steps.",
+               "Training loss: evaluated after training on training images (no penalty here), not the "
+               "running mean during the last epoch."))
+
+
+def _protocol(b: Budget) -> Claim:
+    variants = tuple(Variant(f"lr {lr:g}, l2 {l2:g}", {"optimizer.learning_rate": lr,
+                                                       "model.layers.0.kernel_regularizer.l2": l2,
+                                                       "model.layers.1.kernel_regularizer.l2": l2})
+                     for lr in b.pool_learning_rates for l2 in b.pool_l2)
+    return Claim(
+        key="protocol", title="Choosing on validation, verifying on test",
+        quote="If we are experimenting, it is a good idea to split the training set into a training a "
+              "validation set. We can then use the training set for training, validation set to try out "
+              "various hyper parameters and the test set for the final verification.",
+        base=_spec(b, "protocol", [_dense(b.pool_units, penalty=True), _dense(10, "softmax", penalty=True)],
+                   epochs=b.pool_epochs),
+        variants=variants,
+        comparisons=(
+            Comparison("Choosing the configuration by test accuracy overstates it: its reported test accuracy "
+                       "exceeds its accuracy on fresh data by more than when choosing by validation",
+                       "chosen on test", "chosen on validation", "optimism"),
+            Comparison("Choosing by validation loses nothing on fresh data (within 0.2 points of choosing by "
+                       "test)", "chosen on validation", "chosen on test", "fresh", tolerance=0.002),
+        ),
+        figures=("reported", "fresh", "optimism"),
+        budget_fields=("subset", "pool_epochs", "pool_units", "resamples"),
+        analysis="protocol",
+        notes=(f"A pool of {len(variants)} configurations (learning rate x L2 strength) is trained per seed. "
+               f"The 10,000 test images are split at random into halves A and B, {b.resamples} times per seed: "
+               "'chosen on test' takes the configuration with the best accuracy on A and reports that accuracy; "
+               "'chosen on validation' takes the best on the validation split and reports its accuracy on A. "
+               "B is fresh data for both. Optimism = reported (A) - fresh (B), averaged over the halvings.",))
+
+
+def _tutorial(b: Budget) -> Claim:
+    seed = spec_lib.preset("seed")
+    base = spec_lib.with_values(seed, {"name": "tutorial", "training.epochs": b.tutorial_epochs,
+                                       "training.subset": b.subset,
+                                       "training.validation": {"fraction": b.validation}})
+    steps = _steps(b, b.tutorial_epochs, 128)
+    wide = {"model.layers.0.kernel_regularizer": None, "model.layers.2.kernel_regularizer": None,
+            "training.batch_size": 128,
+            "optimizer.schedule": {"name": "cosine", "decay_steps": steps}}
+    fast = {**wide, "model.layers.0.units": 256, "optimizer.learning_rate": 0.003}
+    candidates = ("l2 1e-4", "1000 units, no penalty, cosine, batch 128", "256 units, Adam 3e-3, cosine, batch 128")
+    return Claim(
+        key="tutorial", title="The tutorial's program against the best found in the same epochs",
+        quote="Again all the numbers I have put in are hyper parameters and playing with them you might find "
+              "better results.",
+        base=base,
+        variants=(Variant("tutorial", {}),
+                  Variant(candidates[0], {"model.layers.0.kernel_regularizer.l2": 1e-4,
+                                          "model.layers.2.kernel_regularizer.l2": 1e-4}),
+                  Variant(candidates[1], wide), Variant(candidates[2], fast)),
+        arms=(Arm("best found", candidates, grid=False),),
+        comparisons=(
+            Comparison("Playing with the hyper-parameters finds a better program (test accuracy, same epochs)",
+                       "best found", "tutorial", "test_accuracy"),
+            Comparison("... and one that over-fits no more (train - validation gap within 1 point)", "best found",
+                       "tutorial", "gap", "lower", tolerance=0.01),
+        ),
+        figures=("test_accuracy", "val_accuracy", "gap"),
+        budget_fields=("subset", "tutorial_epochs"),
+        notes=("The tutorial's program: 784-1000-10, ReLU, softmax, glorot_normal, l2(0.01) on both kernels, "
+               "Adam, batch 32 (the `seed` preset). The candidates get the same number of epochs; 'best found' "
+               "is the candidate with the highest mean validation accuracy.",))
+
+
+CLAIMS: dict[str, Callable[[Budget], Claim]] = {
+    "regularization": _regularization, "dropout": _dropout, "activation": _activation, "output": _output,
+    "initialization": _initialization, "optimizer": _optimizer, "decay": _decay, "protocol": _protocol,
+    "tutorial": _tutorial,
+}
+
+
+def claims(budget: Budget, only: list[str] | None = None) -> list[Claim]:
+    """The claims to run: `only` (in the study's order), else the budget's default set."""
+    if only:
+        unknown = [k for k in only if k not in CLAIMS]
+        if unknown:
+            raise UserError(f"--only {unknown[0]!r}: unknown claim; "
+                            f"{spec_lib.suggest(unknown[0], tuple(CLAIMS))}")
+        keys = [k for k in CLAIMS if k in only]
+    else:
+        keys = [k for k in CLAIMS if budget.claims is None or k in budget.claims]
+    return [CLAIMS[k](budget) for k in keys]
+
+
+# ------------------------------------------------------------------ running
+
+
+@dataclass
+class Member:
+    variant: str
+    seed: int
+    spec: spec_lib.RunSpec
+    history: list[dict[str, Any]] = field(default_factory=list)
+    figures: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    diverged: bool = False
+    kernel: np.ndarray | None = None  # first-layer kernel (kept for the symmetry picture)
+    test_correct: np.ndarray | None = None  # per test image (kept for the protocol claim)
+
+
+def members(claim: Claim, seeds: int) -> list[Member]:
+    out = []
+    for v in claim.variants:
+        spec = spec_lib.with_values(claim.base, v.values, source=f"claim {claim.key}, variant {v.name!r}")
+        for s in range(seeds):
+            out.append(Member(v.name, s, spec.model_copy(update={"training": spec.training.model_copy(
+                update={"seed": s})})))
+    return out
+
+
+def _group_key(spec: spec_lib.RunSpec) -> tuple:
+    t = spec.training
+    return (spec.dataset, t.subset, t.validation, t.epochs, engine.structure(spec))
+
+
+def default_lanes() -> int | None:
+    """Members side by side: one at a time on a CPU, all at once on an accelerator.
+
+    Measured on this project's 2-core CPU (784-256-10, 15,000 images, batch 128): 0.23 s
+    per member-epoch one at a time, 0.32 three side by side, 0.34 six; and every width is
+    one more compilation (~6 s each), which a study with ~25 structures cannot afford.
+    """
+    return 1 if jax.default_backend() == "cpu" else None
+
+
+def _first_kernel(params: dict[str, np.ndarray]) -> np.ndarray:
+    return params[min((k for k in params if k.endswith("/kernel")), key=lambda k: (len(k), k))]
+
+
+def kernel_rank(kernel: np.ndarray, rel_tol: float = 1e-3) -> int:
+    """Singular values above rel_tol x the largest (0 for an all-zero kernel)."""
+    s = np.linalg.svd(np.asarray(kernel, np.float64), compute_uv=False)
+    return int(np.sum(s > rel_tol * s[0])) if s.size and s[0] > 0 else 0
+
+
+def sparsity(kernel: np.ndarray) -> float:
+    """The fraction of weights with |w| < 1% of the largest |w|."""
+    w = np.abs(np.asarray(kernel))
+    return float(np.mean(w < 0.01 * w.max())) if w.size and w.max() > 0 else 1.0
+
+
+def _probabilities(spec: spec_lib.RunSpec, params, images: np.ndarray, batch: int = 4096) -> np.ndarray:
+    p = {k: jax.numpy.asarray(v) for k, v in params.items()}
+    return np.concatenate([np.asarray(model.probabilities(spec.model, p, images[i:i + batch]))
+                           for i in range(0, len(images), batch)])
+
+
+def _one_hot(labels: np.ndarray, classes: int = 10) -> np.ndarray:
+    labels = np.asarray(labels)
+    return labels if labels.ndim == 2 else np.eye(classes, dtype=np.uint8)[labels]
+
+
+def train_group(group: list[Member], arrays: data.Arrays, target: float, analysis: str | None,
+                lanes: int | None) -> tuple[float, float]:
+    """Train members that share one program; fill in their histories and figures.
+
+    Returns (seconds in all, seconds of them spent compiling)."""
+    started = time.perf_counter()
+    first = group[0].spec
+    x_train, y_train, x_val, y_val = split(first, arrays)
+    population = engine.Population([m.spec for m in group], x_train, y_train, x_val, y_val, lanes=lanes)
+    population.compile_all()
+    epochs = first.training.epochs
+    for _ in range(epochs):
+        trained = population.active
+        result, seconds = timed_epoch(population)
+        for i, m in enumerate(group):
+            if trained[i]:
+                m.history.append({"epoch": result.epoch, **{k: v[i] for k, v in result.metrics.items()},
+                                  "seconds": float(seconds[i])})
+            m.diverged = bool(result.diverged[i])
+    test = population.evaluate(arrays.test_images, arrays.test_labels)
+    n_eval = min(len(y_train), len(y_val))
+    train_eval = population.evaluate(x_train[:n_eval], y_train[:n_eval])
+    for i, m in enumerate(group):
+        params = population.member_params(i)
+        _measure(m, params, test["accuracy"][i], test["loss"][i], train_eval, i, target)
+        if m.diverged:
+            continue
+        if analysis == "symmetry" and m.seed == 0:
+            m.kernel = _first_kernel(params)
+        if analysis == "sets":
+            rule = multilabel.choose_rule(_probabilities(m.spec, params, x_val), _one_hot(y_val))
+            p_test = _probabilities(m.spec, params, arrays.test_images)
+            sets = multilabel.set_metrics(_one_hot(arrays.test_labels), multilabel.apply_rule(p_test, rule))
+            m.figures.update(set_accuracy=sets["exact"], macro_f1=sets["macro_f1"])
+            m.extra.update(rule=list(rule), f1=sets["f1"], precision=sets["precision"], recall=sets["recall"])
+        if analysis == "protocol":
+            m.test_correct = np.argmax(_probabilities(m.spec, params, arrays.test_images), 1) == arrays.test_labels
+    return time.perf_counter() - started, population.compile_seconds
+
+
+def timed_epoch(population: engine.Population) -> tuple[engine.EpochResult, np.ndarray]:
+    """One epoch, and the training seconds of each member (NaN for members not trained).
+
+    With one member per slice (`lanes=1`) slices train one after another, so the progress
+    reports between them time each member on its own: seeds give independent timings.
+    With members side by side, the epoch's time is shared out evenly (one timing for all).
+    """
+    trained = population.active
+    running = np.flatnonzero(trained)
+    marks: dict[int, float] = {}
+    start = time.perf_counter()
+
+    def progress(p: engine.Progress) -> None:
+        marks[p.steps_done] = time.perf_counter()
+
+    result = population.train_epoch(progress if population.width == 1 else None)
+    seconds = np.full(population.size, np.nan)
+    if population.width == 1:
+        steps = population.steps_per_epoch()
+        ends = [marks[(j + 1) * steps] for j in range(len(running))]
+        seconds[running] = np.diff([start, *ends])
+    else:
+        seconds[running] = result.seconds / max(len(running), 1)
+    return result, seconds
+
+
+def _measure(m: Member, params, test_accuracy, test_loss, train_eval, i: int, target: float) -> None:
+    nan = math.nan
+    if m.diverged or not m.history:
+        m.figures = {k: nan for k in ("val_accuracy", "test_accuracy", "gap", "epochs_to_target")}
+        return
+    last = m.history[-1]
+    reached = [r["epoch"] for r in m.history if r.get("val_accuracy", 0.0) >= target]
+    epochs = len(m.history)
+    seconds = np.cumsum([r["seconds"] for r in m.history])
+    kernel = _first_kernel(params)
+    m.figures = {
+        "val_accuracy": last["val_accuracy"], "val_loss": last["val_loss"],
+        "test_accuracy": float(test_accuracy), "test_loss": float(test_loss),
+        "train_accuracy": float(train_eval["accuracy"][i]), "train_loss": float(train_eval["loss"][i]),
+        "gap": float(train_eval["accuracy"][i]) - last["val_accuracy"],
+        "epochs_to_target": float(reached[0] if reached else epochs + 1),
+        "seconds_to_target": float(seconds[reached[0] - 1]) if reached else nan,
+        # The first epoch's first member also pays for warming up the programs: left out.
+        "seconds_per_epoch": float(np.mean([r["seconds"] for r in m.history[1:] or m.history])),
+        "sparsity": sparsity(kernel), "rank": float(kernel_rank(kernel)),
+    }
+    m.extra["reached_target"] = bool(reached)
+
+
+# ------------------------------------------------------------------ analysis
+
+
+def selection_bias(val_accuracy: np.ndarray, test_correct: np.ndarray, resamples: int,
+                   seed: int) -> dict[str, dict[str, float]]:
+    """What choosing on a test half costs, against choosing on validation, for one seed's pool.
+
+    `val_accuracy` (C,) and `test_correct` (C, N) for C configurations. Each of `resamples`
+    random halvings of the N test images into A and B: 'chosen on test' is the best
+    configuration on A, 'chosen on validation' the best on validation; each reports its
+    accuracy on A and is checked on B. Returns, per rule, the means over halvings of
+    `reported` (A), `fresh` (B) and `optimism` (A - B).
+    """
+    correct = np.asarray(test_correct, np.float64)
+    n = correct.shape[1]
+    rng = np.random.default_rng([seed, 20170607])
+    half = np.zeros((resamples, n), bool)
+    for r in range(resamples):
+        half[r, rng.permutation(n)[: n // 2]] = True
+    acc_a = half.astype(np.float64) @ correct.T / half.sum(1, keepdims=True)  # (R, C)
+    acc_b = (~half).astype(np.float64) @ correct.T / (~half).sum(1, keepdims=True)
+    rows = np.arange(resamples)
+    picks = {"chosen on test": np.argmax(acc_a, axis=1),
+             "chosen on validation": np.full(resamples, int(np.argmax(val_accuracy)))}
+    out = {}
+    for rule, pick in picks.items():
+        reported, fresh = acc_a[rows, pick], acc_b[rows, pick]
+        out[rule] = {"reported": float(reported.mean()), "fresh": float(fresh.mean()),
+                     "optimism": float((reported - fresh).mean())}
+    return out
+
+
+def _mean_curve(runs: list[Member]) -> list[dict[str, float]]:
+    """Epoch records averaged over seeds (seeds that trained every epoch)."""
+    full = [m.history for m in runs if m.history and not m.diverged]
+    if not full:
+        return []
+    n = min(len(h) for h in full)
+    keys = [k for k in full[0][0] if k != "epoch"]
+    return [{"epoch": e + 1, **{k: float(np.mean([h[e][k] for h in full])) for k in keys}} for e in range(n)]
+
+
+def analyse(claim: Claim, group: list[Member], budget: Budget, seeds: int) -> dict[str, Any]:
+    """Intervals per variant and figure, arm choices, comparisons with verdicts."""
+    by_variant: dict[str, list[Member]] = {}
+    for m in group:
+        by_variant.setdefault(m.variant, []).append(m)
+    for runs in by_variant.values():
+        runs.sort(key=lambda m: m.seed)
+
+    def per_seed(variant: str, figure: str) -> list[float]:
+        values = {m.seed: m.figures.get(figure, math.nan) for m in by_variant[variant]}
+        return [float(values.get(s, math.nan)) for s in range(seeds)]
+
+    figures_measured = sorted({k for m in group for k in m.figures})
+    variants_out = []
+    for v in claim.variants:
+        runs = by_variant[v.name]
+        variants_out.append({
+            "name": v.name, "values": v.values,
+            "figures": {f: {"values": per_seed(v.name, f), **stats.mean_ci(per_seed(v.name, f)).as_dict()}
+                        for f in figures_measured},
+            "diverged": [m.seed for m in runs if m.diverged],
+            "curve": _mean_curve(runs),
+            "extra": _merge_extra(runs),
+        })
+
+    arm_values: dict[str, Callable[[str], list[float]]] = {v.name: (lambda f, n=v.name: per_seed(n, f))
+                                                           for v in claim.variants}
+    arms_out = []
+    for arm in claim.arms:
+        # A seed that diverged scores 0: a setting that sometimes blows up is not the best one.
+        scores = {n: float(np.mean(np.nan_to_num(per_seed(n, "val_accuracy"), nan=0.0))) for n in arm.variants}
+        chosen = max(arm.variants, key=lambda n: scores[n])
+        arm_values[arm.name] = lambda f, n=chosen: per_seed(n, f)
+        edge = arm.grid and len(arm.variants) > 2 and chosen in (arm.variants[0], arm.variants[-1])
+        arms_out.append({"name": arm.name, "chosen": chosen, "by": "mean validation accuracy", "scores": scores,
+                         "variants": list(arm.variants), "at_edge": edge})
+
+    extra: dict[str, Any] = {}
+    if claim.analysis == "protocol":
+        per_rule: dict[str, dict[str, list[float]]] = {}
+        for s in range(seeds):
+            pool = [m for m in group if m.seed == s and m.test_correct is not None]
+            if not pool:
+                continue
+            found = selection_bias(np.array([m.figures["val_accuracy"] for m in pool]),
+                                   np.stack([m.test_correct for m in pool]), budget.resamples, s)
+            for rule, figs in found.items():
+                for f, value in figs.items():
+                    per_rule.setdefault(rule, {}).setdefault(f, [math.nan] * seeds)[s] = value
+        for rule, figs in per_rule.items():
+            arm_values[rule] = lambda f, figs=figs: figs.get(f, [math.nan] * seeds)
+        extra["selection"] = {rule: {f: {"values": vals, **stats.mean_ci(vals).as_dict()} for f, vals in figs.items()}
+                              for rule, figs in per_rule.items()}
+        extra["pool_size"] = len(claim.variants)
+    if claim.analysis == "symmetry":
+        extra["spectra"] = {m.variant: np.linalg.svd(m.kernel.astype(np.float64), compute_uv=False).tolist()
+                            for m in group if m.kernel is not None}
+
+    comparisons = []
+    for c in claim.comparisons:
+        v, b = arm_values[c.variant](c.figure), arm_values[c.baseline](c.figure)
+        diff = stats.paired_difference(v, b)
+        comparisons.append({
+            **dataclasses.asdict(c),
+            "variant_values": v, "baseline_values": b,
+            "variant_interval": stats.mean_ci(v).as_dict(), "baseline_interval": stats.mean_ci(b).as_dict(),
+            "difference": diff.as_dict(), "verdict": stats.verdict(diff, c.better, c.tolerance),
+        })
+    return {"variants": variants_out, "arms": arms_out, "comparisons": comparisons, "extra": extra}
+
+
+def _merge_extra(runs: list[Member]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    good = [m for m in runs if not m.diverged and m.extra]
+    for key in ("f1", "precision", "recall"):
+        if good and all(key in m.extra for m in good):
+            out[key] = np.mean([m.extra[key] for m in good], axis=0).tolist()
+    if good and all("rule" in m.extra for m in good):
+        out["rules"] = [m.extra["rule"] for m in good]
+    if good and "reached_target" in good[0].extra:
+        out["reached_target"] = sum(m.extra["reached_target"] for m in good)
+    return out
+
+
+def run_claim(claim: Claim, budget: Budget, seeds: int, load: Callable[[str], data.Arrays],
+              lanes: int | None = None, on_event: Callable[[dict[str, Any]], None] | None = None
+              ) -> tuple[dict[str, Any], list[Member]]:
+    """Train and measure one claim's members; its results (see `analyse`) and the members."""
+    started = time.perf_counter()
+    group = members(claim, seeds)
+    grouped: dict[tuple, list[Member]] = {}
+    for m in group:
+        grouped.setdefault(_group_key(m.spec), []).append(m)
+    work = []
+    for g, part in enumerate(grouped.values()):
+        spec = part[0].spec
+        if on_event:
+            on_event({"event": "group", "claim": claim.key, "group": g + 1, "groups": len(grouped),
+                      "members": len(part), "epochs": spec.training.epochs})
+        seconds, compiling = train_group(part, load(spec.dataset), budget.target, claim.analysis, lanes)
+        work.append({"members": len(part), "cost": sum(_cost(m.spec) for m in part), "seconds": seconds,
+                     "compile_seconds": compiling})
+    result = analyse(claim, group, budget, seeds)
+    if claim.analysis == "sets":
+        multi = load("mnist-multi")
+        result["extra"]["samples"] = {"images": multi.test_images[:8].tolist(),
+                                      "labels": multi.test_labels[:8].tolist()}
+    result.update({
+        "key": claim.key, "title": claim.title, "quote": claim.quote, "notes": list(claim.notes),
+        "figures_shown": list(claim.figures), "base": claim.base.resolved(),
+        "seeds": list(range(seeds)), "reduced": reductions(budget, claim.budget_fields),
+        "members": len(group), "groups": len(grouped), "work": work,
+        "seconds": time.perf_counter() - started,
+    })
+    return result, group
+
+
+# Composites in mnist-multi's training split (seed 0), for estimates without loading it.
+MULTI_TRAIN_IMAGES = 39880
+
+
+def _cost(spec: spec_lib.RunSpec) -> float:
+    """A member's training work: epochs x training images x weights (multiply-adds / 2)."""
+    multi = spec.dataset == "mnist-multi"
+    images = spec.training.subset or (MULTI_TRAIN_IMAGES if multi else 60000)
+    dims = [1568 if multi else 784] + [layer.units for layer in spec.model.dense_layers]
+    weights = sum(a * b for a, b in zip(dims, dims[1:]))
+    return spec.training.epochs * math.floor(images * (1 - spec.training.validation.fraction)) * weights
+
+
+def run(budget: Budget, *, seeds: int | None = None, only: list[str] | None = None,
+        data_dir: str | None = None, lanes: int | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], dict[str, list[Member]]]:
+    """Run the study; returns (results as JSON-able data, members per claim kept in memory)."""
+    seeds = budget.seeds if seeds is None else seeds
+    if seeds < 2:
+        raise UserError(f"--seeds {seeds}: a confidence interval needs at least 2 seeds")
+    selected = claims(budget, only)
+    lanes = lanes if lanes is not None else default_lanes()
+    cache: dict[str, data.Arrays] = {}
+
+    def load(name: str) -> data.Arrays:
+        if name not in cache:
+            cache[name] = (multilabel.derive(load("mnist")) if name == "mnist-multi" else data.load(name, data_dir))
+        return cache[name]
+
+    started, wall = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M:%S")
+    out, kept = [], {}
+    for claim in selected:
+        if on_event:
+            on_event({"event": "claim", "claim": claim.key, "title": claim.title})
+        result, group = run_claim(claim, budget, seeds, load, lanes, on_event)
+        out.append(result)
+        kept[claim.key] = group
+        if on_event:
+            on_event({"event": "claim done", "claim": claim.key, "seconds": result["seconds"],
+                      "verdicts": [c["verdict"] for c in result["comparisons"]]})
+    from mnistlab import runs
+
+    summary = {
+        "budget": {**dataclasses.asdict(budget), "seeds": seeds}, "seeds": seeds,
+        "claims": out, "seconds": time.perf_counter() - started,
+        "started": wall,
+        "environment": runs.environment(), "load_average": _load_average(),
+        "data_source": str(cache["mnist"].source) if "mnist" in cache else None,
+        "lanes": lanes, "full_estimate_seconds": estimate(out, budget, seeds),
+    }
+    return summary, kept
+
+
+def _load_average() -> list[float] | None:
+    try:
+        import os
+
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def estimate(claims_out: list[dict[str, Any]], budget: Budget, seeds: int) -> float | None:
+    """Seconds the full budget would take here, scaled from this run's measured groups.
+
+    A claim's training time is taken as proportional to its members' training work
+    (`_cost`: epochs x training images x weights), calibrated per claim on this run;
+    compilation is added as measured (the programs are the same size in both budgets).
+    Evaluation is in the calibration, which makes the estimate lean high.
+    """
+    if budget.name == "full":
+        return None
+    total = 0.0
+    for c in claims_out:
+        work = sum(w["cost"] for w in c["work"])
+        compiling = sum(w["compile_seconds"] for w in c["work"])
+        full_work = sum(_cost(m.spec) for m in members(CLAIMS[c["key"]](FULL), FULL.seeds))
+        if work > 0:
+            total += compiling + (c["seconds"] - compiling) * full_work / work
+    return total
+
+
+# ------------------------------------------------------------------ records
+
+
+RESULTS, MEMBERS = "ablation.json", "members.jsonl"
+
+
+def write_results(folder, results: dict[str, Any], kept: dict[str, list[Member]]) -> None:
+    """`ablation.json` (everything the report shows) and `members.jsonl` (every member's
+    epochs and figures), written atomically into `folder`."""
+    import json
+    from pathlib import Path
+
+    from mnistlab import runs
+
+    folder = Path(folder)
+    dump = lambda value: json.dumps(_strict(value), default=_json_default, allow_nan=False)  # noqa: E731
+    runs.atomic_write(folder / RESULTS, dump(results) + "\n")
+    lines = [dump({"claim": key, "variant": m.variant, "seed": m.seed, "diverged": m.diverged,
+                   "figures": m.figures, "extra": m.extra, "history": m.history})
+             for key, group in kept.items() for m in group]
+    runs.atomic_write(folder / MEMBERS, "\n".join(lines) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _strict(value: Any) -> Any:
+    """NaN and infinities as null: strict JSON, readable by any parser (a browser's too)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value

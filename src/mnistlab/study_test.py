@@ -1,0 +1,242 @@
+"""Tests for mnistlab.study (claims as data, grouping, analysis, the selection-bias
+protocol) and, end to end through the CLI, `mnistlab ablate` with its report."""
+
+import html
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mnistlab import engine, stats, study, study_report
+from mnistlab.errors import UserError
+
+T95 = {2: 4.302652730}  # two-sided 95% Student-t quantile, from a table
+
+
+# ------------------------------------------------------------------ claims as data
+
+
+@pytest.mark.parametrize("budget", ["quick", "full", "test"])
+def test_every_claim_builds_valid_members(budget):
+    b = study.BUDGETS[budget]
+    for claim in study.claims(b, list(study.CLAIMS)):
+        names = {v.name for v in claim.variants}
+        assert len(names) == len(claim.variants), f"{claim.key}: duplicate variant names"
+        arms = {a.name for a in claim.arms} | ({"chosen on test", "chosen on validation"}
+                                               if claim.analysis == "protocol" else set())
+        for arm in claim.arms:
+            assert set(arm.variants) <= names
+        for c in claim.comparisons:
+            assert {c.variant, c.baseline} <= names | arms, (claim.key, c.statement)
+            assert c.figure in study.FIGURES and c.better in ("higher", "lower")
+        assert set(claim.figures) <= set(study.FIGURES)
+        members = study.members(claim, b.seeds)  # every spec validates
+        assert len(members) == len(claim.variants) * b.seeds
+        assert sorted({m.spec.training.seed for m in members}) == list(range(b.seeds))
+
+
+def _groups(claim):
+    return {study._group_key(m.spec) for m in study.members(claim, 1)}
+
+
+def test_variants_that_share_a_program_train_as_one_population():
+    # Initializers are numbers drawn before training: one program per hidden activation.
+    assert len(_groups(study.CLAIMS["initialization"](study.QUICK))) == 2
+    # Dropout rates (0 included) and learning rates are per-member inputs.
+    assert len(_groups(study.CLAIMS["dropout"](study.QUICK))) == 1
+    assert len(_groups(study.CLAIMS["optimizer"](study.QUICK))) == 4  # sgd, momentum, nesterov, adam
+    # Penalty strengths share a program once the terms present (l1, l2) are the same.
+    reg = study.CLAIMS["regularization"](study.QUICK)
+    assert len(_groups(reg)) == len({engine.structure(m.spec) for m in study.members(reg, 1)})
+    assert len(reg.variants) == 1 + 3 * 4
+
+
+def test_the_tutorial_claim_trains_the_tutorials_program():
+    claim = study.CLAIMS["tutorial"](study.QUICK)
+    tutorial = study.members(claim, 1)[0].spec
+    layer = tutorial.model.layers[0]
+    assert tutorial.training.batch_size == 32 and layer.units == 1000
+    assert layer.kernel_regularizer.l2 == 0.01 and layer.kernel_initializer.name == "glorot_normal"
+    assert tutorial.optimizer.name == "adam" and tutorial.training.epochs == study.QUICK.tutorial_epochs
+
+
+def test_reductions_say_what_the_budget_cut():
+    lines = study.reductions(study.QUICK, ("subset", "epochs", "units"))
+    assert "seeds: 3 (full: 5)" in lines
+    assert "epochs: 6 (full: 20)" in lines
+    assert "hidden units: 256 (full: 1000)" in lines
+    assert any(line.startswith("MNIST training images used") and "20000 (full: 60000)" in line for line in lines)
+    assert study.reductions(study.FULL, ("subset", "epochs")) == []
+
+
+def test_unknown_claim_is_a_user_error():
+    with pytest.raises(UserError, match="did you mean 'dropout'"):
+        study.claims(study.QUICK, ["dropuot"])
+
+
+# ------------------------------------------------------------------ measurements
+
+
+def test_kernel_rank_and_sparsity():
+    assert study.kernel_rank(np.zeros((784, 16))) == 0
+    u, v = np.arange(1, 785, dtype=float)[:, None], np.linspace(1, 2, 16)[None, :]
+    assert study.kernel_rank(u * v) == 1  # every unit the same weights, scaled
+    assert study.kernel_rank(np.eye(20)[:, :16]) == 16
+    w = np.array([[1.0, 0.005], [-0.009, 0.5]])
+    assert study.sparsity(w) == pytest.approx(0.5)  # |0.005|, |-0.009| < 0.01 * 1.0
+
+
+def test_selection_bias_against_the_exact_expectation():
+    # Two configurations on 4 test images: c0 right on images 0, 1; c1 right on 2, 3.
+    # Validation prefers c0. Of the 6 ways to halve {0,1,2,3}: A = {0,1} -> test picks c0,
+    # reports 1, fresh 0 (optimism 1); A = {2,3} -> picks c1, optimism 1; the other four
+    # tie (both 0.5 on A and B): optimism 0. Expected optimism of choosing on test: 2/6.
+    # Choosing on validation (always c0): +1 for A = {0,1}, -1 for {2,3}, else 0: 0.
+    correct = np.array([[1, 1, 0, 0], [0, 0, 1, 1]], bool)
+    out = study.selection_bias(np.array([0.9, 0.1]), correct, resamples=6000, seed=0)
+    assert out["chosen on test"]["optimism"] == pytest.approx(1 / 3, abs=0.03)
+    assert out["chosen on validation"]["optimism"] == pytest.approx(0.0, abs=0.03)
+    # Expected fresh accuracy: test's pick is 0 on B for the two decisive halvings, 0.5 else.
+    assert out["chosen on test"]["fresh"] == pytest.approx(4 / 6 * 0.5, abs=0.03)
+    for rule in out.values():
+        assert rule["optimism"] == pytest.approx(rule["reported"] - rule["fresh"])
+
+
+def _member(variant, seed, **figures):
+    return study.Member(variant, seed, spec=None, figures=figures)
+
+
+def test_analysis_chooses_arms_on_validation_and_judges_on_the_paired_interval():
+    base = study.CLAIMS["decay"](study.TEST).base
+    claim = study.Claim(
+        key="k", title="t", quote="q", base=base,
+        variants=(study.Variant("a 1", {}), study.Variant("a 2", {}), study.Variant("b", {})),
+        arms=(study.Arm("a best", ("a 1", "a 2")),),
+        comparisons=(study.Comparison("a beats b", "a best", "b", "test_accuracy"),
+                     study.Comparison("a 1 is worse than b", "a 1", "b", "test_accuracy", "lower")),
+        figures=("test_accuracy",), budget_fields=())
+    members = []
+    for s, (a1, a2, b) in enumerate([(0.90, 0.95, 0.93), (0.91, 0.97, 0.94), (0.92, 0.96, 0.94)]):
+        members += [_member("a 1", s, val_accuracy=0.5, test_accuracy=a1),
+                    _member("a 2", s, val_accuracy=0.6, test_accuracy=a2),  # higher on validation
+                    _member("b", s, val_accuracy=0.4, test_accuracy=b)]
+    out = study.analyse(claim, members, study.TEST, seeds=3)
+    assert out["arms"][0]["chosen"] == "a 2"
+    first, second = out["comparisons"]
+    # a 2 - b = 0.02, 0.03, 0.02: mean 0.02333, sd 0.005774, half-width 4.3027 * sd / sqrt(3)
+    sd = math.sqrt(((0.02 - 0.07 / 3) ** 2 * 2 + (0.03 - 0.07 / 3) ** 2) / 2)
+    half = T95[2] * sd / math.sqrt(3)
+    assert first["difference"]["mean"] == pytest.approx(0.07 / 3)
+    assert first["difference"]["low"] == pytest.approx(0.07 / 3 - half)
+    assert first["verdict"] == stats.SUPPORTED  # 0.02333 - 0.01434 > 0
+    # a 1 - b = -0.03, -0.03, -0.02, claimed lower: mean -0.02667, interval below 0
+    assert second["difference"]["high"] < 0 and second["verdict"] == stats.SUPPORTED
+    assert out["variants"][2]["figures"]["test_accuracy"]["mean"] == pytest.approx((0.93 + 0.94 + 0.94) / 3)
+
+
+def test_a_missing_seed_drops_out_of_the_pairing():
+    claim = study.Claim(key="k", title="t", quote="q", base=study.CLAIMS["decay"](study.TEST).base,
+                        variants=(study.Variant("a", {}), study.Variant("b", {})),
+                        comparisons=(study.Comparison("a beats b", "a", "b", "test_accuracy"),),
+                        figures=("test_accuracy",), budget_fields=())
+    members = [_member("a", 0, test_accuracy=0.9), _member("b", 0, test_accuracy=0.8),
+               _member("a", 1, test_accuracy=math.nan), _member("b", 1, test_accuracy=0.8)]
+    c = study.analyse(claim, members, study.TEST, seeds=2)["comparisons"][0]
+    assert c["difference"]["n"] == 1 and c["verdict"] == stats.INCONCLUSIVE  # one pair: no interval
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def mnistlab(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "mnistlab", *args], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})}, timeout=600)
+
+
+def test_bad_budget_and_claim_are_refused_before_training(tmp_path):
+    done = mnistlab("ablate", "--budget", "huge", "--out-dir", str(tmp_path))
+    assert done.returncode == 2 and "--budget 'huge'" in done.stderr
+    done = mnistlab("ablate", "--budget", "test", "--only", "regularisation", "--out-dir", str(tmp_path))
+    assert done.returncode == 2 and "did you mean 'regularization'" in done.stderr
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def ablated(mnist_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ablate")
+    docs = root / "docs"
+    docs.mkdir()
+    done = mnistlab("ablate", "--budget", "test", "--out-dir", str(root / "out"), "--docs", str(docs),
+                    env={"MNISTLAB_DATA": str(mnist_root)})
+    assert done.returncode == 0, done.stderr + done.stdout
+    (folder,) = list((root / "out").iterdir())
+    return done, folder, docs
+
+
+def test_ablate_writes_results_and_reports(ablated):
+    done, folder, docs = ablated
+    for name in (study.RESULTS, study.MEMBERS, "report.md", "report.html"):
+        assert (folder / name).is_file()
+    assert (docs / "ablate-test.md").is_file() and (docs / "ablate-test.html").is_file()
+    md = (docs / "ablate-test.md").read_text()
+    for ref in (line.split("](")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")):
+        assert (docs / ref).is_file(), ref  # every figure the Markdown shows is there
+    results = json.loads((folder / study.RESULTS).read_text())
+    assert [c["key"] for c in results["claims"]] == ["regularization", "output"]
+    members = [json.loads(line) for line in (folder / study.MEMBERS).read_text().splitlines()]
+    # test budget: regularization none + 3 kinds x 2 strengths, output 4 variants; 2 seeds each
+    assert len(members) == sum(c["members"] for c in results["claims"]) == (7 + 4) * 2
+    assert {m["claim"] for m in members} == {"regularization", "output"}
+    assert "verdicts" in done.stdout
+
+
+def test_every_verdict_follows_from_the_recorded_numbers(ablated):
+    _, folder, _ = ablated
+    results = json.loads((folder / study.RESULTS).read_text())
+    for claim in results["claims"]:
+        for c in claim["comparisons"]:
+            v = [math.nan if x is None else x for x in c["variant_values"]]
+            b = [math.nan if x is None else x for x in c["baseline_values"]]
+            diff = stats.paired_difference(v, b)
+            assert stats.verdict(diff, c["better"], c["tolerance"]) == c["verdict"]
+            if diff.n:
+                assert c["difference"]["mean"] == pytest.approx(diff.mean)
+
+
+def test_reports_show_each_verdict_with_the_json_numbers(ablated):
+    _, folder, docs = ablated
+    results = json.loads((folder / study.RESULTS).read_text())
+    md = (folder / "report.md").read_text()
+    page = (docs / "ablate-test.html").read_text()
+    assert md == (docs / "ablate-test.md").read_text().replace("](ablate-test/", "](figures/")
+    for claim in results["claims"]:
+        assert claim["title"] in md and claim["title"] in page
+        for c in claim["comparisons"]:
+            # The difference as the report prints it, recomputed from the JSON numbers.
+            n = c["difference"]["n"]
+            scale, digits = study.FIGURES[c["figure"]][1:]
+            text = f"{c['difference']['mean'] * scale:+.{digits}f}"
+            if n >= 2:
+                text += f" [{c['difference']['low'] * scale:+.{digits}f}, {c['difference']['high'] * scale:+.{digits}f}]"
+            line = next(line for line in md.splitlines() if line.startswith("- ") and c["statement"] in line)
+            assert line.startswith(f"- **{c['verdict']}**: ") and f"difference {text}" in line
+            assert text in page and html.escape(c["statement"], quote=False) in page
+    # Self-contained: figures are data URIs; nothing is fetched from anywhere.
+    assert page.count('src="data:image/png;base64,') >= 6
+    assert "src=\"http" not in page and "href=\"http" not in page and "<script" not in page
+    assert "<link" not in page and "@import" not in page
+
+
+def test_report_rendering_of_blocks():
+    page = study_report.Page("t")
+    page.add("p", "**supported** and `code` & <tag>")
+    page.add("table", ["a", "b|c"], [["1", "x|y"]])
+    md = study_report.markdown(page, "figs")
+    assert "| a | b\\|c |" in md and "| 1 | x\\|y |" in md
+    html = study_report.to_html(page)
+    assert '<strong class="v-supported">supported</strong>' in html
+    assert "<code>code</code> &amp; &lt;tag&gt;" in html
