@@ -53,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, default=16)
     parser.add_argument("--widths", default="1,4,16")
+    parser.add_argument("--networks", default="seed,small")
     parser.add_argument("--out", default="docs/bench-population.json")
     args = parser.parse_args()
     arrays = data.load("mnist")
@@ -60,12 +61,14 @@ def main() -> None:
     seed = spec_lib.preset("seed")
     small = spec_lib.with_values(seed, {"model.layers.0.units": 100})
     results = {"machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                           "date": time.strftime("%Y-%m-%d")},
-               "seed": bench("seed 784-1000-10", seed, arrays, args.members, widths),
-               "small": bench("small 784-100-10", small, arrays, args.members, widths)}
+                           "date": time.strftime("%Y-%m-%d")}}
+    networks = {"seed": ("seed 784-1000-10", seed), "small": ("small 784-100-10", small)}
+    for name in args.networks.split(","):
+        label, base = networks[name]
+        results[name] = bench(label, base, arrays, args.members, widths)
     print("\n| network | single run s/epoch | lanes chosen | width | population s/epoch | ÷ 16 single runs |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for name in ("seed", "small"):
+    for name in args.networks.split(","):
         r = results[name]
         for width, w in r["widths"].items():
             mark = " (chosen)" if width == r["chosen_lanes"] else ""

@@ -582,15 +582,17 @@ def device_memory() -> int:
 _LANES: dict[tuple, int] = {}
 
 
-def choose_lanes(spec: RunSpec, images: np.ndarray, labels: np.ndarray, members: int, steps: int = 24) -> int:
+def choose_lanes(spec: RunSpec, images: np.ndarray, labels: np.ndarray, members: int, steps: int = 48) -> int:
     """How many members to train side by side on this device, decided by measurement.
 
-    Times a short run of the real step at widths 1, 2, 4, ... and keeps the width with the
-    best members x steps per second, stopping once wider gets slower. On a CPU a narrow
-    program often wins (the weights and optimizer moments of many members no longer fit
-    in cache: measured, 16 side by side were 1.5x slower per member for the seed network);
-    small networks and accelerators gain from width. The answer is remembered per
-    structure and device for the rest of the process.
+    Times a short run of the real step at widths 1, 2, 4, ... (up to the population, at
+    most 64) and keeps the width with the most member-steps per second; a width is timed
+    twice and its faster run counts, and the search stops early only once a width is far
+    (40%) slower than the best, since a wider program can win after a slower one. On a CPU
+    a narrow program often wins (the weights and optimizer moments of many members no
+    longer fit in cache: measured, 16 side by side were 1.9x slower per member for the
+    seed network); small networks and accelerators gain from width. The answer is
+    remembered per structure and device for the rest of the process.
     """
     if members <= 1:
         return 1
@@ -599,18 +601,18 @@ def choose_lanes(spec: RunSpec, images: np.ndarray, labels: np.ndarray, members:
         return _LANES[key]
     n = min(len(labels), steps * spec.training.batch_size)
     best, best_rate, width = 1, 0.0, 1
-    while width <= members:
-        # At least two members, so the probe runs the population program (with freezing).
+    while width <= min(members, 64):
+        # At least two members, so the probe runs the population program.
         probe = [spec.model_copy(update={"training": spec.training.model_copy(update={"seed": s})})
                  for s in range(max(2, width))]
         population = Population(probe, images[:n], labels[:n], lanes=width, chunks_per_epoch=1)
         population.train_epoch()  # compiles, warms the caches
-        start = time.perf_counter()
-        population.train_epoch()
-        rate = len(probe) / (time.perf_counter() - start)
-        if rate <= best_rate:
+        seconds = min(population.train_epoch().seconds for _ in range(2))
+        rate = len(probe) / seconds
+        if rate > best_rate:
+            best, best_rate = width, rate
+        elif rate < 0.6 * best_rate:
             break
-        best, best_rate = width, rate
         if width == members:
             break
         width = min(width * 2, members)
