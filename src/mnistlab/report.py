@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from mnistlab import figures, runs
+from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError
 
 MISTAKES = 24          # images in the gallery
@@ -767,7 +768,7 @@ def compare(paths: list[str | Path]) -> dict[str, Any]:
     table.append(("epochs", [r.summary.get("epochs_completed", len(r.metrics)) for r in opened]))
     table.append(("status", [r.summary.get("status", "unknown") for r in opened]))
     table.append(("train seconds", [r.summary.get("train_seconds") for r in opened]))
-    flat = [_flatten(r.spec.resolved()) for r in opened]
+    flat = [spec_lib.flatten(r.spec.resolved()) for r in opened]
     all_keys = sorted(set().union(*flat))
     differing = [(k, [f.get(k) for f in flat]) for k in all_keys if len({json.dumps(f.get(k)) for f in flat}) > 1]
     series = {label: r.metrics for label, r in zip(labels, opened)}
@@ -781,20 +782,6 @@ def _unique_labels(names: list[str]) -> list[str]:
     for n in names:
         seen[n] = seen.get(n, 0) + 1
         out.append(n if seen[n] == 1 else f"{n} ({seen[n]})")
-    return out
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """{'optimizer.learning_rate': 0.003, 'model.layers.0.units': 256, ...}"""
-    out: dict[str, Any] = {}
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-    elif isinstance(tree, list):
-        for i, v in enumerate(tree):
-            out.update(_flatten(v, f"{prefix}{i}."))
-    else:
-        out[prefix[:-1]] = tree
     return out
 
 

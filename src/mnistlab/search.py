@@ -37,7 +37,6 @@ import itertools
 import json
 import math
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -140,14 +139,8 @@ class SweepSpec(BaseModel):
 
 
 def load_sweep(path: str | Path) -> SweepSpec:
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file. Give the path of a sweep TOML (see README: Sweeps).") from None
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"{path}: not valid TOML: {err}") from None
-    return sweep_from_dict(raw, str(path), base_dir=path.parent)
+    raw = spec_lib.read_toml(path, "a sweep TOML (see README: Sweeps)")
+    return sweep_from_dict(raw, str(path), base_dir=Path(path).parent)
 
 
 def sweep_from_dict(raw: dict[str, Any], source: str = "sweep", base_dir: Path | None = None) -> SweepSpec:

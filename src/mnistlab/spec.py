@@ -381,16 +381,37 @@ def from_dict(data: dict[str, Any], source: str = "specification") -> RunSpec:
         raise UserError(_format_errors(err, source)) from None
 
 
-def load(path: str | Path) -> RunSpec:
-    """Read a TOML run specification."""
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """A TOML file's tables; a missing or malformed file is a UserError naming it.
+
+    `what` completes "Give the path of ..." in the message for a missing file.
+    """
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{path}: no such file. Give the path of a TOML specification, "
-                        "or use --preset (see `mnistlab presets`).") from None
+        raise UserError(f"{path}: no such file. Give the path of {what}.") from None
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path}: not valid TOML: {err}") from None
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{'optimizer': {'learning_rate': 0.003}} -> {'optimizer.learning_rate': 0.003}; lists by index."""
+    out: dict[str, Any] = {}
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            out.update(flatten(v, f"{prefix}{i}."))
+    else:
+        out[prefix[:-1]] = tree
+    return out
+
+
+def load(path: str | Path) -> RunSpec:
+    """Read a TOML run specification."""
+    data = read_toml(path, "a TOML specification, or use --preset (see `mnistlab presets`)")
     return from_dict(data, str(path))
 
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Protocol
 import tomli_w
 
 from mnistlab.errors import UserError
-from mnistlab.spec import RunSpec, suggest
+from mnistlab.spec import RunSpec, flatten, suggest
 
 KINDS = ("tensorboard", "mlflow")
 EXPERIMENT = "mnistlab"
@@ -91,20 +91,6 @@ def finish(loggers: list[Logger], status: str, summary: dict[str, Any], run_dir:
         except Exception as e:
             if warn:
                 warn(f"{type(logger).__name__} could not finish: {type(e).__name__}: {e}")
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """{'optimizer': {'learning_rate': 0.003}} -> {'optimizer.learning_rate': 0.003}; lists by index."""
-    out: dict[str, Any] = {}
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-    elif isinstance(tree, list):
-        for i, v in enumerate(tree):
-            out.update(flatten(v, f"{prefix}{i}."))
-    else:
-        out[prefix[:-1]] = tree
-    return out
 
 
 class TensorBoardLogger:

@@ -47,7 +47,6 @@ import os
 import socket
 import threading
 import time
-import tomllib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,15 +102,8 @@ class TuneSpec:
 
 
 def load_tune(path: str | Path) -> TuneSpec:
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file. Give the path of a search-space TOML (see README: "
-                        "Tuning with Optuna).") from None
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"{path}: not valid TOML: {err}") from None
-    return tune_from_dict(raw, str(path), base_dir=path.parent)
+    raw = spec_lib.read_toml(path, "a search-space TOML (see README: Tuning with Optuna)")
+    return tune_from_dict(raw, str(path), base_dir=Path(path).parent)
 
 
 def tune_from_dict(raw: dict[str, Any], source: str = "tune", base_dir: Path | None = None) -> TuneSpec:
