@@ -101,7 +101,7 @@ def test_a_diverging_run_says_so(mnist_root, tmp_path):
 
 
 def test_ctrl_c_keeps_finished_epochs(mnist_root, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", *QUICK, "--set", "training.epochs=50",
+    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", *QUICK, "--set", "training.epochs=2000",
                              "--runs-dir", str(tmp_path)], env={**os.environ, "MNISTLAB_DATA": str(mnist_root)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120

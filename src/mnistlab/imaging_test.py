@@ -2,11 +2,11 @@
 
 import io
 import struct
-import time
 import zlib
 
 import numpy as np
 import pytest
+import PIL.ImageFile
 from PIL import Image
 
 from mnistlab import imaging
@@ -122,13 +122,16 @@ def test_files_that_cannot_be_read_name_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("side", [4001, 20_000, 100_000])
-def test_too_many_pixels_are_refused_from_the_header(side):
+def test_too_many_pixels_are_refused_from_the_header(side, monkeypatch):
     # 4001^2 just passes the 16M limit; 100,000^2 is what a decompression bomb declares.
     data = png_with_header(side, side)
-    started = time.perf_counter()
+
+    def no_decoding(self):
+        raise AssertionError("pixels were decoded before the size check")
+
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", no_decoding)  # the header alone must decide
     with pytest.raises(imaging.ImageError) as e:
         imaging.decode(data, name="bomb.png")
-    assert time.perf_counter() - started < 0.5  # nothing was decompressed
     assert e.value.code == "too_large" and "bomb.png" in str(e.value)
 
 
@@ -234,9 +237,7 @@ def test_a_large_jpeg_photo_decodes_reduced_and_gives_the_same_digit(mnist_test)
     original = mnist_test.test_images[0]
     photo = Image.fromarray(255 - original).resize((2400, 2400), Image.Resampling.BICUBIC).convert("RGB")
     data = encode(photo, "JPEG", quality=90)
-    started = time.perf_counter()
     out = imaging.load(data)
-    assert time.perf_counter() - started < 1.0
     via_png = imaging.load(encode(photo.resize((280, 280), Image.Resampling.BILINEAR), "PNG"))
     assert np.corrcoef(out.ravel().astype(float), via_png.ravel().astype(float))[0, 1] > 0.95
 

