@@ -103,7 +103,10 @@ def test_a_diverging_run_says_so(mnist_root, tmp_path):
 def test_ctrl_c_keeps_finished_epochs(mnist_root, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", *QUICK, "--set", "training.epochs=2000",
                              "--runs-dir", str(tmp_path)], env={**os.environ, "MNISTLAB_DATA": str(mnist_root)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # A shell that starts jobs in the background (as CI may) leaves SIGINT
+                            # ignored in its children; Ctrl-C must reach this one as at a terminal.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     metrics = None
     while time.monotonic() < deadline:

@@ -451,7 +451,10 @@ def _train_part(ctx: Context, part: list[Candidate], g: int, key: str, checkpoin
     sweep, members = ctx.sweep, ctx.members
     first = part[0].spec
     x_train, y_train, x_val, y_val = split(first, ctx.arrays)
-    lanes = sweep.lanes or engine.choose_lanes(first, x_train, y_train, len(part))
+    # A resumed part keeps the width it was measured at: another width is another compiled
+    # program, whose float rounding would differ from the run that was interrupted.
+    lanes = (sweep.lanes or (checkpoint or {}).get("lanes")
+             or engine.choose_lanes(first, x_train, y_train, len(part)))
     ctx.lanes[key] = lanes
     population = engine.Population([c.spec for c in part], x_train, y_train, x_val, y_val, lanes=lanes)
     path = ctx.folder / CHECKPOINTS / f"part-{key}.safetensors"
@@ -468,7 +471,7 @@ def _train_part(ctx: Context, part: list[Candidate], g: int, key: str, checkpoin
         # The checkpoint comes after the records and carries the members' bookkeeping: a
         # kill in between re-trains this epoch on resume, to the same numbers (shuffles and
         # dropout keys derive from the epoch and step numbers).
-        meta = {"epochs": population.epochs_done, "diverged": population.diverged.tolist(),
+        meta = {"epochs": population.epochs_done, "diverged": population.diverged.tolist(), "lanes": lanes,
                 "members": [_member_state(members[c.member]) for c in part]}
         save_file(population.state_arrays(), str(path) + ".tmp", metadata={"mnistlab.sweep": json.dumps(meta)})
         Path(str(path) + ".tmp").replace(path)

@@ -210,7 +210,9 @@ def test_memory_budget_splits_a_group(mnist, tmp_path):
 
 def test_killed_sweep_resumes_to_the_same_numbers(mnist_root, tmp_path):
     spec_file = tmp_path / "s.toml"
-    raw = {"name": "k", "base": "fast", "seeds": 2,
+    # lanes fixed: the reference and the interrupted run must train with the same program
+    # (each would otherwise measure its own width, and widths round floats differently).
+    raw = {"name": "k", "base": "fast", "seeds": 2, "lanes": 2,
            "set": ["training.subset=4000", "training.epochs=6", "training.validation_split=0.2"],
            "search": {"method": "grid", "params": {"optimizer.learning_rate": [1e-3, 3e-3]}}}
     spec_file.write_text(tomli_w.dumps(raw))
