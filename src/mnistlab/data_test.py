@@ -5,7 +5,6 @@ import gzip
 import hashlib
 import http.server
 import math
-import os
 import socket
 import struct
 import threading
@@ -122,12 +121,8 @@ def test_read_idx_corrupt_gzip(tmp_path, payload):
 
 # ---------------------------------------------------------------------- real MNIST
 
-SHARED = Path(os.environ.get("MNISTLAB_DATA")
-              or Path(__file__).resolve().parents[2].parent / "shared" / "datasets")
-
-
-@pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason=f"no MNIST under {SHARED}")
-def test_real_mnist(monkeypatch, tmp_path):
+def test_real_mnist(monkeypatch, tmp_path, mnist_root):
+    SHARED = mnist_root  # conftest: $MNISTLAB_DATA or ../shared/datasets; fails loudly if absent
     monkeypatch.setenv("MNISTLAB_DATA", str(SHARED))
     monkeypatch.setenv("MNISTLAB_CACHE", str(tmp_path))
     d = data.load("mnist", mirrors=())
