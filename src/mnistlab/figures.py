@@ -57,6 +57,18 @@ STYLE = {
 }
 
 
+def _panel_grid(count: int, panel_height: float, extra: float) -> tuple[Figure, np.ndarray]:
+    """A figure of `count` panels, three to a row, its unused cells hidden."""
+    n = max(1, count)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(3.7 * cols, panel_height * rows + extra), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes[count:]:
+        ax.set_axis_off()
+    return fig, axes
+
+
 def _styled(fn):
     """Run `fn` under this module's style: artists read rcParams when they are created."""
 
@@ -363,13 +375,7 @@ def weight_histograms(layers: Sequence[tuple[str, np.ndarray, str | None]],
     Each panel gives the L2 norm and the share of near-zero weights (what an L1 penalty
     produces), so the effect of a penalty can be read off without opening the weights.
     """
-    n = max(1, len(layers))
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig = Figure(figsize=(3.7 * cols, 2.7 * rows + 0.3), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    for ax in axes[len(layers):]:
-        ax.set_axis_off()
+    fig, axes = _panel_grid(len(layers), panel_height=2.7, extra=0.3)
     for ax, (name, w, reg) in zip(axes, layers):
         w = np.asarray(w).ravel()
         s = weight_stats(w)
@@ -473,13 +479,7 @@ def metric_vs_params(rows: Sequence[Record], params: Sequence[str], metric: str,
     Members whose metric is missing (diverged) are drawn as red crosses at the worse
     end of the axis; the best member is a star.
     """
-    n = max(1, len(params))
-    cols = min(n, 3)
-    nrows = math.ceil(n / cols)
-    fig = Figure(figsize=(3.7 * cols, 2.8 * nrows + 0.2), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(nrows, cols, squeeze=False)).ravel()
-    for ax in axes[len(params):]:
-        ax.set_axis_off()
+    fig, axes = _panel_grid(len(params), panel_height=2.8, extra=0.2)
     ys = [float(r[metric]) for r in rows if _finite(r.get(metric))]
     floor = (min(ys) if higher_is_better else max(ys)) if ys else 0.0
     for ax, p in zip(axes, params):
