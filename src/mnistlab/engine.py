@@ -23,13 +23,14 @@ import numpy as np
 import optax
 
 from mnistlab import model, optim
+from mnistlab import spec as spec_lib
 from mnistlab.spec import RunSpec
 
 
 class State(NamedTuple):
     """Everything that changes during training, with a leading member axis."""
 
-    params: model.Params
+    params: model.Params  # trainable weights and batch normalization's moving statistics
     opt_state: optax.OptState
     step: jax.Array  # optimizer steps taken (int32), also the dropout stream position
     penalty: jax.Array  # the regularization loss of `params`, kept current by each step
@@ -70,7 +71,7 @@ def _optimizer_hyper(hyper):
 
 
 def loss_terms(spec: RunSpec, params, hyper, images, labels, valid, dropout_key=None):
-    """(mean data loss over the valid samples, logits) for one batch.
+    """(mean data loss over the valid samples, (logits, moved statistics)) for one batch.
 
     `labels` are class indices (B,), or a multi-hot label set per image (B, C) for images
     holding several things at once. Softmax outputs take categorical cross-entropy
@@ -79,7 +80,7 @@ def loss_terms(spec: RunSpec, params, hyper, images, labels, valid, dropout_key=
     `valid` masks the padding of the epoch's last batch: Keras trains on a last, smaller
     batch, and a mask gives its exact mean without a second compiled program of that shape.
     """
-    z = model.logits(spec.model, params, hyper, images, dropout_key)
+    z, moved = model.forward(spec.model, params, hyper, images, dropout_key, valid)
     targets = labels.astype(jnp.float32) if labels.ndim == 2 else jax.nn.one_hot(labels, z.shape[-1])
     if spec.model.output_activation == "softmax":
         if labels.ndim == 1:
@@ -89,7 +90,7 @@ def loss_terms(spec: RunSpec, params, hyper, images, labels, valid, dropout_key=
     else:
         per_sample = optax.sigmoid_binary_cross_entropy(z, targets).mean(-1)
     data_loss = jnp.sum(jnp.where(valid, per_sample, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
-    return data_loss, z
+    return data_loss, (z, moved)
 
 
 def predicted_sets(z: jax.Array, activation: str) -> jax.Array:
@@ -113,9 +114,12 @@ def make_step(spec: RunSpec) -> Callable:
     """step(state, hyper, images, labels, valid, dropout_key) -> (state, (loss, correct))."""
 
     def step(state: State, hyper, images, labels, valid, dropout_key):
-        params = state.params
-        (data_loss, z), grads = jax.value_and_grad(loss_terms, argnums=1, has_aux=True)(
-            spec, params, hyper, images, labels, valid, dropout_key)
+        # Batch normalization's moving statistics are weights but not trained: the
+        # optimizer sees the rest, and the statistics come back moved by the batch.
+        params, statistics = model.split_statistics(state.params)
+        (data_loss, (z, moved)), grads = jax.value_and_grad(
+            lambda p: loss_terms(spec, {**p, **statistics}, hyper, images, labels, valid, dropout_key),
+            has_aux=True)(params)
         # Penalty gradient added in closed form: it fuses into the update (see model.penalty_grad).
         for name, g in model.penalty_grad(spec.model, params, hyper).items():
             grads[name] = grads[name] + g
@@ -128,7 +132,7 @@ def make_step(spec: RunSpec) -> Callable:
         # (measured: 0.13 s/epoch of the seed network's 2.35 s).
         penalty = model.penalty(spec.model, params, hyper)
         correct = _correct(z, labels, valid, spec.model.output_activation)
-        return State(params, opt_state, state.step + 1, penalty), (loss, correct)
+        return State({**params, **moved}, opt_state, state.step + 1, penalty), (loss, correct)
 
     return step
 
@@ -172,10 +176,10 @@ def make_evaluate(spec: RunSpec) -> Callable:
     def evaluate(params, hyper, images, labels, valid):
         def batch(block):
             x, y, v = block
-            loss, z = loss_terms(spec, params, hyper, x, y, v)
+            loss, (z, _) = loss_terms(spec, params, hyper, x, y, v)
             return loss * jnp.sum(v), _correct(z, y, v, spec.model.output_activation)
 
-        blocks = (images.reshape(-1, size, images.shape[-1]), labels.reshape(-1, size, *labels.shape[1:]),
+        blocks = (images.reshape(-1, size, *images.shape[1:]), labels.reshape(-1, size, *labels.shape[1:]),
                   valid.reshape(-1, size))
         loss, correct = jax.lax.map(batch, blocks)
         return Sums(loss.sum(), correct.sum(), jnp.sum(valid))
@@ -310,10 +314,9 @@ class Population:
             mesh = jax.sharding.Mesh(np.array(devices), ("members",))
             self.sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("members"))
             replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        # The data set lives on the device as uint8, flattened: one transfer, ever.
-        n = len(self.train_labels)
+        # The data set lives on the device as uint8: one transfer, ever.
         put = (lambda x: jax.device_put(x, replicated)) if self.sharding else jax.device_put
-        self.images = put(self.train_images.reshape(n, -1))
+        self.images = put(self.train_images)
         self.labels = put(self.train_labels.astype(np.int32))
         self.has_validation = self.val_labels is not None and len(self.val_labels) > 0
 
@@ -322,8 +325,8 @@ class Population:
         return tree if self.sharding is None else jax.device_put(tree, self.sharding)
 
     def _init_state(self, idx, hyper) -> State:
-        input_dim = int(np.prod(self.train_images.shape[1:]))
-        drawn = {i: model.init(self.members[i].model, self.members[i].training.seed, input_dim) for i in set(idx)}
+        shape = self.train_images.shape[1:]
+        drawn = {i: model.init(self.members[i].model, self.members[i].training.seed, shape) for i in set(idx)}
         params = {k: jnp.asarray(np.stack([drawn[i][k] for i in idx])) for k in drawn[idx[0]]}
         args = (params, hyper)
         return self._run("init", *args)
@@ -351,7 +354,8 @@ class Population:
         spec, width = self.spec, self.width
         if name == "init":
             def start(params, hyper):
-                opt_state = optim.build(spec.optimizer, _optimizer_hyper(hyper)).init(params)
+                trainable, _ = model.split_statistics(params)
+                opt_state = optim.build(spec.optimizer, _optimizer_hyper(hyper)).init(trainable)
                 penalty = model.penalty(spec.model, params, hyper)
                 return State(params, opt_state, jnp.int32(0), penalty)
 
@@ -479,7 +483,7 @@ class Population:
         """Loss (penalty included, as Keras) and accuracy of every member on a data set."""
         n = len(labels)
         block = self.spec.training.eval_batch_size * self.eval_batches_per_call
-        images = np.asarray(images).reshape(n, -1)
+        images = np.asarray(images)
         labels = np.asarray(labels, np.int32)
         losses, accuracies = [], []
         for k, lane in enumerate(self.slices):
@@ -488,7 +492,7 @@ class Population:
                 x, y = images[start:start + block], labels[start:start + block]
                 pad = block - len(y)
                 valid = np.arange(block) < len(y)
-                x = np.pad(x, ((0, pad), (0, 0))) if pad else x
+                x = np.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) if pad else x
                 y = np.pad(y, [(0, pad)] + [(0, 0)] * (y.ndim - 1)) if pad else y
                 args = (self.states[k].params, lane.hyper, x, y, valid)
                 sums = self._run("evaluate", *args)
@@ -537,7 +541,7 @@ class Population:
         if self.has_validation:
             block = self.spec.training.eval_batch_size * self.eval_batches_per_call
             self._program("evaluate", self.states[0].params, self.slices[0].hyper,
-                          np.zeros((block, self.images.shape[1]), np.uint8),
+                          np.zeros((block, *self.images.shape[1:]), np.uint8),
                           np.zeros((block, *self.labels.shape[1:]), np.int32), np.zeros(block, bool))
 
 
@@ -556,10 +560,11 @@ def evaluate(spec: RunSpec, params, images, labels) -> dict[str, float]:
 # ------------------------------------------------------------------ sizing a population
 
 
-def member_bytes(spec: RunSpec, input_dim: int) -> int:
+def member_bytes(spec: RunSpec, input_shape: int | tuple[int, ...]) -> int:
     """About how much device memory one member needs: weights, optimizer state, activations."""
-    widths = [input_dim] + [layer.units for layer in spec.model.dense_layers]
-    weights = sum(a * b + b for a, b in zip(widths, widths[1:]))
+    shapes = spec_lib.output_shapes(spec.model.layers, model._as_shape(input_shape))
+    widths = [int(np.prod(shape)) for shape in shapes]
+    weights = sum(int(np.prod(shape)) for shape in model.parameter_shapes(spec.model, input_shape).values())
     shapes = jax.eval_shape(lambda p: optim.build(spec.optimizer, optim.hyperparameters(spec.optimizer)).init(p),
                             {"w": jax.ShapeDtypeStruct((weights,), jnp.float32)})
     slots = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes)) // max(weights, 1)

@@ -67,7 +67,7 @@ def test_every_layer_and_activation_has_the_same_arithmetic(mnist, output):
     spec = spec_lib.from_dict({**EVERY_ACTIVATION, "model": {
         **EVERY_ACTIVATION["model"],
         "layers": EVERY_ACTIVATION["model"]["layers"][:-1] + [{"type": "activation", "activation": output}]}})
-    params = model.init(spec.model, seed=3, input_dim=784)
+    params = model.init(spec.model, seed=3, input_shape=(28, 28))
     params = {k: v * 3 for k, v in params.items()}  # large enough to reach every activation's curve
     images = mnist.test_images[:1000]
     expected = np.asarray(model.probabilities(spec.model, params, images))

@@ -434,7 +434,7 @@ class Context:
 
 def fit_memory(group: list[Candidate], arrays: data.Arrays, budget: int | None, messages: list[str]):
     """Split a group into parts whose members' state fits the device at once."""
-    per_member = engine.member_bytes(group[0].spec, int(np.prod(arrays.train_images.shape[1:])))
+    per_member = engine.member_bytes(group[0].spec, arrays.train_images.shape[1:])
     budget = budget if budget is not None else engine.device_memory() // 2
     fit = max(1, budget // per_member)
     if len(group) <= fit:

@@ -13,6 +13,7 @@ exactly what was trained. Names and defaults are Keras' (see
 from __future__ import annotations
 
 import difflib
+import math
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -169,12 +170,212 @@ class Dropout(_Strict):
     rate: float = Field(ge=0.0, lt=1.0)
 
 
-Layer = Annotated[Union[Dense, Activation, Dropout], Field(discriminator="type")]
-LAYER_TYPES = ("dense", "activation", "dropout")
+def _pair(data: Any, *names: str) -> Any:
+    """Keras takes `kernel_size = 3` for (3, 3): widen the named fields' ints to pairs."""
+    if isinstance(data, dict):
+        data = dict(data)
+        for name in names:
+            if isinstance(data.get(name), int):
+                data[name] = (data[name], data[name])
+    return data
+
+
+Pair = tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]
+Padding = Literal["valid", "same"]
+
+
+class Conv2D(_Strict):
+    """Keras' Conv2D on channels-last images: kernel (kh, kw, in, filters), cross-correlation."""
+
+    type: Literal["conv2d"] = "conv2d"
+    filters: int = Field(gt=0)
+    kernel_size: Pair
+    strides: Pair = (1, 1)
+    padding: Padding = "valid"
+    activation: str = "linear"
+    use_bias: bool = True
+    kernel_initializer: Initializer = Initializer(name="glorot_uniform")
+    bias_initializer: Initializer = Initializer(name="zeros")
+    kernel_regularizer: Regularizer | None = None
+    bias_regularizer: Regularizer | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pairs(cls, data: Any) -> Any:
+        return _pair(data, "kernel_size", "strides")
+
+    @field_validator("activation")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        return _check_name(v, ACTIVATIONS, "activation")
+
+
+class MaxPooling2D(_Strict):
+    """Keras' MaxPooling2D; `strides` defaults to `pool_size` (windows side by side)."""
+
+    type: Literal["max_pooling2d"] = "max_pooling2d"
+    pool_size: Pair = (2, 2)
+    strides: Pair | None = None
+    padding: Padding = "valid"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pairs(cls, data: Any) -> Any:
+        return _pair(data, "pool_size", "strides")
+
+    @model_validator(mode="after")
+    def _default_strides(self):
+        if self.strides is None:
+            object.__setattr__(self, "strides", self.pool_size)
+        return self
+
+
+class AveragePooling2D(MaxPooling2D):
+    """Keras' AveragePooling2D; with padding "same", border windows average what they cover."""
+
+    type: Literal["average_pooling2d"] = "average_pooling2d"  # type: ignore[assignment]
+
+
+class Flatten(_Strict):
+    type: Literal["flatten"] = "flatten"
+
+
+class GlobalAveragePooling2D(_Strict):
+    """The mean of each channel over the image: (H, W, C) -> (C,)."""
+
+    type: Literal["global_average_pooling2d"] = "global_average_pooling2d"
+
+
+class BatchNormalization(_Strict):
+    """Keras' BatchNormalization over the last axis.
+
+    Training: normalise with the batch's mean and (biased) variance, and move
+    moving = momentum * moving + (1 - momentum) * batch. Inference: use the moving ones.
+    """
+
+    type: Literal["batch_normalization"] = "batch_normalization"
+    momentum: float = Field(default=0.99, ge=0.0, lt=1.0)
+    epsilon: float = Field(default=1e-3, gt=0.0)
+    center: bool = True
+    scale: bool = True
+
+
+FillMode = Literal["reflect", "constant", "nearest", "wrap"]
+
+
+class _Augmentation(_Strict):
+    # Keras' preprocessing layers: active in training only, identity at inference.
+    # Keras' default fill mode is "reflect"; for digits on black, "constant" (0) is usual.
+    fill_mode: FillMode = "reflect"
+    fill_value: float = 0.0
+
+
+class RandomTranslation(_Augmentation):
+    """Shift by up to height_factor * H rows and width_factor * W columns, uniformly drawn."""
+
+    type: Literal["random_translation"] = "random_translation"
+    height_factor: float = Field(ge=0.0, le=1.0)
+    width_factor: float = Field(ge=0.0, le=1.0)
+
+
+class RandomRotation(_Augmentation):
+    """Rotate by an angle drawn uniformly in [-factor, factor] * 2 pi (Keras' unit)."""
+
+    type: Literal["random_rotation"] = "random_rotation"
+    factor: float = Field(ge=0.0, le=1.0)
+
+
+class RandomZoom(_Augmentation):
+    """Scale by 1 + u, u uniform in [-height_factor, height_factor]; positive u zooms out.
+
+    `width_factor = None` (Keras' default) zooms both axes alike, keeping the aspect.
+    """
+
+    type: Literal["random_zoom"] = "random_zoom"
+    height_factor: float = Field(ge=0.0, lt=1.0)
+    width_factor: float | None = Field(default=None, ge=0.0, lt=1.0)
+
+
+class ElasticDistortion(_Augmentation):
+    """Not Keras: Simard et al. (2003). Each pixel moves by alpha * (a field of uniform(-1, 1)
+    noise smoothed by a Gaussian of std `sigma` pixels)."""
+
+    type: Literal["elastic_distortion"] = "elastic_distortion"
+    alpha: float = Field(ge=0.0)
+    sigma: float = Field(gt=0.0)
+
+
+Layer = Annotated[Union[Dense, Activation, Dropout, Conv2D, MaxPooling2D, AveragePooling2D, Flatten,
+                        GlobalAveragePooling2D, BatchNormalization, RandomTranslation, RandomRotation,
+                        RandomZoom, ElasticDistortion], Field(discriminator="type")]
+LAYER_CLASSES: dict[str, type[BaseModel]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (Dense, Activation, Dropout, Conv2D, MaxPooling2D, AveragePooling2D, Flatten,
+                GlobalAveragePooling2D, BatchNormalization, RandomTranslation, RandomRotation,
+                RandomZoom, ElasticDistortion)
+}
+LAYER_TYPES = tuple(LAYER_CLASSES)
+AUGMENTATIONS = (RandomTranslation, RandomRotation, RandomZoom, ElasticDistortion)
+# Layers that need images (H, W, C) rather than vectors: a model holding any of them sees
+# its input as an image; otherwise the input is flattened, as the dense lessons do.
+SPATIAL = (Conv2D, MaxPooling2D, AveragePooling2D, Flatten, GlobalAveragePooling2D, *AUGMENTATIONS)
+
+
+def _window_output(size: int, window: int, stride: int, padding: str) -> int:
+    """Keras' output length along one axis: ceil(n / s) for "same", floor((n - k) / s) + 1 for "valid"."""
+    return -(-size // stride) if padding == "same" else (size - window) // stride + 1
+
+
+def output_shapes(layers: list, image_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The shape of one sample going in (first) and after each layer, or a ValueError
+    naming the layer that cannot fit.
+
+    The input is the image as (H, W, C) when any layer needs an image, else flattened.
+    """
+    spatial = any(isinstance(layer, SPATIAL) for layer in layers)
+    if spatial:
+        shape = tuple(image_shape) if len(image_shape) == 3 else (*image_shape, 1)
+    else:
+        shape = (int(math.prod(image_shape)),)
+    shapes = [shape]
+    counts: dict[str, int] = {}
+    for i, layer in enumerate(layers):
+        n = counts.get(layer.type, 0)
+        counts[layer.type] = n + 1
+        where = f"layers[{i}] ({layer.type if n == 0 else f'{layer.type}_{n}'})"
+        needs_image = isinstance(layer, (Conv2D, MaxPooling2D, GlobalAveragePooling2D, *AUGMENTATIONS))
+        if needs_image and len(shape) != 3:
+            raise ValueError(f"model.{where} needs an image (height, width, channels) but gets a vector of "
+                             f"{shape[0]}: put it before the flatten layer")
+        if isinstance(layer, Dense) and len(shape) != 1:
+            raise ValueError(f"model.{where} gets an image {shape}; add a flatten or global_average_pooling2d "
+                             "layer before it")
+        if isinstance(layer, (Conv2D, MaxPooling2D)):
+            window = layer.kernel_size if isinstance(layer, Conv2D) else layer.pool_size
+            hw = [_window_output(shape[a], window[a], layer.strides[a], layer.padding) for a in (0, 1)]
+            if min(hw) < 1:
+                raise ValueError(f"model.{where}: a {window[0]}x{window[1]} window does not fit its "
+                                 f"{shape[0]}x{shape[1]} input; use padding = \"same\", a smaller window "
+                                 "or fewer pooling layers before it")
+            shape = (*hw, layer.filters if isinstance(layer, Conv2D) else shape[2])
+        elif isinstance(layer, Flatten):
+            shape = (int(math.prod(shape)),)
+        elif isinstance(layer, GlobalAveragePooling2D):
+            shape = (shape[2],)
+        elif isinstance(layer, Dense):
+            shape = (layer.units,)
+        shapes.append(shape)
+    if len(shape) != 1:
+        raise ValueError(f"the model ends with an image {shape}; end it with flatten and a dense layer")
+    return shapes
 
 
 class ModelSpec(_Strict):
-    """A Sequential stack. Inputs are flattened images times `input_rescale` (1/255: [0, 1])."""
+    """A Sequential stack over pixels times `input_rescale` (1/255: [0, 1]).
+
+    The input is the flattened image, or the image (H, W, C) when a layer needs one
+    (convolutions, pooling, augmentation); see `output_shapes`.
+    """
 
     layers: list[Layer] = Field(min_length=1)
     input_rescale: float = Field(default=1 / 255, gt=0)
@@ -331,6 +532,19 @@ class RunSpec(_Strict):
     optimizer: OptimizerSpec = OptimizerSpec()
     training: TrainingSpec = TrainingSpec()
 
+    @model_validator(mode="after")
+    def _shapes_fit(self) -> "RunSpec":
+        # Checked here, where the dataset and so the image shape are known: a window that
+        # does not fit is an error at configuration time, naming the layer.
+        from mnistlab import data  # data imports nothing of ours but errors
+
+        try:
+            image_shape = data.get_info(self.dataset).image_shape
+        except UserError:
+            return self  # an unknown dataset is reported, with its fix, when it is loaded
+        output_shapes(self.model.layers, image_shape)
+        return self
+
     def resolved(self) -> dict[str, Any]:
         """Every field with every default written out: what a run folder saves."""
         return self.model_dump(mode="json", exclude_none=True)
@@ -344,7 +558,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged-union")))
         # Drop the union tag Pydantic inserts in paths ('layers.0.dense.units').
-        where = where.replace(".dense.", ".").replace(".activation.", ".").replace(".dropout.", ".")
+        for tag in LAYER_TYPES:
+            where = where.replace(f".{tag}.", ".")
         if e["type"] == "extra_forbidden":
             field = str(e["loc"][-1])
             model = _model_at(e["loc"])
@@ -354,7 +569,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
             msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")
             shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
-            lines.append(f"{where or '(top level)'}: {msg}{shown}")
+            lines.append(f"{where}: {msg}{shown}" if where else f"{msg}{shown}")
     return f"{source}: invalid specification:\n  " + "\n  ".join(lines)
 
 
@@ -362,8 +577,8 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     """The Pydantic model that owns the field at `loc` (for 'did you mean' on unknown keys)."""
     model: type[BaseModel] | None = RunSpec
     for part in loc[:-1]:
-        if part in ("dense", "activation", "dropout"):  # the union tag of a layer
-            model = {"dense": Dense, "activation": Activation, "dropout": Dropout}[part]
+        if part in LAYER_CLASSES:  # the union tag of a layer
+            model = LAYER_CLASSES[part]
         elif isinstance(part, int) or model is None:
             continue
         elif (field := model.model_fields.get(str(part))) is None:

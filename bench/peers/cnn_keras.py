@@ -1,0 +1,45 @@
+"""The `cnn` preset's network in Keras, as the Keras "simple MNIST convnet" example writes it.
+
+Conv2D 32 3x3 ReLU -> MaxPooling2D 2 -> Conv2D 64 3x3 ReLU -> MaxPooling2D 2 -> Flatten ->
+Dropout 0.5 -> Dense 10 softmax; Adam (Keras defaults), batch 128, inputs scaled to [0, 1].
+Usage: KERAS_BACKEND=jax python cnn_keras.py DATA_DIR [epochs]
+"""
+import gzip, os, sys, time
+import numpy as np
+import keras
+from keras import layers
+
+
+def idx(path):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+d = sys.argv[1]
+epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+keras.utils.set_random_seed(0)
+x_train = idx(f"{d}/train-images-idx3-ubyte.gz").reshape(-1, 28, 28, 1).astype("float32") / 255
+y_train = idx(f"{d}/train-labels-idx1-ubyte.gz")
+x_test = idx(f"{d}/t10k-images-idx3-ubyte.gz").reshape(-1, 28, 28, 1).astype("float32") / 255
+y_test = idx(f"{d}/t10k-labels-idx1-ubyte.gz")
+
+model = keras.Sequential([
+    keras.Input(shape=(28, 28, 1)),
+    layers.Conv2D(32, kernel_size=(3, 3), activation="relu"),
+    layers.MaxPooling2D(pool_size=(2, 2)),
+    layers.Conv2D(64, kernel_size=(3, 3), activation="relu"),
+    layers.MaxPooling2D(pool_size=(2, 2)),
+    layers.Flatten(),
+    layers.Dropout(0.5),
+    layers.Dense(10, activation="softmax"),
+])
+model.compile(loss="sparse_categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+t = time.perf_counter()
+model.fit(x_train, y_train, batch_size=128, epochs=epochs, verbose=2)
+train_s = time.perf_counter() - t
+loss, acc = model.evaluate(x_test, y_test, verbose=0)
+print(f"backend={os.environ.get('KERAS_BACKEND', 'tensorflow')} keras={keras.__version__} epochs={epochs} "
+      f"train_s={train_s:.2f} s_per_epoch={train_s/epochs:.2f} test_loss={loss:.4f} test_acc={acc:.4f}")
