@@ -229,3 +229,76 @@ def test_a_checkpoint_resumes_at_another_width():
     for i in range(3):
         for k, v in straight.member_params(i).items():
             np.testing.assert_allclose(resumed.member_params(i)[k], v, rtol=2e-5, atol=2e-6)
+
+
+# ------------------------------------------------------------------ convolutional models
+
+
+def image_data(n=24, size=8, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, size, size), dtype=np.uint8), rng.integers(0, classes, n).astype(np.uint8)
+
+
+def conv_run(optimizer=None, **training):
+    layers = [{"type": "random_rotation", "factor": 0.05, "fill_mode": "constant"},
+              {"type": "conv2d", "filters": 4, "kernel_size": 3, "activation": "relu"},
+              {"type": "batch_normalization"},
+              {"type": "max_pooling2d"}, {"type": "flatten"}, {"type": "dropout", "rate": 0.2},
+              {"type": "dense", "units": 3, "activation": "softmax"}]
+    return RunSpec.model_validate({
+        "model": {"layers": layers}, "optimizer": optimizer or {"name": "adam", "learning_rate": 0.01},
+        "training": {"batch_size": 8, "epochs": 1, **training}})
+
+
+def test_batch_statistics_move_by_keras_momentum_and_escape_the_optimizer():
+    # One full batch, AdamW with a large weight decay: were the moving statistics handed to
+    # the optimizer, the decay would pull them off Keras' moving average.
+    images, labels = tiny_data(n=16)
+    spec = RunSpec.model_validate({
+        "model": {"layers": [{"type": "dense", "units": 4}, {"type": "batch_normalization", "momentum": 0.9},
+                             {"type": "dense", "units": 3, "activation": "softmax"}]},
+        "optimizer": {"name": "adamw", "learning_rate": 0.1, "weight_decay": 0.5},
+        "training": {"batch_size": 16, "epochs": 1}})
+    pop = engine.Population([spec], images, labels)
+    before = pop.member_params(0)
+    pop.train_epoch()
+    after = pop.member_params(0)
+    pre = images.astype(np.float64) / 255 @ before["dense/kernel"] + before["dense/bias"]
+    np.testing.assert_allclose(after["batch_normalization/moving_mean"], 0.1 * pre.mean(0), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(after["batch_normalization/moving_variance"], 0.9 + 0.1 * pre.var(0), rtol=1e-5)
+    assert not np.allclose(after["batch_normalization/gamma"], before["batch_normalization/gamma"])  # trained
+
+
+def test_conv_training_is_reproducible_and_members_match_solo_runs():
+    images, labels = image_data()
+    specs = [conv_run({"name": "adam", "learning_rate": lr}, seed=3) for lr in (0.01, 0.003)]
+    pair = engine.Population(specs, images, labels, lanes=2)
+    for _ in range(2):
+        pair.train_epoch()
+    for i, spec in enumerate(specs):
+        solo = engine.Population([spec], images, labels)
+        for _ in range(2):
+            solo.train_epoch()
+        for name, value in solo.member_params(0).items():
+            np.testing.assert_allclose(pair.member_params(i)[name], value, rtol=2e-4, atol=2e-6, err_msg=name)
+    other = engine.Population([conv_run(seed=4)], images, labels)
+    other.train_epoch()
+    again = engine.Population([conv_run(seed=4)], images, labels)
+    again.train_epoch()
+    for name, value in other.member_params(0).items():
+        np.testing.assert_array_equal(again.member_params(0)[name], value)
+
+
+def test_inference_uses_the_moving_statistics():
+    images, labels = image_data()
+    spec = conv_run()
+    pop = engine.Population([spec], images, labels)
+    pop.train_epoch()
+    params = pop.member_params(0)
+    result = engine.evaluate(spec, params, images, labels)
+    z = model.logits(spec.model, {k: jnp.asarray(v) for k, v in params.items()}, {}, jnp.asarray(images))
+    expected = np.mean(np.argmax(np.asarray(z), 1) == labels)
+    assert result["accuracy"] == pytest.approx(expected)
+    # Were batch statistics used at inference, one image's prediction would depend on the others'.
+    alone = model.logits(spec.model, {k: jnp.asarray(v) for k, v in params.items()}, {}, jnp.asarray(images[:1]))
+    np.testing.assert_allclose(alone, np.asarray(z)[:1], rtol=1e-5, atol=1e-6)

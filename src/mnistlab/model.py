@@ -194,8 +194,7 @@ def hyperparameters(spec: ModelSpec) -> dict[str, float]:
             if isinstance(layer, Dense) and layer.kernel_constraint is not None:
                 hyper[f"{name}.max_norm"] = layer.kernel_constraint.max_value
         elif isinstance(layer, BatchNormalization):
-            hyper[f"{name}.momentum"] = layer.momentum
-            hyper[f"{name}.epsilon"] = layer.epsilon
+            hyper[f"{name}.momentum"] = layer.momentum  # epsilon is read at inference too: structure
         elif isinstance(layer, AUGMENTATIONS):
             for key in _AUGMENTATION_NUMBERS[type(layer)]:
                 value = getattr(layer, key)
@@ -230,7 +229,7 @@ def structure(spec: ModelSpec) -> tuple:
         elif isinstance(layer, (MaxPooling2D, AveragePooling2D)):
             parts.append((layer.type, layer.pool_size, layer.strides, layer.padding))
         elif isinstance(layer, BatchNormalization):
-            parts.append((layer.type, layer.center, layer.scale))
+            parts.append((layer.type, layer.center, layer.scale, layer.epsilon))
         elif isinstance(layer, RandomZoom):
             # A separate width draw or not changes the program; the factors do not.
             parts.append((layer.type, layer.fill_mode, layer.width_factor is None))
@@ -383,7 +382,7 @@ def _batch_norm(x, layer: BatchNormalization, name: str, params: Params, hyper: 
         m = hyper[f"{name}.momentum"]
         moved = {f"{name}/moving_mean": m * params[f"{name}/moving_mean"] + (1 - m) * mean,
                  f"{name}/moving_variance": m * params[f"{name}/moving_variance"] + (1 - m) * var}
-    x = (x - mean) * jax.lax.rsqrt(var + hyper[f"{name}.epsilon"])
+    x = (x - mean) * jax.lax.rsqrt(var + layer.epsilon)
     if layer.scale:
         x = x * params[f"{name}/gamma"]
     if layer.center:
@@ -411,10 +410,13 @@ def _augment(x: jax.Array, layers: list, hyper: Hyper, key: jax.Array) -> jax.Ar
         coords = _coordinate_map(layer, name, hyper, k, coords, center, (h, w))
     first_name, first = layers[0]
     mode = first.fill_mode  # Keras' names are scipy.ndimage's (reflect = half-sample symmetric)
-    cval = hyper[f"{first_name}.fill_value"]
+    # map_coordinates takes its fill as a compile-time constant; bilinear weights sum to
+    # one, so sampling (x - v) with 0 outside and adding v back fills with v while v stays
+    # a per-member input.
+    fill = hyper[f"{first_name}.fill_value"] if mode == "constant" else 0.0
 
     def sample(image, where):  # image (H, W), where (2, H, W)
-        return jax.scipy.ndimage.map_coordinates(image, [where[0], where[1]], order=1, mode=mode, cval=cval)
+        return jax.scipy.ndimage.map_coordinates(image - fill, [where[0], where[1]], order=1, mode=mode) + fill
 
     per_channel = jax.vmap(sample, in_axes=(2, None), out_axes=2)  # over C
     return jax.vmap(per_channel)(x, coords)

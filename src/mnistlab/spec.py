@@ -404,6 +404,14 @@ class ModelSpec(_Strict):
             )
         if not isinstance(self.dense_layers[-1], Dense) or not any(isinstance(l, Dense) for l in self.layers):
             raise ValueError("the model needs at least one Dense layer")
+        # Consecutive augmentation layers are resampled once (model._augment), so they
+        # must agree on what fills the pixels that come from outside the image.
+        for i, (a, b) in enumerate(zip(self.layers, self.layers[1:])):
+            if isinstance(a, AUGMENTATIONS) and isinstance(b, AUGMENTATIONS) and (
+                    (a.fill_mode, a.fill_value) != (b.fill_mode, b.fill_value)):
+                raise ValueError(f"layers[{i}] and layers[{i + 1}] are augmentations applied as one resampling; "
+                                 f"give them the same fill_mode and fill_value (got {a.fill_mode!r}/{a.fill_value} "
+                                 f"and {b.fill_mode!r}/{b.fill_value})")
         return self
 
     @property

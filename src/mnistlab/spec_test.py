@@ -104,3 +104,65 @@ def test_unknown_preset_and_missing_file(tmp_path):
     bad.write_text("[model\n")
     with pytest.raises(UserError, match="not valid TOML"):
         spec_lib.load(bad)
+
+
+# ------------------------------------------------------------------ convolutional layers
+
+
+def conv_layers(*middle):
+    return [*middle, {"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]
+
+
+def invalid(layers, dataset="mnist"):
+    with pytest.raises(UserError) as err:
+        spec_lib.from_dict({"dataset": dataset, "model": {"layers": layers}})
+    return str(err.value)
+
+
+def test_conv_preset_resolves_keras_forms_and_round_trips():
+    cnn = spec_lib.preset("cnn")
+    conv = cnn.model.layers[0]
+    assert (conv.kernel_size, conv.strides, conv.padding) == ((3, 3), (1, 1), "valid")  # 3 means (3, 3)
+    assert cnn.model.layers[1].strides == (2, 2)  # pooling strides default to the pool size
+    again = spec_lib.from_dict(tomllib.loads(tomli_w.dumps(cnn.resolved())))
+    assert again == cnn
+    shapes = spec_lib.output_shapes(cnn.model.layers, (28, 28))
+    assert shapes == [(28, 28, 1), (26, 26, 32), (13, 13, 32), (11, 11, 64), (5, 5, 64), (1600,), (1600,), (10,)]
+
+
+def test_same_padding_and_strides_give_keras_output_sizes():
+    layers = [spec_lib.Conv2D(filters=4, kernel_size=3, strides=2, padding="same"),  # ceil(28 / 2) = 14
+              spec_lib.MaxPooling2D(pool_size=3, strides=2, padding="same"),  # ceil(14 / 2) = 7
+              spec_lib.AveragePooling2D(pool_size=2),  # floor((7 - 2) / 2) + 1 = 3
+              spec_lib.Conv2D(filters=8, kernel_size=(3, 1)),  # (1, 3)
+              spec_lib.GlobalAveragePooling2D()]
+    assert spec_lib.output_shapes(layers, (28, 28))[1:] == [(14, 14, 4), (7, 7, 4), (3, 3, 4), (1, 3, 8), (8,)]
+    assert spec_lib.output_shapes(layers, (28, 56))[1] == (14, 28, 4)  # mnist-multi's wide images
+
+
+def test_shape_errors_name_the_layer_and_the_fix():
+    message = invalid(conv_layers({"type": "conv2d", "filters": 8, "kernel_size": 5},
+                                  {"type": "max_pooling2d", "pool_size": 4},
+                                  {"type": "conv2d", "filters": 8, "kernel_size": 7}))
+    assert "layers[2] (conv2d_1)" in message and "7x7 window does not fit its 6x6 input" in message
+    assert 'padding = "same"' in message
+    message = invalid([{"type": "conv2d", "filters": 8, "kernel_size": 3},
+                       {"type": "dense", "units": 10, "activation": "softmax"}])
+    assert "layers[1] (dense) gets an image (26, 26, 8)" in message and "add a flatten" in message
+    message = invalid(conv_layers({"type": "conv2d", "filters": 8, "kernel_size": 3}, {"type": "flatten"},
+                                  {"type": "random_rotation", "factor": 0.1}))
+    assert "layers[2] (random_rotation) needs an image" in message and "before the flatten" in message
+    message = invalid(conv_layers({"type": "max_pooling2d", "pool_size": 2}, {"type": "max_pooling_2d"}))
+    assert "unknown layer type 'max_pooling_2d'" in message and "did you mean 'max_pooling2d'" in message
+    message = invalid(conv_layers({"type": "conv2d", "filters": 8, "kernel_size": 3, "kernal_size": 3}))
+    assert "unknown setting 'kernal_size'" in message and "did you mean 'kernel_size'" in message
+    message = invalid(conv_layers({"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "full"}))
+    assert "model.layers.0.padding" in message and "'valid' or 'same'" in message
+
+
+def test_chained_augmentations_must_share_their_fill():
+    message = invalid(conv_layers({"type": "random_rotation", "factor": 0.1, "fill_mode": "constant"},
+                                  {"type": "random_zoom", "height_factor": 0.1}))
+    assert "same fill_mode and fill_value" in message and "'constant'" in message and "'reflect'" in message
+    spec_lib.from_dict({"model": {"layers": conv_layers(
+        {"type": "random_rotation", "factor": 0.1}, {"type": "random_zoom", "height_factor": 0.1})}})

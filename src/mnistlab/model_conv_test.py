@@ -1,0 +1,284 @@
+"""model.py's convolutional layers against loops in NumPy, SciPy and finite differences."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.ndimage
+
+from mnistlab import model
+from mnistlab.spec import (
+    AveragePooling2D,
+    BatchNormalization,
+    Conv2D,
+    Dense,
+    ElasticDistortion,
+    Flatten,
+    GlobalAveragePooling2D,
+    MaxPooling2D,
+    ModelSpec,
+    RandomRotation,
+    RandomTranslation,
+    RandomZoom,
+)
+
+RNG = np.random.default_rng(7)
+
+
+def same_pads(n, k, s):
+    total = max((-(-n // s) - 1) * s + k - n, 0)
+    return total // 2, total - total // 2
+
+
+def numpy_conv(x, kernel, strides, padding):
+    """Keras' Conv2D by its definition: sums over windows, TensorFlow's "same" padding."""
+    kh, kw, _, f = kernel.shape
+    if padding == "same":
+        x = np.pad(x, ((0, 0), same_pads(x.shape[1], kh, strides[0]), same_pads(x.shape[2], kw, strides[1]), (0, 0)))
+    n, h, w, _ = x.shape
+    oh, ow = (h - kh) // strides[0] + 1, (w - kw) // strides[1] + 1
+    out = np.zeros((n, oh, ow, f))
+    for i in range(oh):
+        for j in range(ow):
+            window = x[:, i * strides[0]:i * strides[0] + kh, j * strides[1]:j * strides[1] + kw, :]
+            out[:, i, j, :] = np.einsum("nabc,abcf->nf", window, kernel)
+    return out
+
+
+def numpy_pool(x, kind, size, strides, padding):
+    """Max or mean over each window; "same" windows see only the pixels they cover."""
+    (ph, pw), (sh, sw) = size, strides
+    n, h, w, c = x.shape
+    top, left = (same_pads(h, ph, sh)[0], same_pads(w, pw, sw)[0]) if padding == "same" else (0, 0)
+    oh = -(-h // sh) if padding == "same" else (h - ph) // sh + 1
+    ow = -(-w // sw) if padding == "same" else (w - pw) // sw + 1
+    out = np.zeros((n, oh, ow, c))
+    for i in range(oh):
+        for j in range(ow):
+            r0, c0 = i * sh - top, j * sw - left
+            window = x[:, max(r0, 0):r0 + ph, max(c0, 0):c0 + pw, :]
+            out[:, i, j, :] = window.max(axis=(1, 2)) if kind == "max" else window.mean(axis=(1, 2))
+    return out
+
+
+@pytest.mark.parametrize("kernel_size, strides, padding", [
+    ((3, 3), (1, 1), "valid"), ((3, 3), (1, 1), "same"), ((5, 3), (2, 2), "same"), ((2, 2), (2, 1), "valid"),
+    ((4, 4), (3, 3), "same")])
+def test_conv2d_is_keras_cross_correlation(kernel_size, strides, padding):
+    x = RNG.normal(size=(2, 9, 8, 3)).astype(np.float32)
+    kernel = RNG.normal(size=(*kernel_size, 3, 4)).astype(np.float32)
+    expected = numpy_conv(x.astype(np.float64), kernel.astype(np.float64), strides, padding)
+    got = model.conv2d(jnp.asarray(x), jnp.asarray(kernel), strides, padding)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    # XLA's own convolution (the path taken on accelerators) agrees as well.
+    lax = jax.lax.conv_general_dilated(
+        jnp.pad(jnp.asarray(x), ((0, 0), same_pads(9, kernel_size[0], strides[0]),
+                                 same_pads(8, kernel_size[1], strides[1]), (0, 0))) if padding == "same" else x,
+        kernel, strides, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(got, lax, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["max", "average"])
+@pytest.mark.parametrize("size, strides, padding", [
+    ((2, 2), (2, 2), "valid"), ((2, 2), (2, 2), "same"), ((3, 3), (2, 2), "same"), ((3, 2), (1, 2), "valid")])
+def test_pooling_matches_window_loops(kind, size, strides, padding):
+    x = RNG.normal(size=(2, 7, 9, 3)).astype(np.float32)
+    got = model.pool2d(jnp.asarray(x), kind, size, strides, padding)
+    np.testing.assert_allclose(got, numpy_pool(x, kind, size, strides, padding), rtol=1e-6, atol=1e-6)
+
+
+def test_conv_kernels_use_keras_fans():
+    # fan_in = 3*3*16, fan_out = 3*3*32: glorot_uniform's limit is sqrt(6 / (144 + 288)).
+    from mnistlab.spec import Initializer
+    w = model.initialize(Initializer(name="glorot_uniform"), np.random.default_rng(0), (3, 3, 16, 32))
+    limit = np.sqrt(6 / (144 + 288))
+    assert np.abs(w).max() <= limit and np.abs(w).max() > 0.99 * limit
+    he = model.initialize(Initializer(name="he_normal"), np.random.default_rng(0), (5, 5, 8, 64))
+    assert he.std() == pytest.approx(np.sqrt(2 / 200), rel=0.03)
+
+
+def conv_spec():
+    return ModelSpec(input_rescale=1.0, layers=[
+        Conv2D(filters=3, kernel_size=3, padding="same", activation="tanh"),
+        BatchNormalization(),
+        MaxPooling2D(pool_size=2),
+        Conv2D(filters=4, kernel_size=2, strides=2, activation="relu"),
+        AveragePooling2D(pool_size=2, padding="same"),
+        Flatten(),
+        Dense(units=3, activation="softmax")])
+
+
+def test_parameter_shapes_follow_the_layers():
+    shapes = model.parameter_shapes(conv_spec(), (9, 9))
+    assert shapes == {"conv2d/kernel": (3, 3, 1, 3), "conv2d/bias": (3,),
+                      "batch_normalization/gamma": (3,), "batch_normalization/beta": (3,),
+                      "batch_normalization/moving_mean": (3,), "batch_normalization/moving_variance": (3,),
+                      "conv2d_1/kernel": (2, 2, 3, 4), "conv2d_1/bias": (4,),
+                      "dense/kernel": (4, 3), "dense/bias": (3,)}  # 9 -> pool 4 -> conv 2 -> pool(same) 1
+    params = model.init(conv_spec(), 0, (9, 9))
+    assert (params["batch_normalization/moving_variance"] == 1).all() and (params["batch_normalization/gamma"] == 1).all()
+    assert model.split_statistics(params)[1].keys() == {"batch_normalization/moving_mean",
+                                                        "batch_normalization/moving_variance"}
+
+
+def test_conv_network_gradient_matches_finite_differences():
+    jax.config.update("jax_enable_x64", True)
+    try:
+        spec = conv_spec()
+        params = {k: jnp.asarray(v, jnp.float64) for k, v in model.init(spec, 1, (9, 9)).items()}
+        params["batch_normalization/moving_mean"] = jnp.array([0.1, -0.2, 0.3])
+        hyper = model.hyperparameters(spec)
+        x = jax.random.uniform(jax.random.PRNGKey(2), (5, 9, 9), jnp.float64)
+        labels = jnp.array([0, 1, 2, 0, 1])
+
+        def loss(p):  # training mode: batch statistics in the graph
+            z, _ = model.forward(spec, p, hyper, x, key=jax.random.PRNGKey(0))
+            return -jnp.mean(jax.nn.log_softmax(z)[jnp.arange(5), labels])
+
+        grads = jax.grad(loss)(params)
+        eps = 1e-6
+        for name in model.split_statistics(params)[0]:
+            flat = np.asarray(params[name]).ravel()
+            for i in {0, flat.size // 2, flat.size - 1}:
+                up, down = flat.copy(), flat.copy()
+                up[i] += eps
+                down[i] -= eps
+                f = lambda v: float(loss({**params, name: jnp.asarray(v.reshape(params[name].shape))}))
+                numeric = (f(up) - f(down)) / (2 * eps)
+                assert float(np.asarray(grads[name]).ravel()[i]) == pytest.approx(numeric, rel=1e-4, abs=1e-8), name
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+def test_batch_normalization_training_and_inference():
+    spec = ModelSpec(input_rescale=1.0, layers=[BatchNormalization(momentum=0.9, epsilon=0.01),
+                                                Dense(units=2, activation="softmax")])
+    params = {"batch_normalization/gamma": jnp.array([2.0, 1.0, 0.5]), "batch_normalization/beta": jnp.array([0.0, 1.0, -1.0]),
+              "batch_normalization/moving_mean": jnp.array([1.0, 2.0, 3.0]),
+              "batch_normalization/moving_variance": jnp.array([4.0, 1.0, 0.25]),
+              "dense/kernel": jnp.eye(3, 2), "dense/bias": jnp.zeros(2)}
+    hyper = model.hyperparameters(spec)
+    x = RNG.normal(size=(6, 3)).astype(np.float32) * 3 + 1
+    mask = np.array([True, True, True, True, False, False])
+    z, moved = model.forward(spec, params, hyper, jnp.asarray(x), key=jax.random.PRNGKey(0), mask=jnp.asarray(mask))
+    real = x[mask]
+    mean, var = real.mean(0), real.var(0)  # the padding rows take no part
+    normed = (x - mean) / np.sqrt(var + 0.01) * [2.0, 1.0, 0.5] + [0.0, 1.0, -1.0]
+    np.testing.assert_allclose(z, normed[:, :2], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(moved["batch_normalization/moving_mean"], 0.9 * np.array([1, 2, 3]) + 0.1 * mean, rtol=1e-5)
+    np.testing.assert_allclose(moved["batch_normalization/moving_variance"],
+                               0.9 * np.array([4, 1, 0.25]) + 0.1 * var, rtol=1e-5)
+    z, moved = model.forward(spec, params, hyper, jnp.asarray(x))  # inference: moving statistics
+    expected = (x - [1, 2, 3]) / np.sqrt(np.array([4, 1, 0.25]) + 0.01) * [2.0, 1.0, 0.5] + [0.0, 1.0, -1.0]
+    np.testing.assert_allclose(z, expected[:, :2], rtol=1e-4, atol=1e-5)
+    assert moved == {}
+
+
+def test_global_average_pooling_and_flatten_order():
+    spec = ModelSpec(input_rescale=1.0, layers=[Conv2D(filters=2, kernel_size=1, use_bias=False),
+                                                GlobalAveragePooling2D(), Dense(units=2, activation="softmax", use_bias=False)])
+    x = RNG.normal(size=(3, 4, 5)).astype(np.float32)
+    params = {"conv2d/kernel": jnp.array([[[[1.0, -1.0]]]]), "dense/kernel": jnp.eye(2)}
+    z = model.logits(spec, params, {}, jnp.asarray(x))
+    np.testing.assert_allclose(z, np.stack([x.mean((1, 2)), -x.mean((1, 2))], 1), rtol=1e-5, atol=1e-6)
+    # Flatten keeps Keras' channels-last order: feature index (row * W + column) * C + channel.
+    flat = ModelSpec(input_rescale=1.0, layers=[Conv2D(filters=2, kernel_size=1, use_bias=False), Flatten(),
+                                                Dense(units=40, activation="softmax", use_bias=False)])
+    z = model.logits(flat, {"conv2d/kernel": jnp.array([[[[1.0, -1.0]]]]), "dense/kernel": jnp.eye(40)}, {}, jnp.asarray(x))
+    np.testing.assert_allclose(z, np.stack([x, -x], -1).reshape(3, 40), rtol=1e-6)
+
+
+# ------------------------------------------------------------------ augmentation
+
+
+def augmented(layer, x, key):
+    spec = ModelSpec(input_rescale=1.0, layers=[layer, Flatten(), Dense(units=x[0].size, activation="softmax",
+                                                                        use_bias=False)])
+    params = {"dense/kernel": jnp.eye(x[0].size)}
+    return np.asarray(model.logits(spec, params, model.hyperparameters(spec), jnp.asarray(x), key)).reshape(x.shape)
+
+
+def draws(key, n):
+    """The layer's two uniform(-1, 1) draws per image, as model._augment derives them."""
+    k1, k2 = jax.random.split(jax.random.split(jax.random.fold_in(key, 0), 1)[0])
+    return [np.asarray(jax.random.uniform(k, (n,), jnp.float32, -1.0, 1.0)) for k in (k1, k2)]
+
+
+def scipy_sample(image, rows, cols, mode="constant"):
+    # Keras' "constant" interpolates with the fill value just beyond the edge: SciPy's
+    # "grid-constant" (its "constant" drops every point outside outright).
+    mode = "grid-constant" if mode == "constant" else mode
+    return scipy.ndimage.map_coordinates(image.astype(np.float64), [rows, cols], order=1, mode=mode, cval=0.0)
+
+
+def grid(h, w):
+    return np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
+
+
+IMAGES = RNG.uniform(0, 1, size=(4, 12, 10)).astype(np.float32)
+
+
+def test_translation_reads_shifted_pixels():
+    key = jax.random.PRNGKey(5)
+    got = augmented(RandomTranslation(height_factor=0.2, width_factor=0.1, fill_mode="constant"), IMAGES, key)
+    u, v = draws(key, 4)
+    rows, cols = grid(12, 10)
+    for i in range(4):
+        expected = scipy_sample(IMAGES[i], rows - u[i] * 0.2 * 12, cols - v[i] * 0.1 * 10)
+        np.testing.assert_allclose(got[i], expected, atol=1e-5)
+
+
+def test_rotation_turns_about_the_centre():
+    key = jax.random.PRNGKey(6)
+    got = augmented(RandomRotation(factor=0.1, fill_mode="nearest"), IMAGES, key)
+    u, _ = draws(key, 4)
+    rows, cols = grid(12, 10)
+    dy, dx = rows - 5.5, cols - 4.5
+    for i in range(4):
+        a = u[i] * 0.1 * 2 * np.pi
+        expected = scipy_sample(IMAGES[i], np.cos(a) * dy - np.sin(a) * dx + 5.5,
+                                np.sin(a) * dy + np.cos(a) * dx + 4.5, mode="nearest")
+        np.testing.assert_allclose(got[i], expected, atol=1e-5)
+
+
+def test_zoom_scales_about_the_centre_keeping_the_aspect():
+    key = jax.random.PRNGKey(7)
+    got = augmented(RandomZoom(height_factor=0.3, fill_mode="reflect"), IMAGES, key)
+    u, _ = draws(key, 4)
+    rows, cols = grid(12, 10)
+    for i in range(4):
+        z = 1 + 0.3 * u[i]
+        expected = scipy_sample(IMAGES[i], 5.5 + (rows - 5.5) * z, 4.5 + (cols - 4.5) * z, mode="reflect")
+        np.testing.assert_allclose(got[i], expected, atol=1e-5)
+
+
+def test_elastic_field_is_smoothed_uniform_noise():
+    key = jax.random.PRNGKey(8)
+    got = augmented(ElasticDistortion(alpha=3.0, sigma=2.0, fill_mode="constant"), IMAGES, key)
+    k1, _ = jax.random.split(jax.random.split(jax.random.fold_in(key, 0), 1)[0])
+    noise = np.asarray(jax.random.uniform(k1, (4, 2, 12, 10), jnp.float32, -1.0, 1.0), np.float64)
+    rows, cols = grid(12, 10)
+    for i in range(4):
+        # SciPy's Gaussian filter with zeros beyond the border, truncated far out.
+        dy, dx = (scipy.ndimage.gaussian_filter(noise[i, a], 2.0, mode="constant", truncate=12.0) for a in (0, 1))
+        expected = scipy_sample(IMAGES[i], rows + 3.0 * dy, cols + 3.0 * dx)
+        np.testing.assert_allclose(got[i], expected, atol=1e-4)
+
+
+def test_augmentation_is_seeded_and_off_at_inference():
+    layer = RandomRotation(factor=0.05, fill_mode="constant")
+    a = augmented(layer, IMAGES, jax.random.PRNGKey(1))
+    np.testing.assert_array_equal(a, augmented(layer, IMAGES, jax.random.PRNGKey(1)))
+    assert not np.allclose(a, augmented(layer, IMAGES, jax.random.PRNGKey(2)))
+    np.testing.assert_allclose(augmented(layer, IMAGES, None), IMAGES, rtol=1e-6)
+
+
+def test_consecutive_augmentations_compose_into_one_resampling():
+    spec = ModelSpec(input_rescale=1.0, layers=[
+        RandomTranslation(height_factor=0.0, width_factor=0.0, fill_mode="constant"),
+        RandomZoom(height_factor=0.0, fill_mode="constant"), Flatten(),
+        Dense(units=120, activation="softmax", use_bias=False)])
+    # Zero factors: the composed map is the identity, sampled at whole pixels: exact.
+    z = model.logits(spec, {"dense/kernel": jnp.eye(120)}, model.hyperparameters(spec), jnp.asarray(IMAGES),
+                     jax.random.PRNGKey(0))
+    np.testing.assert_allclose(np.asarray(z).reshape(IMAGES.shape), IMAGES, rtol=1e-6)
