@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import peers as peerlib
 
@@ -129,9 +130,9 @@ def run_peer_record(peer: peerlib.Peer, data_dir: Path, epochs: int, venvs_dir: 
 
 # ----------------------------------------------------------------------------- report
 
-def seed_ratios(records: list[dict]) -> dict[str, dict]:
-    """mnistlab seed's time over each peer's (< 1: mnistlab is faster)."""
-    seed = next((r for r in records if r["program"] == f"mnistlab:{SEED}" and "error" not in r), None)
+def seed_ratios(records: list[dict], preset: str = SEED) -> dict[str, dict]:
+    """mnistlab ``preset``'s time over each peer's (< 1: mnistlab is faster)."""
+    seed = next((r for r in records if r["program"] == f"mnistlab:{preset}" and "error" not in r), None)
     if seed is None:
         return {}
     out = {}
@@ -153,9 +154,10 @@ def _fmt(x, spec=".2f") -> str:
     return "—" if x is None else format(x, spec)
 
 
-def markdown_table(records: list[dict], ratios: dict[str, dict]) -> str:
+def markdown_table(records: list[dict], ratios: dict[str, dict], preset: str = SEED) -> str:
+    """``ratios`` as ``seed_ratios`` gives them for ``preset``, the program compared."""
     head = ("| program | epochs | wall s | train s | epoch 1 s | s/epoch (2..N median) "
-            "| s/epoch (mean) | test acc | seed s/epoch ÷ this | seed train ÷ this |")
+            f"| s/epoch (mean) | test acc | {preset} s/epoch ÷ this | {preset} train ÷ this |")
     lines = [head, "|" + " --- |" * 10]
     for r in records:
         if "error" in r:
@@ -169,8 +171,8 @@ def markdown_table(records: list[dict], ratios: dict[str, dict]) -> str:
             f"| {_fmt(r['test_acc'], '.4f')} | {_fmt(ratio_spe, '.2f')} | {_fmt(rat.get('train_s'), '.2f')} |")
     lines.append("")
     lines.append("wall s: whole process, start-up included. Peers report only a mean s/epoch, "
-                 "first-epoch compilation included. Ratios < 1: mnistlab seed is faster; "
-                 "'seed s/epoch ÷ this' uses the seed's 2..N median (its mean for a 1-epoch run).")
+                 f"first-epoch compilation included. Ratios < 1: mnistlab {preset} is faster; "
+                 f"'{preset} s/epoch ÷ this' uses the {preset}'s 2..N median (its mean for a 1-epoch run).")
     return "\n".join(lines)
 
 
@@ -227,7 +229,8 @@ def machine_info(python: str, selected: list[peerlib.Peer], venvs_dir: Path) -> 
         "loadavg_at_start": os.getloadavg(),
         # Settings that change what XLA or BLAS does, so a result can be explained later.
         "env": {k: os.environ[k] for k in ("XLA_FLAGS", "OPENBLAS_CORETYPE", "OMP_NUM_THREADS",
-                                           "JAX_PLATFORMS") if k in os.environ},
+                                           "JAX_PLATFORMS", "MNISTLAB_COMPILE_CACHE")
+                if k in os.environ},
         "mnistlab_python": python_versions(python, ["mnistlab", "jax", "jaxlib", "optax", "numpy"]),
         "peers": {p.name: peerlib.peer_versions(p, venvs_dir) for p in selected},
         "git_commit": _run_text(["git", "-C", str(peerlib.repo_root()), "rev-parse", "HEAD"]).strip() or None,
@@ -236,14 +239,8 @@ def machine_info(python: str, selected: list[peerlib.Peer], venvs_dir: Path) -> 
 
 # ----------------------------------------------------------------------------- main
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--epochs", type=int, default=20, help="seed preset and peers")
-    ap.add_argument("--other-epochs", type=int, default=None,
-                    help="epochs for non-seed presets (default: the preset's own)")
-    ap.add_argument("--presets", default="seed,fast,keras-mlp", help="'' for none")
-    ap.add_argument("--peers", default=",".join(peerlib.PEERS), help="'' for none")
-    ap.add_argument("--out", type=Path, default=Path("docs/bench-seed.json"))
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    """The options every mnistlab-against-peers script takes, after its own."""
     ap.add_argument("--python", default=sys.executable, help="interpreter that runs mnistlab")
     ap.add_argument("--mnistlab-arg", action="append", default=[], metavar="ARG",
                     help="extra argument for every mnistlab train call (repeatable)")
@@ -254,27 +251,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--peers-dir", type=Path, default=None)
     ap.add_argument("--venvs-dir", type=Path, default=peerlib.DEFAULT_VENVS_DIR)
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per program")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--epochs", type=int, default=20, help="seed preset and peers")
+    ap.add_argument("--other-epochs", type=int, default=None,
+                    help="epochs for non-seed presets (default: the preset's own)")
+    ap.add_argument("--presets", default="seed,fast,keras-mlp", help="'' for none")
+    ap.add_argument("--peers", default=",".join(peerlib.PEERS), help="'' for none")
+    ap.add_argument("--out", type=Path, default=Path("docs/bench-seed.json"))
+    add_common_args(ap)
     return ap.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
-    selected = peerlib.select_peers(args.peers)
-    data_dir = args.data_dir or peerlib.default_data_dir()
+def ensure_peer_venvs(selected: list[peerlib.Peer], venvs_dir: Path) -> dict[str, float]:
+    """Set-up first (idempotent, instant when already done) so it never lands in a timing."""
+    return {p.name: round(peerlib.ensure_venv(p, venvs_dir, log=lambda m: print(m, file=sys.stderr)), 1)
+            for p in selected}
 
-    # Set-up first (idempotent, instant when already done) so it never lands in a timing.
-    setup = {p.name: round(peerlib.ensure_venv(p, args.venvs_dir, log=lambda m: print(m, file=sys.stderr)), 1)
-             for p in selected}
-    machine = machine_info(args.python, selected, args.venvs_dir)
 
-    jobs = [(f"mnistlab:{p}", lambda p=p: run_mnistlab(
-                args.python, p, args.epochs if p == SEED else args.other_epochs,
-                data_dir, args.mnistlab_arg, args.keep_runs, args.timeout)) for p in presets]
-    jobs += [(f"peer:{p.name}", lambda p=p: run_peer_record(
-                p, data_dir, args.epochs, args.venvs_dir, args.peers_dir, args.timeout))
-             for p in selected]
+def peer_jobs(selected: list[peerlib.Peer], data_dir: Path, epochs: int,
+              args: argparse.Namespace) -> list[tuple[str, Callable[[], dict]]]:
+    return [(f"peer:{p.name}", lambda p=p: run_peer_record(
+                p, data_dir, epochs, args.venvs_dir, args.peers_dir, args.timeout))
+            for p in selected]
 
+
+def run_jobs(jobs: list[tuple[str, Callable[[], dict]]]) -> list[dict]:
+    """Run the programs one after another; a failure is recorded and the rest still run."""
     records = []
     for name, job in jobs:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
@@ -287,17 +292,38 @@ def main(argv: list[str] | None = None) -> int:
               f"wall {rec['wall_s']:.1f} s, train {rec['train_s']:.1f} s, acc {rec['test_acc']}"),
               file=sys.stderr, flush=True)
         records.append(rec)
+    return records
+
+
+def write_report(out: Path, report: dict) -> int:
+    """Write the JSON; the exit code is 1 when a program failed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\nwrote {out}", file=sys.stderr)
+    return 1 if any("error" in r for r in report["records"]) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    selected = peerlib.select_peers(args.peers)
+    data_dir = args.data_dir or peerlib.default_data_dir()
+
+    setup = ensure_peer_venvs(selected, args.venvs_dir)
+    machine = machine_info(args.python, selected, args.venvs_dir)
+
+    jobs = [(f"mnistlab:{p}", lambda p=p: run_mnistlab(
+                args.python, p, args.epochs if p == SEED else args.other_epochs,
+                data_dir, args.mnistlab_arg, args.keep_runs, args.timeout)) for p in presets]
+    records = run_jobs(jobs + peer_jobs(selected, data_dir, args.epochs, args))
 
     ratios = seed_ratios(records)
     table = markdown_table(records, ratios)
     print(table)
     machine["loadavg_at_end"] = os.getloadavg()
-    report = {"epochs": args.epochs, "machine": machine, "setup_seconds": setup,
-              "records": records, "ratios_seed_over_peer": ratios, "markdown": table}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"\nwrote {args.out}", file=sys.stderr)
-    return 1 if any("error" in r for r in records) else 0
+    return write_report(args.out, {
+        "epochs": args.epochs, "machine": machine, "setup_seconds": setup,
+        "records": records, "ratios_seed_over_peer": ratios, "markdown": table})
 
 
 if __name__ == "__main__":

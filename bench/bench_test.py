@@ -6,6 +6,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ has no __init__.py
 
+import bench_cnn  # noqa: E402
 import bench_seed  # noqa: E402
 import peers  # noqa: E402
 
@@ -109,3 +110,92 @@ def test_error_headline():
         == "error: Dataset 'mnist' is missing"
     assert bench_seed.error_headline("a\nTraceback\nKeyError: 'x'\n") == "KeyError: 'x'"
     assert bench_seed.error_headline("") == "(no output on stderr)"
+
+
+def test_cnn_peers_run_from_bench_peers_in_the_seed_peers_venvs(tmp_path):
+    for name, seed_name in (("cnn-keras-jax", "keras-jax"), ("cnn-torch", "torch")):
+        cnn, seed = peers.CNN_PEERS[name], peers.PEERS[seed_name]
+        assert peers.script_path(cnn, tmp_path).is_file()  # bench/peers/, whatever --peers-dir
+        assert peers.script_path(cnn).parent == peers.BENCH_PEERS_DIR
+        assert peers.venv_python(cnn, tmp_path) == peers.venv_python(seed, tmp_path) \
+            == tmp_path / seed_name / "bin" / "python"
+        # Same package list, so installing either never rebuilds the other's venv.
+        assert (cnn.packages, cnn.env, cnn.report) == (seed.packages, seed.env, seed.report)
+    assert peers.script_path(peers.PEERS["torch"], tmp_path) == tmp_path / "seed_torch.py"
+    assert peers.script_path(peers.PEERS["torch"]) == peers.default_peers_dir() / "seed_torch.py"
+
+
+def test_select_peers_keeps_the_seed_and_cnn_peers_apart():
+    assert [p.name for p in peers.select_peers(
+        "cnn-torch,cnn-keras-jax", peers.CNN_PEERS)] == ["cnn-torch", "cnn-keras-jax"]
+    assert list(peers.PEERS) == ["keras-jax", "keras-tf", "torch"]  # bench_seed's default
+    with pytest.raises(SystemExit):
+        peers.select_peers("cnn-torch")
+    with pytest.raises(SystemExit):
+        peers.select_peers("torch", peers.CNN_PEERS)
+    assert [p.name for p in peers.select_peers("torch,cnn-torch", peers.ALL_PEERS)] \
+        == ["torch", "cnn-torch"]
+
+
+def test_run_peer_uses_the_peers_own_folder_and_shared_venv(tmp_path):
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "p.py").write_text("print('epochs=1 train_s=3.00 s_per_epoch=3.00 test_acc=0.7')\n")
+    peer = peers.Peer("fake-cnn", "p.py", (), peers_dir=own, venv="fake")
+    (tmp_path / "venvs" / "fake" / "bin").mkdir(parents=True)
+    (tmp_path / "venvs" / "fake" / "bin" / "python").symlink_to(sys.executable)
+    res = peers.run_peer(peer, tmp_path, 1, venvs_dir=tmp_path / "venvs",
+                         peers_dir=tmp_path / "elsewhere")
+    assert res["peer"] == "fake-cnn" and res["s_per_epoch"] == 3.0
+
+
+def _cnn_records(mnistlab_steady):
+    cnn = {"program": "mnistlab:cnn", "kind": "mnistlab", "wall_s": 30.0, "train_s": 20.0,
+           "epochs": 2, "epoch1_s": 12.0, "s_per_epoch_steady": mnistlab_steady,
+           "s_per_epoch_mean": 10.0, "test_acc": 0.98, "compile_s": 1.0}
+    torch = {"program": "peer:cnn-torch", "kind": "peer", "wall_s": 40.0, "train_s": 32.0,
+             "epochs": 2, "epoch1_s": None, "s_per_epoch_steady": None,
+             "s_per_epoch_mean": 16.0, "test_acc": 0.98}
+    keras = {**torch, "program": "peer:cnn-keras-jax", "s_per_epoch_mean": 40.0, "train_s": 80.0}
+    bad = {"program": "peer:cnn-other", "kind": "peer", "error": "RuntimeError: boom"}
+    return [cnn, keras, torch, bad]
+
+
+def test_faster_peer_ratio_and_report():
+    records = _cnn_records(8.0)
+    ratios = bench_seed.seed_ratios(records, "cnn")
+    assert ratios["peer:cnn-keras-jax"]["steady_over_peer_mean"] == 0.2
+    faster = bench_cnn.faster_peer_ratio(records, ratios)
+    assert faster == {"peer": "peer:cnn-torch", "peer_s_per_epoch": 16.0,
+                      "mnistlab_figure": "s_per_epoch_steady", "ratio": 0.5,
+                      "target": 0.7, "met": True}
+    assert bench_cnn.s_per_epoch(records) == {"mnistlab:cnn": 8.0, "peer:cnn-keras-jax": 40.0,
+                                              "peer:cnn-torch": 16.0}
+    assert "**0.50** (target <= 0.7: met)" in bench_cnn.faster_line(faster)
+    table = bench_seed.markdown_table(records, ratios, "cnn")
+    assert "| cnn s/epoch ÷ this | cnn train ÷ this |" in table
+    assert "| peer:cnn-torch | 2 | 40.0 | 32.0 | — | — | 16.00 | 0.9800 | 0.50 | 0.62 |" in table
+
+
+def test_faster_peer_ratio_one_epoch_uses_the_mean_and_can_miss():
+    records = _cnn_records(None)  # a 1-epoch run has no steady figure
+    faster = bench_cnn.faster_peer_ratio(records, bench_seed.seed_ratios(records, "cnn"))
+    assert faster["mnistlab_figure"] == "s_per_epoch_mean" and faster["ratio"] == 0.625
+    records[0]["s_per_epoch_mean"] = 12.0
+    faster = bench_cnn.faster_peer_ratio(records, bench_seed.seed_ratios(records, "cnn"))
+    assert faster["ratio"] == 0.75 and not faster["met"]
+    assert "missed" in bench_cnn.faster_line(faster)
+
+
+def test_faster_peer_ratio_without_results():
+    failed = [{"program": "mnistlab:cnn", "kind": "mnistlab", "error": "x"}, *_cnn_records(8.0)[1:]]
+    assert bench_cnn.faster_peer_ratio(failed, bench_seed.seed_ratios(failed, "cnn")) is None
+    assert bench_cnn.faster_peer_ratio(_cnn_records(8.0)[:1], {}) is None
+    assert "no result" in bench_cnn.faster_line(None)
+
+
+def test_bench_cnn_args():
+    args = bench_cnn.parse_args([])
+    assert args.epochs == 2 and args.peers == "cnn-keras-jax,cnn-torch"
+    assert args.out == Path("docs/bench-cnn.json") and args.timeout == 3600
+    assert bench_cnn.parse_args(["--peers", "", "--epochs", "1"]).peers == ""

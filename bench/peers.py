@@ -1,14 +1,16 @@
 """Peer programs: what a user would run instead of mnistlab, measured side by side.
 
-Each peer is one of the scripts in ``../shared/peers`` run by the Python of its own
-throw-away virtual environment.  The venvs live outside the repository (default
-``/tmp/mnistlab-peers/<name>``) so that the peers' dependencies (Keras, TensorFlow,
-PyTorch) never leak into mnistlab's own.
+Each peer is a script run by the Python of a throw-away virtual environment.  The seed
+network's peers (``PEERS``) are the scripts in ``../shared/peers``; the `cnn` preset's
+(``CNN_PEERS``) are in ``bench/peers`` and reuse the venvs of the seed peers of the same
+framework.  The venvs live outside the repository (default ``/tmp/mnistlab-peers/<name>``)
+so that the peers' dependencies (Keras, TensorFlow, PyTorch) never leak into mnistlab's own.
 
 Usage (from the repository root):
 
     .venv/bin/python bench/peers.py install                    # all peers, idempotent
-    .venv/bin/python bench/peers.py run --epochs 1             # smoke-run each peer
+    .venv/bin/python bench/peers.py run --epochs 1             # smoke-run each seed peer
+    .venv/bin/python bench/peers.py run --peers cnn-torch --epochs 1
     .venv/bin/python bench/peers.py versions
 
 Each peer prints one line such as
@@ -23,10 +25,12 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 DEFAULT_VENVS_DIR = Path("/tmp/mnistlab-peers")
+# The peer programs kept in the repository (the seed peers are in ../shared/peers).
+BENCH_PEERS_DIR = Path(__file__).resolve().parent / "peers"
 # Written into a venv only after its pip install succeeded, so that a half-built venv
 # (interrupted download, failed wheel) is rebuilt rather than trusted.
 MARKER_NAME = "mnistlab-peer.json"
@@ -42,6 +46,16 @@ class Peer:
     env: dict[str, str] = field(default_factory=dict)  # extra environment variables
     # Distributions whose versions are worth recording for this peer.
     report: tuple[str, ...] = ()
+    # Folder holding ``script``; None: the shared peers folder (``--peers-dir``, by
+    # default ../shared/peers).
+    peers_dir: Path | None = None
+    # Name of the venv it runs in, under the venvs folder; None: its own name.  Peers
+    # sharing a venv must share ``packages`` too, or each install would rebuild it.
+    venv: str | None = None
+
+    @property
+    def venv_name(self) -> str:
+        return self.venv or self.name
 
 
 PEERS: dict[str, Peer] = {
@@ -59,6 +73,19 @@ PEERS: dict[str, Peer] = {
     )
 }
 
+# The `cnn` preset's network, same frameworks, same venvs (and so the same packages).
+CNN_PEERS: dict[str, Peer] = {
+    p.name: p
+    for p in (
+        replace(PEERS["keras-jax"], name="cnn-keras-jax", script="cnn_keras.py",
+                peers_dir=BENCH_PEERS_DIR, venv="keras-jax"),
+        replace(PEERS["torch"], name="cnn-torch", script="cnn_torch.py",
+                peers_dir=BENCH_PEERS_DIR, venv="torch"),
+    )
+}
+
+ALL_PEERS: dict[str, Peer] = {**PEERS, **CNN_PEERS}
+
 
 def repo_root() -> Path:
     """The repository root: this file lives in <root>/bench/."""
@@ -73,21 +100,29 @@ def default_data_dir() -> Path:
     return repo_root().parent / "shared" / "datasets" / "mnist"
 
 
-def select_peers(names: str) -> list[Peer]:
-    """Comma-separated names -> Peer objects; an empty string selects none."""
+def select_peers(names: str, known: dict[str, Peer] | None = None) -> list[Peer]:
+    """Comma-separated names -> Peer objects from ``known`` (default: the seed peers);
+    an empty string selects none."""
+    known = PEERS if known is None else known
     chosen = [n.strip() for n in names.split(",") if n.strip()]
-    unknown = [n for n in chosen if n not in PEERS]
+    unknown = [n for n in chosen if n not in known]
     if unknown:
-        raise SystemExit(f"unknown peer(s) {unknown}; known: {sorted(PEERS)}")
-    return [PEERS[n] for n in chosen]
+        raise SystemExit(f"unknown peer(s) {unknown}; known: {sorted(known)}")
+    return [known[n] for n in chosen]
 
 
 def venv_python(peer: Peer, venvs_dir: Path) -> Path:
-    return venvs_dir / peer.name / "bin" / "python"
+    return venvs_dir / peer.venv_name / "bin" / "python"
 
 
 def _marker(peer: Peer, venvs_dir: Path) -> Path:
-    return venvs_dir / peer.name / MARKER_NAME
+    return venvs_dir / peer.venv_name / MARKER_NAME
+
+
+def script_path(peer: Peer, peers_dir: Path | None = None) -> Path:
+    """The peer's program: its own folder when it has one, else ``peers_dir`` (default
+    ../shared/peers)."""
+    return (peer.peers_dir or peers_dir or default_peers_dir()) / peer.script
 
 
 def is_installed(peer: Peer, venvs_dir: Path) -> bool:
@@ -111,7 +146,7 @@ def ensure_venv(peer: Peer, venvs_dir: Path, base_python: str = sys.executable,
     if is_installed(peer, venvs_dir):
         return 0.0
     t0 = time.perf_counter()
-    venv = venvs_dir / peer.name
+    venv = venvs_dir / peer.venv_name
     venvs_dir.mkdir(parents=True, exist_ok=True)
     # --clear: a venv without a marker is a leftover of a failed attempt.
     log(f"[peers] creating {venv}")
@@ -175,7 +210,7 @@ def run_peer(peer: Peer, data_dir: Path, epochs: int, *, venvs_dir: Path = DEFAU
     compilation, training, evaluation): what a user waits for.  Raises RuntimeError
     with the output's tail when the program fails or prints no result line.
     """
-    script = (peers_dir or default_peers_dir()) / peer.script
+    script = script_path(peer, peers_dir)
     cmd = [str(venv_python(peer, venvs_dir)), str(script), str(data_dir), str(epochs)]
     env = {**os.environ, **peer.env}
     t0 = time.perf_counter()
@@ -194,10 +229,12 @@ def run_peer(peer: Peer, data_dir: Path, epochs: int, *, venvs_dir: Path = DEFAU
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("action", choices=("install", "run", "versions"))
-    ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated: %(default)s")
+    ap.add_argument("--peers", default=",".join(PEERS),
+                    help=f"comma-separated (default %(default)s) from: {', '.join(ALL_PEERS)}")
     ap.add_argument("--venvs-dir", type=Path, default=DEFAULT_VENVS_DIR)
     ap.add_argument("--peers-dir", type=Path, default=None,
-                    help="folder holding seed_keras.py / seed_torch.py (default ../shared/peers)")
+                    help="folder holding seed_keras.py / seed_torch.py (default ../shared/peers); "
+                         "the cnn-* peers always run from bench/peers")
     ap.add_argument("--data-dir", type=Path, default=None,
                     help="folder of the four IDX .gz files (default ../shared/datasets/mnist)")
     ap.add_argument("--epochs", type=int, default=1)
@@ -208,7 +245,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     failed = False
-    for peer in select_peers(args.peers):
+    for peer in select_peers(args.peers, ALL_PEERS):
         if args.action == "install":
             secs = ensure_venv(peer, args.venvs_dir)
             print(json.dumps({"peer": peer.name, "install_seconds": round(secs, 1),
