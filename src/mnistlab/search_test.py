@@ -77,6 +77,8 @@ def test_example_sweeps_expand():
     root = Path(__file__).resolve().parents[2] / "examples"
     assert len(search.candidates(search.load_sweep(root / "sweep-lr-l2.toml"))) == 48
     assert len(search.candidates(search.load_sweep(root / "sweep-random.toml"))) == 24
+    cnn = search.candidates(search.load_sweep(root / "sweep-cnn.toml"))
+    assert len(cnn) == 12 and {c.spec.model.layers[0].filters for c in cnn} == {16, 32}
 
 
 def test_random_draws_are_reproducible_and_in_range():
@@ -278,3 +280,25 @@ print(json.dumps({"devices": len(leaf.sharding.device_set), "count": jax.device_
         outputs[count] = json.loads(done.stdout.strip().splitlines()[-1])
     assert outputs[2]["count"] == 2 and outputs[2]["devices"] == 2 and outputs[1]["devices"] == 1
     np.testing.assert_allclose(outputs[2]["sums"], outputs[1]["sums"], rtol=1e-5)
+
+
+def test_a_conv_sweep_groups_by_structure_and_matches_a_solo_run(mnist, tmp_path):
+    # Two widths of the first convolution: two structures, two compilations; the learning
+    # rates share theirs. The best member retrained alone gives the same numbers.
+    spec = search.sweep_from_dict({
+        "name": "conv", "base": "cnn", "seeds": 1, "lanes": 2,
+        "set": ["training.subset=1200", "training.epochs=2", "training.validation_split=0.25",
+                "training.batch_size=100", "optimizer.schedule.name=constant", "model.layers.2.filters=8"],
+        "search": {"method": "grid", "params": {"optimizer.learning_rate": [1e-3, 3e-3],
+                                                "model.layers.0.filters": [4, 6]}}})
+    before = dict(engine.COMPILATIONS)
+    result = search.run_sweep(spec, sweeps_dir=tmp_path, arrays=mnist)
+    compiled = {k: v - before.get(k, 0) for k, v in engine.COMPILATIONS.items()}
+    assert result.summary["groups"] == 2 and compiled["chunk"] == 2
+    assert [r["status"] for r in result.rows] == ["completed"] * 4
+    row = result.rows[0]
+    alone = mnistlab.train(search.candidates(spec)[row["member"]].spec, runs_dir=None, arrays=mnist)
+    assert alone.history[-1]["val_accuracy"] == pytest.approx(row["val_accuracy"], abs=2e-3)
+    assert alone.history[-1]["loss"] == pytest.approx(row["loss"], rel=1e-3)
+    best = runs.open_run(result.path / "best")
+    assert best.params()["conv2d/kernel"].shape == (3, 3, 1, row["params"]["model.layers.0.filters"])

@@ -224,6 +224,22 @@ def test_every_sampler_and_pruner_runs_a_study(sampler, pruner, no_test, tmp_pat
     assert result.summary["sampler"] == sampler and result.summary["pruner"] == pruner
 
 
+def test_a_conv_space_tunes(no_test, tmp_path):
+    root = Path(__file__).resolve().parents[2] / "examples"
+    assert tune.load_tune(root / "tune-cnn.toml").sweep.base == "cnn"  # the example parses
+    raw = space("conv", set_=["training.subset=1200", "training.epochs=2", "training.validation_split=0.25",
+                              "training.batch_size=100", "optimizer.schedule.name=constant"],
+                params={"model.layers.0.filters": {"choice": [4, 8]},
+                        "optimizer.learning_rate": {"distribution": "log_uniform", "low": 1e-3, "high": 1e-2}})
+    raw["base"] = "cnn"
+    result = tune.run(load(raw), 3, study_dir=tmp_path, arrays=no_test)
+    trials = trials_of(result.storage, "conv")
+    assert len(trials) == 3 and all(x.state == TrialState.COMPLETE for x in trials)
+    best = runs.open_run(result.path / "trials" / str(result.summary["best_trial"]))
+    chosen = next(x for x in trials if x.number == result.summary["best_trial"])
+    assert best.params()["conv2d/kernel"].shape[-1] == chosen.params["model.layers.0.filters"]
+
+
 @pytest.fixture(scope="module")
 def resumed(no_test, tmp_path_factory):
     """A study interrupted (Ctrl-C) in its second batch, then run again to the end."""
