@@ -3,20 +3,34 @@
     export.write(run, Path("model.onnx"))                      # format from the suffix
     export.write(run, Path("w.npz"), fmt="npz")
 
-ONNX: the graph is built with `onnx.helper` straight from the spec, so it is the same
-arithmetic as `model.probabilities`:
+ONNX: the graph is built with `onnx.helper` straight from the spec, layer by layer, so it
+is the same arithmetic as `model.probabilities`:
 
-    image (N, 28, 28) uint8 | float32  -> Flatten -> Cast float -> Mul input_rescale
-      -> per Dense: MatMul kernel, Add bias, activation  (Dropout: identity at inference)
+    image (N, 28, 28) uint8 | float32 -> Cast float -> Mul input_rescale
+      dense models:  -> Flatten -> per Dense: MatMul kernel, Add bias, activation
+      image models:  -> Reshape (N, H, W, C) -> Transpose to (N, C, H, W), then per layer
+                        Conv, MaxPool, AveragePool, BatchNormalization, activation,
+                        and Flatten (back to channels last first) or GlobalAveragePool
+                        into the Dense layers
       -> probabilities (N, classes): Softmax or Sigmoid
+
+ONNX's convolution and pooling operators take channels first (NCHW) where Keras and
+mnistlab keep channels last (NHWC): the graph transposes once after the input and once
+at Flatten, and in between every layer is written in NCHW (kernels (F, C, kh, kw), a
+softmax over channels on axis 1). Dropout and the augmentation layers are the identity at
+inference and leave no node. Keras' "same" padding (the odd pixel after) is written out
+as explicit pads; "same" average pooling averages only the pixels a window covers
+(`count_include_pad = 0`), as Keras. Batch normalization is ONNX's inference form with
+the moving statistics.
 
 A float32 input carries the same 0..255 pixel values as the uint8 one (the rescale is
 inside the graph either way). Activations map to ONNX operators of opset 17; exact GELU
 is written out as 0.5 x (1 + erf(x / sqrt 2)), Keras' leaky ReLU has slope 0.2.
 
-safetensors: the run's parameters (`dense/kernel`, ...) with the spec in the metadata,
-as in a run folder. npz: the same arrays under the same names, plus `mnistlab.spec`,
-the resolved spec as a JSON string (a plain unicode array: no pickle needed to load).
+safetensors: the run's parameters (`dense/kernel`, `conv2d/kernel`,
+`batch_normalization/moving_mean`, ...) with the spec in the metadata, as in a run
+folder. npz: the same arrays under the same names, plus `mnistlab.spec`, the resolved spec
+as a JSON string (a plain unicode array: no pickle needed to load).
 """
 
 from __future__ import annotations
@@ -29,12 +43,17 @@ import numpy as np
 
 from mnistlab import model, runs
 from mnistlab.errors import UserError
-from mnistlab.spec import RunSpec
+from mnistlab.spec import AUGMENTATIONS, SPATIAL, RunSpec, output_shapes
 
 FORMATS = {"onnx": ".onnx", "safetensors": ".safetensors", "npz": ".npz"}
 INPUT_TYPES = ("uint8", "float32")
 OPSET = 17
 IR_VERSION = 8  # readable by every onnxruntime since 1.10
+
+# Where a tensor's features are: "flat" (N, features) or "nchw" (N, C, H, W), ONNX's
+# layout for images. The channel axis is 1 in both.
+FLAT, NCHW = "flat", "nchw"
+NHWC_TO_NCHW, NCHW_TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
 
 
 def format_for(out: Path, fmt: str | None) -> str:
@@ -51,71 +70,212 @@ def format_for(out: Path, fmt: str | None) -> str:
     return fmt
 
 
+def same_pads(size: int, window: int, stride: int) -> tuple[int, int]:
+    """(before, after) padding of Keras' (TensorFlow's) "same" along one axis.
+
+    Enough padding for ceil(size / stride) windows, split with the odd pixel after.
+    Written here rather than taken from model.py, so that the export tests compare two
+    independent readings of the rule.
+    """
+    outputs = -(-size // stride)
+    total = max((outputs - 1) * stride + window - size, 0)
+    return total // 2, total - total // 2
+
+
+def onnx_pads(hw: tuple[int, ...], window: tuple[int, int], strides: tuple[int, int], padding: str) -> list[int]:
+    """ONNX's `pads` for a window over an (H, W, ...) input: [top, left, bottom, right]."""
+    if padding == "valid":
+        return [0, 0, 0, 0]
+    (top, bottom), (left, right) = (same_pads(hw[a], window[a], strides[a]) for a in (0, 1))
+    return [top, left, bottom, right]
+
+
+class _Graph:
+    """The nodes and initializers of an ONNX graph, appended in order as it is built."""
+
+    def __init__(self):
+        self.nodes, self.inits = [], []
+
+    def const(self, name: str, value) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+        return name
+
+    def ints(self, name: str, value) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(np.asarray(value, np.int64), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attrs) -> str:
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+
+def _activation(g: _Graph, x: str, name: str, fn: str) -> str:
+    """Keras' activation `fn`, element-wise except softmax, which runs over the channel
+    axis: Keras' last axis, axis 1 in both of this graph's layouts."""
+    if fn == "linear":
+        return x
+    simple = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softplus": "Softplus"}
+    if fn in simple:
+        return g.node(simple[fn], [x], f"{name}/{fn}")
+    if fn == "softmax":
+        return g.node("Softmax", [x], f"{name}/softmax", axis=1)
+    if fn == "leaky_relu":
+        return g.node("LeakyRelu", [x], f"{name}/leaky_relu", alpha=0.2)  # Keras 3's slope
+    if fn == "elu":
+        return g.node("Elu", [x], f"{name}/elu", alpha=1.0)
+    if fn == "gelu":  # exact (erf) form, as Keras 3 and model.py
+        scaled = g.node("Mul", [x, g.const(f"{name}/gelu/inv_sqrt2", 1 / math.sqrt(2))], f"{name}/gelu/scaled")
+        erf = g.node("Erf", [scaled], f"{name}/gelu/erf")
+        one_plus = g.node("Add", [erf, g.const(f"{name}/gelu/one", 1.0)], f"{name}/gelu/one_plus")
+        half_x = g.node("Mul", [x, g.const(f"{name}/gelu/half", 0.5)], f"{name}/gelu/half_x")
+        return g.node("Mul", [half_x, one_plus], f"{name}/gelu")
+    raise AssertionError(f"activation {fn} is validated by spec but has no ONNX form here")
+
+
+def _input(g: _Graph, image_shape: tuple[int, ...], spatial: bool, rescale: float) -> tuple[str, str]:
+    """The scaled pixels: flat vectors for a dense model, NCHW images for one with image layers."""
+    from onnx import TensorProto
+
+    if not spatial:
+        x = g.node("Flatten", ["image"], "flat", axis=1)
+        x = g.node("Cast", [x], "flat_float", to=TensorProto.FLOAT)
+        return g.node("Mul", [x, g.const("input_rescale", rescale)], "rescaled"), FLAT
+    x = g.node("Cast", ["image"], "image_float", to=TensorProto.FLOAT)
+    x = g.node("Mul", [x, g.const("input_rescale", rescale)], "rescaled")
+    # (N, H, W) or (N, H, W, C) -> (N, H, W, C) as model.forward; 0 keeps N whatever it is.
+    hwc = image_shape if len(image_shape) == 3 else (*image_shape, 1)
+    x = g.node("Reshape", [x, g.ints("nhwc_shape", [0, *hwc])], "nhwc")
+    return g.node("Transpose", [x], "nchw", perm=NHWC_TO_NCHW), NCHW
+
+
+def _dense(g: _Graph, x: str, name: str, layer, params) -> str:
+    x = g.node("MatMul", [x, g.const(f"{name}/kernel", params[f"{name}/kernel"])], f"{name}/matmul")
+    if layer.use_bias:
+        x = g.node("Add", [x, g.const(f"{name}/bias", params[f"{name}/bias"])], f"{name}/bias_add")
+    return _activation(g, x, name, layer.activation)
+
+
+def _conv(g: _Graph, x: str, name: str, layer, params, hw: tuple[int, ...]) -> str:
+    # Keras' kernel (kh, kw, in, out) is ONNX's (out, in, kh, kw); both cross-correlate.
+    kernel = np.transpose(params[f"{name}/kernel"], (3, 2, 0, 1))
+    inputs = [x, g.const(f"{name}/kernel", kernel)]
+    if layer.use_bias:
+        inputs.append(g.const(f"{name}/bias", params[f"{name}/bias"]))
+    x = g.node("Conv", inputs, f"{name}/conv", kernel_shape=list(layer.kernel_size),
+               strides=list(layer.strides), pads=onnx_pads(hw, layer.kernel_size, layer.strides, layer.padding))
+    return _activation(g, x, name, layer.activation)
+
+
+def _pool(g: _Graph, x: str, name: str, layer, hw: tuple[int, ...]) -> str:
+    attrs = dict(kernel_shape=list(layer.pool_size), strides=list(layer.strides),
+                 pads=onnx_pads(hw, layer.pool_size, layer.strides, layer.padding))
+    if layer.type == "max_pooling2d":
+        return g.node("MaxPool", [x], f"{name}/max_pool", **attrs)  # padding never wins a max
+    # Keras averages a border window over the pixels it covers, not over the padding too.
+    return g.node("AveragePool", [x], f"{name}/average_pool", count_include_pad=0, **attrs)
+
+
+def _batch_norm(g: _Graph, x: str, name: str, layer, params) -> str:
+    """(x - moving_mean) / sqrt(moving_variance + epsilon) * gamma + beta over axis 1 (channels
+    or features); gamma 1 and beta 0 where the layer has none (scale / center false)."""
+    mean = params[f"{name}/moving_mean"]
+    gamma = params[f"{name}/gamma"] if layer.scale else np.ones_like(mean)
+    beta = params[f"{name}/beta"] if layer.center else np.zeros_like(mean)
+    inputs = [x, g.const(f"{name}/gamma", gamma), g.const(f"{name}/beta", beta),
+              g.const(f"{name}/moving_mean", mean),
+              g.const(f"{name}/moving_variance", params[f"{name}/moving_variance"])]
+    return g.node("BatchNormalization", inputs, f"{name}/batch_norm", epsilon=layer.epsilon)
+
+
+def _flatten(g: _Graph, x: str, name: str) -> str:
+    # Keras flattens (H, W, C) row by row, channels fastest. Transposing back to NHWC
+    # first, rather than permuting the next Dense kernel's rows to match NCHW order, keeps
+    # the graph a layer-by-layer copy of the Keras model with the Dense kernels exactly as
+    # saved, and stays right whatever comes between Flatten and the Dense (a batch
+    # normalization over the flattened features, dropout, another activation), which a
+    # row permutation tied to "the next Dense" would not. It costs one copy of a small tensor.
+    x = g.node("Transpose", [x], f"{name}/nhwc", perm=NCHW_TO_NHWC)
+    return g.node("Flatten", [x], f"{name}/flatten", axis=1)
+
+
+def _global_average(g: _Graph, x: str, name: str) -> str:
+    x = g.node("GlobalAveragePool", [x], f"{name}/mean")  # (N, C, 1, 1)
+    return g.node("Flatten", [x], f"{name}/flatten", axis=1)
+
+
+def _layer(g: _Graph, x: str, layout: str, name: str, layer, params, before: tuple[int, ...]) -> tuple[str, str]:
+    """One layer's nodes: (its output, the output's layout). `before`: its input's Keras shape."""
+    kind = layer.type
+    if kind == "dense":
+        return _dense(g, x, name, layer, params), FLAT
+    if kind == "conv2d":
+        return _conv(g, x, name, layer, params, before), NCHW
+    if kind in ("max_pooling2d", "average_pooling2d"):
+        return _pool(g, x, name, layer, before), NCHW
+    if kind == "batch_normalization":
+        return _batch_norm(g, x, name, layer, params), layout
+    if kind == "activation":
+        return _activation(g, x, name, layer.activation), layout
+    if kind == "flatten":
+        return _flatten(g, x, name), FLAT
+    if kind == "global_average_pooling2d":
+        return _global_average(g, x, name), FLAT
+    if kind == "dropout" or isinstance(layer, AUGMENTATIONS):
+        return x, layout  # identity at inference
+    raise AssertionError(f"layer type {kind} is validated by spec but has no ONNX form here")
+
+
+def check_params(spec: RunSpec, params: dict[str, np.ndarray], image_shape: tuple[int, ...]) -> None:
+    """A UserError unless `params` hold every weight the spec's network needs, in its shape."""
+    wrong = []
+    for pname, shape in model.parameter_shapes(spec.model, image_shape).items():
+        if pname not in params:
+            wrong.append(f"{pname} is missing")
+        elif tuple(params[pname].shape) != shape:
+            wrong.append(f"{pname} is {tuple(params[pname].shape)}, not {shape}")
+    if wrong:
+        raise UserError("the weights do not fit the spec's network (" + "; ".join(wrong) + "): "
+                        "export the run folder the weights were trained in, unedited.")
+
+
 def onnx_model(spec: RunSpec, params: dict[str, np.ndarray], *, input_type: str = "uint8",
-               image_shape: tuple[int, int] = (28, 28)):
+               image_shape: tuple[int, ...] = (28, 28)):
     """The network as an `onnx.ModelProto` (checked with `onnx.checker`)."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     if input_type not in INPUT_TYPES:
         raise UserError(f"--input-type {input_type!r}: expected one of {', '.join(INPUT_TYPES)}")
-    nodes, inits = [], []
-
-    def const(name: str, value) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
-        return name
-
-    def node(op: str, inputs: list[str], output: str, **attrs) -> str:
-        nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
-        return output
-
-    def activation(x: str, name: str, fn: str) -> str:
-        if fn == "linear":
-            return x
-        simple = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "softplus": "Softplus"}
-        if fn in simple:
-            return node(simple[fn], [x], f"{name}/{fn}")
-        if fn == "softmax":
-            return node("Softmax", [x], f"{name}/softmax", axis=-1)
-        if fn == "leaky_relu":
-            return node("LeakyRelu", [x], f"{name}/leaky_relu", alpha=0.2)  # Keras 3's slope
-        if fn == "elu":
-            return node("Elu", [x], f"{name}/elu", alpha=1.0)
-        if fn == "gelu":  # exact (erf) form, as Keras 3 and model.py
-            scaled = node("Mul", [x, const(f"{name}/gelu/inv_sqrt2", 1 / math.sqrt(2))], f"{name}/gelu/scaled")
-            erf = node("Erf", [scaled], f"{name}/gelu/erf")
-            one_plus = node("Add", [erf, const(f"{name}/gelu/one", 1.0)], f"{name}/gelu/one_plus")
-            half_x = node("Mul", [x, const(f"{name}/gelu/half", 0.5)], f"{name}/gelu/half_x")
-            return node("Mul", [half_x, one_plus], f"{name}/gelu")
-        raise AssertionError(f"activation {fn} is validated by spec but has no ONNX form here")
-
-    elem = TensorProto.UINT8 if input_type == "uint8" else TensorProto.FLOAT
-    x = node("Flatten", ["image"], "flat", axis=1)
-    x = node("Cast", [x], "flat_float", to=TensorProto.FLOAT)
-    x = node("Mul", [x, const("input_rescale", spec.model.input_rescale)], "rescaled")
-    for name, layer in zip(model.layer_names(spec.model), spec.model.layers):
-        if layer.type == "dense":
-            x = node("MatMul", [x, const(f"{name}/kernel", params[f"{name}/kernel"])], f"{name}/matmul")
-            if layer.use_bias:
-                x = node("Add", [x, const(f"{name}/bias", params[f"{name}/bias"])], f"{name}/bias_add")
-            x = activation(x, name, layer.activation)
-        elif layer.type == "activation":
-            x = activation(x, name, layer.activation)
-        # dropout: identity at inference
+    layers = spec.model.layers
+    names = model.layer_names(spec.model)
+    check_params(spec, params, image_shape)
+    g = _Graph()
+    spatial = any(isinstance(layer, SPATIAL) for layer in layers)
+    x, layout = _input(g, image_shape, spatial, spec.model.input_rescale)
+    for name, layer, before in zip(names, layers, output_shapes(layers, image_shape)):
+        x, layout = _layer(g, x, layout, name, layer, params, before)
     # model.logits leaves the final softmax/sigmoid to `probabilities`, which applies it
     # once; the spec's own final activation is that same function, applied above.
-    nodes.append(helper.make_node("Identity", [x], ["probabilities"], name="probabilities"))
-    last_dense = [n for n, layer in zip(model.layer_names(spec.model), spec.model.layers) if layer.type == "dense"][-1]
+    g.nodes.append(helper.make_node("Identity", [x], ["probabilities"], name="probabilities"))
+    last_dense = [n for n, layer in zip(names, layers) if layer.type == "dense"][-1]
     classes = int(params[f"{last_dense}/kernel"].shape[1])
+    elem = TensorProto.UINT8 if input_type == "uint8" else TensorProto.FLOAT
     graph = helper.make_graph(
-        nodes, f"mnistlab-{spec.name}",
+        g.nodes, f"mnistlab-{spec.name}",
         [helper.make_tensor_value_info("image", elem, ["N", *image_shape])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])],
-        initializer=inits)
+        initializer=g.inits)
     onnx_proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                    producer_name="mnistlab", ir_version=IR_VERSION)
+    shown = ", ".join(map(str, image_shape))
     helper.set_model_props(onnx_proto, {"mnistlab.spec": json.dumps(spec.resolved()),
-                                        "input": f"{input_type} pixels 0..255, shape (N, {image_shape[0]}, {image_shape[1]})",
+                                        "input": f"{input_type} pixels 0..255, shape (N, {shown})",
                                         "output": f"{spec.model.output_activation} probabilities (N, {classes})"})
     onnx.checker.check_model(onnx_proto, full_check=True)
     return onnx_proto

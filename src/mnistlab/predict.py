@@ -98,21 +98,14 @@ class Predictor:
         return [(int(c), float(probs[c])) for c in order]
 
     def description(self) -> dict[str, Any]:
-        """What the network is: for `GET /api/model` and `mnistlab predict --json` users."""
-        layers = []
-        width = int(np.prod(self.image_shape))
-        n_params = 0
-        for name, layer in zip(model.layer_names(self.spec.model), self.spec.model.layers):
-            entry: dict[str, Any] = {"name": name, "type": layer.type}
-            if layer.type == "dense":
-                entry.update(units=layer.units, activation=layer.activation)
-                n_params += width * layer.units + (layer.units if layer.use_bias else 0)
-                width = layer.units
-            elif layer.type == "activation":
-                entry["activation"] = layer.activation
-            else:
-                entry["rate"] = layer.rate
-            layers.append(entry)
+        """What the network is: for `GET /api/model` and `mnistlab predict --json` users.
+
+        `parameters` counts every weight, batch normalization's moving statistics
+        included (Keras' total of trainable and non-trainable parameters).
+        """
+        names = model.layer_names(self.spec.model)
+        layers = [describe_layer(name, layer) for name, layer in zip(names, self.spec.model.layers)]
+        shapes = model.parameter_shapes(self.spec.model, self.image_shape)
         test = self.summary.get("test") or {}
         return {
             "name": self.spec.name,
@@ -123,9 +116,32 @@ class Predictor:
             "output_activation": self.spec.model.output_activation,
             "classes": [self.label(k) for k in range(self.num_classes)],
             "layers": layers,
-            "parameters": n_params,
+            "parameters": sum(int(np.prod(shape)) for shape in shapes.values()),
             "test_accuracy": test.get("accuracy"),
         }
+
+
+# What `description` shows of each kind of layer: the settings that say what it computes
+# at inference (not its initializers or penalties). Unlisted kinds (flatten, global
+# average pooling, the augmentation layers) are described by their type alone.
+DESCRIBED = {
+    "dense": ("units", "activation"),
+    "activation": ("activation",),
+    "dropout": ("rate",),
+    "conv2d": ("filters", "kernel_size", "strides", "padding", "activation"),
+    "max_pooling2d": ("pool_size", "strides", "padding"),
+    "average_pooling2d": ("pool_size", "strides", "padding"),
+    "batch_normalization": ("epsilon", "center", "scale"),
+}
+
+
+def describe_layer(name: str, layer) -> dict[str, Any]:
+    """{"name", "type", and the settings of DESCRIBED}, pairs as JSON lists."""
+    entry: dict[str, Any] = {"name": name, "type": layer.type}
+    for key in DESCRIBED.get(layer.type, ()):
+        value = getattr(layer, key)
+        entry[key] = list(value) if isinstance(value, tuple) else value
+    return entry
 
 
 # ------------------------------------------------------------------------ files

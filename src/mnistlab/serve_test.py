@@ -3,6 +3,7 @@ every limit and error, the micro-batcher, and the page driven in Debian's Chromi
 """
 
 import asyncio
+import contextlib
 import re
 import socket
 import struct
@@ -16,10 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnistlab import cli, imaging, serve
+from mnistlab import cli, imaging, model, runs, serve
 from mnistlab.errors import UserError
 from mnistlab.predict import Predictor
-from mnistlab.predict_test import mnist, trained_run  # noqa: F401 (shared session fixtures)
+from mnistlab.predict_test import (  # noqa: F401 (shared session fixtures)
+    CONV_PARAMETERS, mnist, trained_conv_run, trained_run)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -31,8 +33,15 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 @pytest.fixture(scope="module")
 def server(trained_run):
-    """`python -m mnistlab serve RUN --port 0`: the real command, on a port the system picks."""
-    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(trained_run), "--port", "0"],
+    with serving(trained_run) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(run):
+    """`python -m mnistlab serve RUN --port 0`: the real command, on a port the system picks;
+    gives its URL, stops it on leaving."""
+    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(run), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     found = threading.Event()
@@ -48,9 +57,11 @@ def server(trained_run):
         proc.kill()
         pytest.fail("the server did not say where it listens:\n" + "".join(lines))
     url = re.search(r"http://127\.0\.0\.1:\d+", "".join(lines)).group(0)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +134,21 @@ def test_predict_answers_with_mnistlabs_own_numbers(api, mnist, predictor):
         assert answer["class"] == int(expected.argmax()) and answer["label"] == str(answer["class"])
         assert [t["class"] for t in answer["top"]] == list(np.argsort(-expected)[:3])
         assert answer["raw"] is False
+
+
+def test_a_conv_run_is_served_with_its_networks_numbers(trained_conv_run, mnist):
+    # The server describes the network at start-up and answers through the batcher: both
+    # must work for convolutional layers, not only for dense ones.
+    run = runs.open_run(trained_conv_run)
+    with serving(trained_conv_run) as url, httpx.Client(base_url=url, timeout=30) as client:
+        described = client.get("/api/model").json()
+        assert [l["type"] for l in described["layers"]] == [layer.type for layer in run.spec.model.layers]
+        assert described["parameters"] == CONV_PARAMETERS
+        digits = mnist.test_images[:4]
+        answers = [client.post("/api/predict?raw=true", content=png(d)).json() for d in digits]
+    expected = np.asarray(model.probabilities(run.spec.model, run.params(), digits))
+    np.testing.assert_allclose([a["probabilities"] for a in answers], expected, atol=1e-6)
+    assert [a["class"] for a in answers] == list(expected.argmax(1))
 
 
 def test_raw_skips_the_preprocessing(api, mnist, predictor):
@@ -354,6 +380,22 @@ def trace(digit: np.ndarray) -> list[list[tuple[float, float]]]:
         for run in runs:
             strokes.append([(run[0] * 10 + 5, y * 10 + 5), (run[-1] * 10 + 5.01, y * 10 + 5)])
     return strokes
+
+
+def test_the_page_names_the_networks_layers(browser, server, trained_conv_run):
+    def shown(url: str) -> str:
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.goto(url + "/")
+            page.wait_for_selector("body[data-ready=true]")
+            return page.locator("#model").text_content()
+        finally:
+            context.close()
+
+    assert shown(server).startswith("fast: 784-256-10 network on mnist, test accuracy ")
+    with serving(trained_conv_run) as url:
+        assert shown(url) == "small-cnn: 784-conv8-conv16-10 network on mnist"
 
 
 def test_drawing_a_one_shows_1_with_live_bars(page):

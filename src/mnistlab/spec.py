@@ -404,6 +404,12 @@ class ModelSpec(_Strict):
             )
         if not isinstance(self.dense_layers[-1], Dense) or not any(isinstance(l, Dense) for l in self.layers):
             raise ValueError("the model needs at least one Dense layer")
+        last = max(i for i, l in enumerate(self.layers) if isinstance(l, (Dense, Activation)) and l.activation != "linear")
+        after = [l.type for l in self.layers[last + 1:] if not isinstance(l, (Dropout, Activation))]
+        if after:
+            # The loss takes the logits; a layer computing on probabilities has no place there.
+            raise ValueError(f"layers after the output's {self.output_activation} ({', '.join(after)}) are not "
+                             "supported: end the model with its softmax/sigmoid layer")
         # Consecutive augmentation layers are resampled once (model._augment), so they
         # must agree on what fills the pixels that come from outside the image.
         for i, (a, b) in enumerate(zip(self.layers, self.layers[1:])):

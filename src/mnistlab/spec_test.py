@@ -166,3 +166,8 @@ def test_chained_augmentations_must_share_their_fill():
     assert "same fill_mode and fill_value" in message and "'constant'" in message and "'reflect'" in message
     spec_lib.from_dict({"model": {"layers": conv_layers(
         {"type": "random_rotation", "factor": 0.1}, {"type": "random_zoom", "height_factor": 0.1})}})
+
+
+def test_nothing_with_weights_follows_the_output_distribution():
+    message = invalid([{"type": "dense", "units": 10, "activation": "softmax"}, {"type": "batch_normalization"}])
+    assert "layers after the output's softmax (batch_normalization)" in message

@@ -259,8 +259,10 @@ async function loadModel() {
     const m = await response.json();
     classes = m.classes;
     maxBodyBytes = m.limits.max_body_bytes;
+    // 784-256-10 for a dense network; convolutions show as conv<filters> (784-conv32-conv64-10).
+    const width = (l) => (l.type === "dense" ? l.units : l.type === "conv2d" ? `conv${l.filters}` : null);
     const shape = [m.input.shape.reduce((a, b) => a * b, 1),
-                   ...m.layers.filter((l) => l.type === "dense").map((l) => l.units)].join("-");
+                   ...m.layers.map(width).filter((w) => w !== null)].join("-");
     const accuracy = m.test_accuracy == null ? "" : `, test accuracy ${(m.test_accuracy * 100).toFixed(1)}%`;
     modelEl.textContent = `${m.name}: ${shape} network on ${m.dataset}${accuracy}`;
   } catch (err) {
