@@ -315,8 +315,9 @@ def report(
 def plot(
     run: Annotated[Path, typer.Argument(help="A run folder.")],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="The picture to write (.png, .svg or .pdf).")],
-    what: Annotated[str, typer.Option(help="curves, confusion, mistakes, weights, histograms or activity.")] = "curves",
-    split: Annotated[Optional[str], typer.Option(help="validation or test, for confusion and mistakes "
+    what: Annotated[str, typer.Option(help="curves, confusion, mistakes, weights, feature-maps (convolutional "
+                                      "models), histograms or activity.")] = "curves",
+    split: Annotated[Optional[str], typer.Option(help="validation or test, for confusion, mistakes and feature maps "
                                                  "(test: only when the run recorded a test evaluation).")] = None,
     data_dir: DataDir = None,
 ) -> None:
@@ -333,6 +334,8 @@ def plot(
     if fig is None:
         why = {"test": "it recorded no test evaluation: run `mnistlab evaluate RUN --split test` first",
                "validation": "it has no validation set"}.get(split or "", "it has no weights or no evaluation data")
+        if what == "feature-maps" and not any(layer.type == "conv2d" for layer in data.run.spec.model.layers):
+            why = "it has no conv2d layer (feature maps are what a convolution outputs)"
         raise UserError(f"{run}: cannot draw {what}: {why}")
     if not out_file.parent.exists():
         raise UserError(f"--out {out_file}: the folder {out_file.parent} does not exist")

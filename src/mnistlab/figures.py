@@ -352,6 +352,114 @@ def first_layer_weights(kernel: np.ndarray, units: Sequence[int] | None = None,
     return fig
 
 
+def tile_grid(tiles: np.ndarray, columns: int, gap: int = 1) -> np.ndarray:
+    """Small pictures (n, h, w) laid out as one array, `columns` to a row, left to right
+    then top to bottom, with `gap` pixels of NaN between them (drawn as background).
+
+    One array drawn by one `imshow` rather than an Axes or image per tile: a layer has
+    dozens of 3x3 filters, and what is drawn can be compared with the weights directly.
+    """
+    tiles = np.asarray(tiles, float)
+    n, h, w = tiles.shape
+    columns = max(1, min(columns, n))
+    rows = max(1, math.ceil(n / columns))
+    grid = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap), np.nan)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, columns)
+        grid[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = tile
+    return grid
+
+
+def filter_layout(kernel: np.ndarray, columns: int = 16) -> tuple[np.ndarray, int]:
+    """(tiles, columns) for a Conv2D kernel (kh, kw, in, filters): one kh x kw tile per
+    filter and input channel, filter by filter. With one input channel (grey images)
+    `columns` filters to a row; with several, one filter to a row, a tile per channel."""
+    kernel = np.asarray(kernel)
+    kh, kw, channels, filters = kernel.shape
+    tiles = kernel.transpose(3, 2, 0, 1).reshape(filters * channels, kh, kw)
+    return tiles, (channels if channels > 1 else min(columns, filters))
+
+
+_BACKGROUND = "#dee2e6"  # between tiles: grey, so that a weight of 0 (white) stays visible
+
+
+def _tile_ticks(ax, tiles: int, columns: int, h: int, w: int, gap: int, row_label, column_label) -> None:
+    """Number the rows and columns of a tile grid (a tile's index is row label + column)."""
+    rows = math.ceil(tiles / columns)
+    ax.set_xticks([c * (w + gap) + (w - 1) / 2 for c in range(columns)], [column_label(c) for c in range(columns)],
+                  fontsize=7)
+    ax.set_yticks([r * (h + gap) + (h - 1) / 2 for r in range(rows)], [row_label(r) for r in range(rows)],
+                  fontsize=7)
+    ax.tick_params(length=0)
+    ax.grid(False)
+    for s in ax.spines.values():
+        s.set_visible(False)
+
+
+@_styled
+def conv_filters(kernel: np.ndarray, columns: int = 16, title: str = "first convolution's filters") -> Figure:
+    """A Conv2D kernel (kh, kw, in, filters) as one small picture per filter.
+
+    Each tile is drawn as the filter lies over the image: Keras' convolution is a
+    cross-correlation, output[y, x] = sum kernel[i, j] * input[y + i, x + j], so the tile
+    is not flipped and reads directly as the patch it answers most. Red: a bright pixel
+    there raises the output; blue: lowers it; white: 0. All filters share one symmetric
+    colour scale, so a filter that learned little looks pale next to the others.
+    """
+    kernel = np.asarray(kernel)
+    kh, kw, channels, filters = kernel.shape
+    tiles, columns = filter_layout(kernel, columns)
+    grid = tile_grid(tiles, columns)
+    lim = float(np.abs(kernel).max()) or 1.0
+    pixel = 0.45 / max(kh, kw)  # inches: a tile about 0.45 in wide whatever the kernel size
+    fig = Figure(figsize=(grid.shape[1] * pixel + 1.5, grid.shape[0] * pixel + 0.8), layout="constrained")
+    ax = fig.subplots()
+    cmap = matplotlib.colormaps["RdBu_r"].with_extremes(bad=_BACKGROUND)
+    image = ax.imshow(grid, cmap=cmap, vmin=-lim, vmax=lim)
+    if channels > 1:
+        _tile_ticks(ax, len(tiles), columns, kh, kw, 1, lambda r: f"filter {r}", lambda c: f"in {c}")
+    else:
+        _tile_ticks(ax, len(tiles), columns, kh, kw, 1, lambda r: str(r * columns), lambda c: f"+{c}")
+    fig.colorbar(image, ax=ax, label="weight", shrink=0.9, pad=0.02)
+    ax.set_title(title)
+    return fig
+
+
+@_styled
+def feature_maps(image: np.ndarray, maps: np.ndarray, columns: int = 8,
+                 title: str = "feature maps", caption: str = "") -> Figure:
+    """One input image and a layer's maps (H, W, filters) for it, one tile per filter.
+
+    All maps share one colour scale, so a filter that barely answers this image is dark:
+    from 0 (black) to the largest output when the outputs are >= 0 (after a ReLU), else
+    symmetric about 0 in red and blue like the weights.
+    """
+    maps = np.asarray(maps, float)
+    h, w, filters = maps.shape
+    columns = max(1, min(columns, filters))
+    grid = tile_grid(maps.transpose(2, 0, 1), columns)
+    rows = math.ceil(filters / columns)
+    grid_h, grid_w = grid.shape
+    height = max(1.6, 0.7 * rows)  # inches: a map about 0.7 in tall; the image as tall as the grid
+    fig = Figure(figsize=(height * (1 + grid_w / grid_h) + 1.2, height + 0.7), layout="constrained")
+    ax_image, ax_maps = fig.subplots(1, 2, width_ratios=[1.0, grid_w / grid_h])
+    img = np.asarray(image)
+    img = img.reshape(img.shape[:2]) if img.ndim == 3 and img.shape[2] == 1 else img
+    ax_image.imshow(img, cmap="gray_r", vmin=0, vmax=255)
+    ax_image.set_axis_off()
+    ax_image.set_title(caption or "input", fontsize=9)
+    big = float(np.abs(maps).max()) or 1.0
+    if maps.min() >= 0:
+        cmap, lo = matplotlib.colormaps["magma"].with_extremes(bad=_BACKGROUND), 0.0
+    else:
+        cmap, lo = matplotlib.colormaps["RdBu_r"].with_extremes(bad=_BACKGROUND), -big
+    shown = ax_maps.imshow(grid, cmap=cmap, vmin=lo, vmax=big)
+    _tile_ticks(ax_maps, filters, columns, h, w, 1, lambda r: str(r * columns), lambda c: f"+{c}")
+    fig.colorbar(shown, ax=ax_maps, label="output", shrink=0.9, pad=0.02)
+    fig.suptitle(title, x=0.01, ha="left", fontweight="bold", fontsize=10.5)
+    return fig
+
+
 def weight_stats(w: np.ndarray) -> dict[str, float]:
     """What the penalties act on: L1 = sum |w|, L2 norm = sqrt(sum w^2), and how many
     weights L1 has driven to (near) zero: exactly 0, and |w| < 1% of the largest |w|.
@@ -393,17 +501,18 @@ def weight_histograms(layers: Sequence[tuple[str, np.ndarray, str | None]],
 
 
 @_styled
-def unit_activity(layers: Sequence[tuple[str, np.ndarray]],
+def unit_activity(layers: Sequence[tuple[str, np.ndarray] | tuple[str, np.ndarray, str]],
                   title: str = "hidden units: how often each one fires") -> Figure:
     """Per hidden layer: a histogram over units of the fraction of inputs that activate
     them (output > 0). Units at 0 never fire on these inputs: dead ReLUs, shown red.
 
-    `layers`: (name, fraction active per unit) pairs.
+    `layers`: (name, fraction active per unit) pairs, or triples adding what the fraction
+    counts (the x label): a convolution's filter fires at positions, not per image.
     """
     n = max(1, len(layers))
     fig = Figure(figsize=(3.7 * n, 2.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, n, squeeze=False)).ravel()
-    for ax, (name, active) in zip(axes, layers):
+    for ax, (name, active, *counted) in zip(axes, layers):
         active = np.asarray(active, float)
         dead = int(np.sum(active == 0))
         bins = np.linspace(0, 1, 41)
@@ -412,7 +521,7 @@ def unit_activity(layers: Sequence[tuple[str, np.ndarray]],
             ax.bar(0.0, dead, width=bins[1], align="edge", color=BAD, label=f"dead ({dead})")
         ax.set_xlim(0, 1)
         ax.set_title(f"{name}: {dead}/{len(active)} dead ({100 * dead / max(1, len(active)):.1f}%)")
-        ax.set_xlabel("fraction of inputs on which the unit is > 0")
+        ax.set_xlabel(counted[0] if counted else "fraction of inputs on which the unit is > 0")
         ax.set_ylabel("units")
         ax.legend(loc="upper right")
     if not layers:

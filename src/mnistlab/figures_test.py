@@ -178,3 +178,69 @@ def test_overlaid_curves_and_importance():
     fig = figures.importance({"lr": 0.8, "act": 0.1})
     widths = sorted(p.get_width() for p in fig.axes[0].patches)
     assert widths == [0.1, 0.8]
+
+
+def mosaic(tiles, columns, gap=1):
+    """The tile layout written out pixel by pixel: tile t at row t // columns, column t % columns."""
+    n, h, w = tiles.shape
+    rows = -(-n // columns)
+    out = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap), np.nan)
+    for t in range(n):
+        for i in range(h):
+            for j in range(w):
+                out[(t // columns) * (h + gap) + i, (t % columns) * (w + gap) + j] = tiles[t, i, j]
+    return out
+
+
+def drawn(ax):
+    """The one picture an Axes shows, its masked (background) pixels as NaN."""
+    (image,) = ax.get_images()
+    return np.ma.filled(np.ma.asarray(image.get_array(), dtype=float), np.nan), image.get_clim()
+
+
+def test_conv_filters_draw_each_filter_unflipped_on_one_symmetric_scale():
+    kernel = np.random.default_rng(4).normal(size=(3, 3, 1, 20)).astype(np.float32)
+    fig = figures.conv_filters(kernel, columns=8)
+    pixels, clim = drawn(fig.axes[0])
+    assert pixels.shape == (3 * 4 - 1, 8 * 4 - 1)  # 3 rows of 8 tiles, a 1-pixel gap between tiles
+    expected = np.full(pixels.shape, np.nan)
+    for f in range(20):  # filter f sits at row f // 8, column f % 8, its weight [i, j] at pixel (i, j)
+        r, c = divmod(f, 8)
+        expected[4 * r:4 * r + 3, 4 * c:4 * c + 3] = kernel[:, :, 0, f]
+    np.testing.assert_array_equal(pixels, expected)
+    np.testing.assert_array_equal(pixels, mosaic(kernel[:, :, 0, :].transpose(2, 0, 1), 8))
+    big = float(np.abs(kernel).max())
+    assert clim == (-big, big)  # white is 0, shared by every filter
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["0", "8", "16"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()][:3] == ["+0", "+1", "+2"]
+    assert figures.png_bytes(fig).startswith(PNG)
+
+
+def test_conv_filters_with_several_input_channels_give_a_row_per_filter():
+    kernel = np.random.default_rng(5).normal(size=(5, 3, 2, 4))  # kh 5, kw 3, 2 channels, 4 filters
+    pixels, _ = drawn(figures.conv_filters(kernel).axes[0])
+    assert pixels.shape == (4 * 6 - 1, 2 * 4 - 1)
+    for f in range(4):
+        for ch in range(2):
+            np.testing.assert_array_equal(pixels[6 * f:6 * f + 5, 4 * ch:4 * ch + 3], kernel[:, :, ch, f])
+
+
+def test_feature_maps_show_the_image_and_every_map():
+    rng = np.random.default_rng(6)
+    image = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+    maps = np.maximum(rng.normal(size=(26, 26, 10)), 0)  # after a ReLU: a 0-based scale
+    fig = figures.feature_maps(image, maps, columns=4, title="t", caption="label 3")
+    ax_image, ax_maps = fig.axes[:2]
+    np.testing.assert_array_equal(ax_image.get_images()[0].get_array(), image)
+    pixels, clim = drawn(ax_maps)
+    np.testing.assert_array_equal(pixels, mosaic(maps.transpose(2, 0, 1), 4))
+    assert clim == (0.0, maps.max())
+    signed = rng.normal(size=(4, 4, 3))  # linear outputs: symmetric about 0
+    _, clim = drawn(figures.feature_maps(image, signed).axes[1])
+    assert clim == (-np.abs(signed).max(), np.abs(signed).max())
+
+
+def test_unit_activity_says_what_a_filter_counts():
+    fig = figures.unit_activity([("conv2d", np.array([0.0, 0.3, 0.9]), "fraction of positions")])
+    assert fig.axes[0].get_xlabel() == "fraction of positions"
+    assert fig.axes[0].get_title(loc="left") == "conv2d: 1/3 dead (33.3%)"

@@ -5,8 +5,10 @@
 A **run** folder (`config.toml`, `metrics.jsonl`, `summary.json`, `weights.safetensors`)
 gives learning curves with the over-fitting gap, confusion matrices on the validation set
 (and on the test set when the run recorded a test evaluation) with per-class precision
-and recall, the most confident mistakes, the first layer's weights as pictures, weight
-histograms, dead-ReLU fractions, the configuration and the environment.
+and recall, the most confident mistakes, the first layer's weights as pictures (a dense
+layer's units, or a convolution's filters and its feature maps for one image), every
+layer's output shape and weight count, weight histograms, dead-ReLU fractions, the
+configuration and the environment.
 
 A **sweep** or **study** folder is read generically as "rows of members + per-epoch
 metrics": `results.json` / `trials.json` (or their `.csv`), `metrics.jsonl`, a
@@ -62,68 +64,190 @@ def confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, k: int = M
 
 @dataclass
 class Hidden:
-    """The outputs of one hidden layer (after its activation) on a set of inputs."""
+    """What one hidden layer (a Dense or Conv2D, after its activation) outputs on a set of inputs.
+
+    A dense layer's unit is one output. A convolution's unit is one filter, applied at
+    every position of its feature map; the maps are too big to keep for a validation set
+    (the cnn preset's first layer: 26 * 26 * 32 floats an image, 0.5 GB for 6000 images),
+    so each filter is kept as two numbers per image (`Hidden.of`).
+    """
 
     name: str
     activation: str
-    outputs: np.ndarray  # (inputs, units)
+    outputs: np.ndarray  # (inputs, units); for a filter: its largest output over the positions
+    fired: np.ndarray | None = None  # (inputs, units): for a filter, the share of positions where it is > 0
+    kind: str = "dense"  # "dense" | "conv2d"
+
+    @classmethod
+    def of(cls, name: str, activation: str, x: np.ndarray) -> "Hidden":
+        """From a layer's outputs: (inputs, units), or maps (inputs, H, W, filters)."""
+        x = np.asarray(x)
+        if x.ndim == 2:
+            return cls(name, activation, x)
+        return cls(name, activation, x.max(axis=(1, 2)), (x > 0).mean(axis=(1, 2), dtype=np.float32), "conv2d")
+
+    @classmethod
+    def concatenate(cls, parts: list["Hidden"]) -> "Hidden":
+        first = parts[0]
+        fired = None if first.fired is None else np.concatenate([p.fired for p in parts])
+        return cls(first.name, first.activation, np.concatenate([p.outputs for p in parts]), fired, first.kind)
 
     @property
     def relu(self) -> bool:
-        return self.activation == "relu"
+        """Whether the outputs come out of a ReLU (possibly after others: "tanh+relu")."""
+        return self.activation.rpartition("+")[2] == "relu"
 
     @property
     def active_fraction(self) -> np.ndarray:
-        """Per unit: the fraction of inputs on which its output is > 0."""
-        return (self.outputs > 0).mean(0)
+        """Per unit: the fraction of inputs on which its output is > 0; for a filter, the
+        fraction of (input, position) pairs."""
+        return (self.outputs > 0).mean(0) if self.fired is None else self.fired.mean(0)
 
     @property
     def dead_fraction(self) -> float:
-        """The share of units that output 0 for every input (dead ReLUs, on these inputs)."""
+        """The share of units that output 0 for every input (dead ReLUs, on these inputs);
+        a filter is dead when it is 0 at every position of every input."""
         return float(np.mean(self.active_fraction == 0))
 
 
-def forward(spec, params: dict[str, np.ndarray], images: np.ndarray,
-            batch: int = 4096) -> tuple[list[Hidden], np.ndarray]:
-    """Every hidden layer's outputs and the final logits, at inference (dropout off).
+def inputs(spec, images) -> "jax.Array":
+    """Pixels as `model.forward` takes them in: rescaled, and shaped (N, H, W, C) when a
+    layer needs an image, else flattened."""
+    import jax.numpy as jnp
 
-    Walks the layers as `model.logits` does, keeping what it passes by; the logits are
-    returned so a test can check the walk against `model.logits` itself.
-    """
+    x = jnp.asarray(images).astype(jnp.float32) * spec.input_rescale
+    if any(isinstance(layer, spec_lib.SPATIAL) for layer in spec.layers):
+        return x.reshape(*x.shape[:3], -1)
+    return x.reshape(x.shape[0], -1)
+
+
+def apply_layer(layer, name: str, params, x, output: bool):
+    """One layer at inference, as `model.forward` applies it with no key: dropout and
+    augmentation pass the input through, batch normalization uses its moving statistics.
+    `output`: the layer whose softmax/sigmoid makes the probabilities, left out here."""
+    import jax
     import jax.numpy as jnp
 
     from mnistlab import model
-    from mnistlab.spec import Activation, Dense
+    from mnistlab.spec import (Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense, Flatten,
+                               GlobalAveragePooling2D, MaxPooling2D)
 
-    names = model.layer_names(spec)
+    if isinstance(layer, (Dense, Conv2D)):
+        if isinstance(layer, Dense):
+            x = x @ params[f"{name}/kernel"]
+        else:
+            x = model.conv2d(x, params[f"{name}/kernel"], layer.strides, layer.padding)
+        if layer.use_bias:
+            x = x + params[f"{name}/bias"]
+        return x if output else model.ACTIVATION_FNS[layer.activation](x)
+    if isinstance(layer, Activation):
+        return x if output else model.ACTIVATION_FNS[layer.activation](x)
+    if isinstance(layer, MaxPooling2D):  # AveragePooling2D is a subclass: ask for it first
+        kind = "average" if isinstance(layer, AveragePooling2D) else "max"
+        return model.pool2d(x, kind, layer.pool_size, layer.strides, layer.padding)
+    if isinstance(layer, Flatten):
+        return x.reshape(x.shape[0], -1)
+    if isinstance(layer, GlobalAveragePooling2D):
+        return jnp.mean(x, axis=(1, 2))
+    if isinstance(layer, BatchNormalization):
+        x = (x - params[f"{name}/moving_mean"]) * jax.lax.rsqrt(params[f"{name}/moving_variance"] + layer.epsilon)
+        if layer.scale:
+            x = x * params[f"{name}/gamma"]
+        return x + params[f"{name}/beta"] if layer.center else x
+    return x  # dropout, augmentation: nothing at inference
+
+
+def recorded(spec) -> dict[int, tuple[str, str]]:
+    """Where each hidden layer's outputs are read: layer index -> (hidden layer, its activation).
+
+    A hidden layer is a Conv2D or a Dense other than the last. Its outputs are read after
+    it and again after each Activation layer that follows it, with batch normalization
+    or dropout between, so that conv -> batch_normalization -> relu counts as a ReLU
+    layer; pooling, flattening or a weighted layer ends it. The activation reads like
+    "relu" or "tanh+relu" (an Activation after a layer that had one already).
+    """
+    from mnistlab import model
+    from mnistlab.spec import Activation, BatchNormalization, Conv2D, Dense, Dropout
+
     dense_at = [i for i, layer in enumerate(spec.layers) if isinstance(layer, Dense)]
-    last_dense = dense_at[-1]
-    chunks: dict[str, list[np.ndarray]] = {}
-    acts: dict[str, str] = {}
+    out: dict[int, tuple[str, str]] = {}
+    owner: tuple[str, str] | None = None
+    for i, (name, layer) in enumerate(zip(model.layer_names(spec), spec.layers)):
+        if isinstance(layer, Conv2D) or (isinstance(layer, Dense) and i != dense_at[-1]):
+            owner = out[i] = (name, layer.activation)
+        elif isinstance(layer, Activation) and owner is not None:
+            act = layer.activation if owner[1] == "linear" else f"{owner[1]}+{layer.activation}"
+            owner = out[i] = (owner[0], act)
+        elif not isinstance(layer, (Activation, BatchNormalization, Dropout)):
+            owner = None
+    return out
+
+
+def walk(spec, params, images):
+    """(layer index, output) after each layer in turn, at inference; the last output is
+    the logits (the final softmax/sigmoid left out, as `model.logits`)."""
+    from mnistlab import model
+
+    final = model._final_activation_index(spec)  # the model's own rule for which activation is the output's
+    x = inputs(spec, images)
+    for i, (name, layer) in enumerate(zip(model.layer_names(spec), spec.layers)):
+        x = apply_layer(layer, name, params, x, output=i == final)
+        yield i, x
+
+
+def forward(spec, params: dict[str, np.ndarray], images: np.ndarray,
+            batch: int | None = None) -> tuple[list[Hidden], np.ndarray]:
+    """Every hidden layer's outputs and the final logits, at inference (dropout off).
+
+    Walks the layers as `model.logits` does (`walk`), keeping what it passes by; the
+    logits are returned so a test can check the walk against `model.logits` itself.
+    """
+    batch = batch or _batch(spec)
+    where = recorded(spec)
+    parts: dict[str, list[Hidden]] = {}
     logit_chunks = []
-    flat = images.reshape(len(images), -1)
-    for start in range(0, len(flat), batch):
-        x = jnp.asarray(flat[start:start + batch]).astype(jnp.float32) * spec.input_rescale
-        owner = None
-        for i, (name, layer) in enumerate(zip(names, spec.layers)):
-            if isinstance(layer, Dense):
-                x = x @ params[f"{name}/kernel"]
-                if layer.use_bias:
-                    x = x + params[f"{name}/bias"]
-                if i == last_dense:
-                    break  # the output layer: its softmax/sigmoid is not part of the logits
-                x = model.ACTIVATION_FNS[layer.activation](x)
-                owner, acts[name] = name, layer.activation
-                chunks.setdefault(name, []).append(None)
-            elif isinstance(layer, Activation):
-                x = model.ACTIVATION_FNS[layer.activation](x)
-                if owner is not None:
-                    acts[owner] = layer.activation if acts[owner] == "linear" else f"{acts[owner]}+{layer.activation}"
-            if owner is not None:
-                chunks[owner][-1] = np.asarray(x)
+    for start in range(0, len(images), batch):
+        seen: dict[str, tuple[str, np.ndarray]] = {}  # the latest read of each hidden layer
+        for i, x in walk(spec, params, images[start:start + batch]):
+            if i in where:
+                name, act = where[i]
+                seen[name] = (act, x)
         logit_chunks.append(np.asarray(x))
-    hidden = [Hidden(name, acts[name], np.concatenate(parts)) for name, parts in chunks.items()]
-    return hidden, np.concatenate(logit_chunks)
+        for name, (act, outputs) in seen.items():
+            parts.setdefault(name, []).append(Hidden.of(name, act, outputs))
+    return [Hidden.concatenate(p) for p in parts.values()], np.concatenate(logit_chunks)
+
+
+def first_maps(spec, params, image: np.ndarray) -> tuple[str, str, np.ndarray] | None:
+    """(layer, activation, maps (H, W, filters)) of the first Conv2D for one image, read
+    where `forward` reads that layer's outputs; None for a model without convolutions."""
+    from mnistlab import model
+
+    where = recorded(spec)
+    names = [name for name, layer in zip(model.layer_names(spec), spec.layers) if layer.type == "conv2d"]
+    if not names:
+        return None
+    last = max(i for i, (name, _) in where.items() if name == names[0])
+    for i, x in walk(spec, params, np.asarray(image)[None]):
+        if i == last:
+            return names[0], where[i][1], np.asarray(x[0])
+    raise AssertionError("the walk passes every layer")
+
+
+def _batch(spec) -> int:
+    # A convolution's maps are tens of times the image: 4096 images of the cnn preset's
+    # first layer would be 350 MB, so spatial models go through in smaller batches.
+    return 500 if any(isinstance(layer, spec_lib.SPATIAL) for layer in spec.layers) else 4096
+
+
+def probabilities(spec, params, images: np.ndarray, batch: int | None = None) -> np.ndarray:
+    """`model.probabilities` in batches: a whole test set through the cnn preset at once
+    would hold its 10000 x 11 x 11 x 288 patch matrix, 1.4 GB."""
+    from mnistlab import model
+
+    batch = batch or _batch(spec)
+    return np.concatenate([np.asarray(model.probabilities(spec, params, images[i:i + batch]))
+                           for i in range(0, len(images), batch)])
 
 
 def unit_scores(params: dict[str, np.ndarray], first: str, second: str | None,
@@ -211,6 +335,7 @@ class RunData:
     test: Evaluation | None = None
     hidden: list[Hidden] = field(default_factory=list)
     logits_validation: np.ndarray | None = None
+    image_shape: tuple[int, ...] = (28, 28)
 
     @property
     def name(self) -> str:
@@ -229,7 +354,7 @@ def collect_run(path: str | Path, data_dir: str | Path | None = None, *, predict
 
     run = runs.open_run(path)
     info = data.get_info(run.spec.dataset)
-    out = RunData(run, list(info.class_names))
+    out = RunData(run, list(info.class_names), image_shape=tuple(info.image_shape))
     try:
         out.params = run.params()
     except UserError as e:
@@ -237,17 +362,16 @@ def collect_run(path: str | Path, data_dir: str | Path | None = None, *, predict
         return out
     if not predictions:
         return out
-    from mnistlab import model
     from mnistlab.training import split
 
     arrays = data.load(run.spec.dataset, data_dir)
     _, _, x_val, y_val = split(run.spec, arrays)
     if len(y_val):
-        probs = np.asarray(model.probabilities(run.spec.model, out.params, x_val))
+        probs = probabilities(run.spec.model, out.params, x_val)
         out.validation = Evaluation("validation", np.asarray(y_val), probs, x_val)
         out.hidden, out.logits_validation = forward(run.spec.model, out.params, x_val)
     if run.summary.get("test") is not None:
-        probs = np.asarray(model.probabilities(run.spec.model, out.params, arrays.test_images))
+        probs = probabilities(run.spec.model, out.params, arrays.test_images)
         out.test = Evaluation("test", np.asarray(arrays.test_labels), probs, arrays.test_images)
     return out
 
@@ -274,7 +398,7 @@ def _regularizer_text(layer) -> str | None:
     return ", ".join(p for p in parts if p) or "none"
 
 
-PLOTS = ("curves", "confusion", "mistakes", "weights", "histograms", "activity")
+PLOTS = ("curves", "confusion", "mistakes", "weights", "feature-maps", "histograms", "activity")
 
 
 def check_plot(what: str) -> None:
@@ -286,20 +410,24 @@ def check_plot(what: str) -> None:
 
 def plot(d: RunData, what: str, split: str | None = None, standalone: bool = True):
     """One matplotlib figure about a run (None when the run lacks what it needs):
-    curves | confusion | mistakes | weights | histograms | activity. `split` picks the
-    evaluation for confusion and mistakes (validation by default, else test);
-    `standalone` titles the curves with the run's name (a page has its own headings)."""
+    curves | confusion | mistakes | weights | feature-maps | histograms | activity.
+    `weights` is the first layer's: a Dense layer's units as images, or a Conv2D layer's
+    filters; `feature-maps` the first Conv2D's outputs for one image. `split` picks the
+    evaluation for confusion, mistakes and feature maps (validation by default, else
+    test); `standalone` titles the curves with the run's name (a page has its own headings)."""
     from mnistlab import model
-    from mnistlab.spec import Dense
+    from mnistlab.spec import Conv2D, Dense
 
     check_plot(what)
     run = d.run
     if what == "curves":
         return figures.learning_curves(run.metrics, title=d.name if standalone else None)
-    if what in ("confusion", "mistakes"):
+    if what in ("confusion", "mistakes", "feature-maps"):
         ev = {"validation": d.validation, "test": d.test, None: d.gallery}[split]
-        if ev is None:
+        if ev is None or d.params is None:
             return None
+        if what == "feature-maps":
+            return _feature_maps(d, ev)
         if what == "confusion":
             return figures.confusion_matrix(ev.confusion(len(d.class_names)), d.class_names, title=f"{ev.split} set")
         idx = confident_mistakes(ev.labels, ev.probabilities)
@@ -309,6 +437,12 @@ def plot(d: RunData, what: str, split: str | None = None, standalone: bool = Tru
         return None
     names = model.layer_names(run.spec.model)
     dense = [(n, layer) for n, layer in zip(names, run.spec.model.layers) if isinstance(layer, Dense)]
+    weighted = [(n, layer) for n, layer in zip(names, run.spec.model.layers) if isinstance(layer, (Dense, Conv2D))]
+    if what == "weights" and isinstance(weighted[0][1], Conv2D):  # the first weighted layer sees the pixels
+        name = weighted[0][0]
+        kh, kw, channels, filters = d.params[f"{name}/kernel"].shape
+        return figures.conv_filters(d.params[f"{name}/kernel"], title=f"{name}: its {filters} filters, {kh}x{kw}"
+                                    + (f" on {channels} input channels" if channels > 1 else ""))
     if what == "weights":
         first = dense[0][0]
         second = dense[1][0] if len(dense) > 1 else None
@@ -322,9 +456,22 @@ def plot(d: RunData, what: str, split: str | None = None, standalone: bool = Tru
                                            title=f"{first}: the {len(top)} most important of {kernel.shape[1]} units")
     if what == "histograms":
         return figures.weight_histograms([(f"{n}/kernel {'x'.join(map(str, d.params[f'{n}/kernel'].shape))}",
-                                           d.params[f"{n}/kernel"], _regularizer_text(layer)) for n, layer in dense])
-    relu = [(h.name, h.active_fraction) for h in d.hidden if h.relu]
+                                           d.params[f"{n}/kernel"], _regularizer_text(layer)) for n, layer in weighted])
+    relu = [(h.name, h.active_fraction, *(["fraction of (image, position) on which the filter is > 0"]
+                                          if h.kind == "conv2d" else [])) for h in d.hidden if h.relu]
     return figures.unit_activity(relu) if relu else None
+
+
+def _feature_maps(d: RunData, ev: Evaluation):
+    """The first convolution's maps for the first image of `ev` (None without a convolution)."""
+    image = ev.images[0]
+    found = first_maps(d.run.spec.model, d.params, image)
+    if found is None:
+        return None
+    name, activation, maps = found
+    label = d.class_names[int(ev.labels[0])]
+    return figures.feature_maps(image, maps, title=f"{name} ({activation}): its {maps.shape[-1]} maps for one image",
+                                caption=f"{ev.split} image 0: {label}")
 
 
 CAPTIONS = {
@@ -336,23 +483,51 @@ CAPTIONS = {
     "weights": ("First-layer weights", "Each unit's 784 incoming weights as a 28x28 picture (red +, blue -), "
                 "ranked by |mean output on validation| x norm of its outgoing weights (the number above; "
                 "without a validation set, by the norms of its weights)."),
+    "filters": ("First-layer filters", "Each tile is one filter of the first convolution, its weights laid out "
+                "as they lie over the image (Keras' convolution is a cross-correlation, so nothing is flipped): red "
+                "where a bright pixel raises the filter's output, blue where it lowers it, white 0, every filter on "
+                "the same scale. A filter answers most the patch that looks like it: red beside blue is an edge "
+                "across that line, one colour a stroke or blob of ink; a pale tile learned little. A filter's number "
+                "is its row's label plus its column's."),
+    "feature-maps": ("Feature maps of the first convolution", "An image (left) and what each filter of the first "
+                     "convolution outputs for it (after its activation): the filter slid over the image, bright where "
+                     "the image looks like it. All maps share one scale; a dark map is a filter this image does not "
+                     "excite. Numbered as the filters above."),
     "histograms": ("Weight histograms", "Near zero: |w| below 1% of the layer's largest |w| "
                    "(what an L1 penalty produces)."),
     "activity": ("Hidden-unit activity", "For each ReLU unit, the fraction of validation images that make it "
                  "fire. A unit at 0 never fires: a dead ReLU."),
+    "activity-conv": ("Hidden-unit activity", "For each ReLU unit, the fraction of validation images that make it "
+                      "fire; for a convolution's filter, the fraction of positions over all validation images where "
+                      "its output is > 0. At 0 a unit or filter never fires: a dead ReLU."),
 }
+
+
+def _caption_key(d: RunData, what: str) -> str:
+    """Which caption tells what a figure shows for this model (dense units or filters)."""
+    if what == "weights" and _first_weighted(d.run.spec.model).type == "conv2d":
+        return "filters"
+    if what == "activity" and any(h.kind == "conv2d" and h.relu for h in d.hidden):
+        return "activity-conv"
+    return what
+
+
+def _first_weighted(spec):
+    """The first Dense or Conv2D layer: the one that looks at the pixels."""
+    return next(layer for layer in spec.layers if layer.type in ("dense", "conv2d"))
 
 
 def run_figures(d: RunData, prefix: str = "") -> list[Figure]:
     """The run's pictures, in page order."""
     wanted = [("curves", None)] + [("confusion", ev.split) for ev in (d.validation, d.test) if ev is not None]
-    wanted += [("mistakes", None), ("weights", None), ("histograms", None), ("activity", None)]
+    wanted += [("mistakes", None), ("weights", None), ("feature-maps", None), ("histograms", None),
+               ("activity", None)]
     out = []
     for what, split in wanted:
         fig = plot(d, what, split, standalone=False)
         if fig is None:
             continue
-        title, caption = CAPTIONS[what]
+        title, caption = CAPTIONS[_caption_key(d, what)]
         key = f"{what}-{split}" if split else what
         out.append(Figure(prefix + key, title + (f", {split} set" if split else ""), figures.png_bytes(fig), caption))
     return out
@@ -400,9 +575,7 @@ def run_context(d: RunData, prefix: str = "", environment: dict[str, Any] | None
                       f"+ {summary.get('compile_seconds', 0):.1f} s compile"))
     if d.params is not None:
         n_params = sum(int(np.prod(v.shape)) for v in d.params.values())
-        cards.append(("parameters", f"{n_params:,}", " → ".join(
-            [str(d.params[k].shape[0]) for k in d.params if k.endswith("/kernel")][:1]
-            + [str(d.params[k].shape[1]) for k in d.params if k.endswith("/kernel")])))
+        cards.append(("parameters", f"{n_params:,}", shape_path(run.spec.model, d.image_shape)))
 
     verdict = _verdict(metrics, fit, summary)
     epochs = [{k: fmt(r.get(k)) if k != "learning_rate" else (f"{r[k]:.4g}" if r.get(k) is not None else "–")
@@ -422,15 +595,15 @@ def run_context(d: RunData, prefix: str = "", environment: dict[str, Any] | None
     layers = []
     if d.params is not None:
         from mnistlab import model
-        from mnistlab.spec import Dense
+        from mnistlab.spec import Conv2D, Dense
 
         by_name = {h.name: h for h in d.hidden}
-        dense = [(n, layer) for n, layer in zip(model.layer_names(run.spec.model), run.spec.model.layers)
-                 if isinstance(layer, Dense)]
-        for i, (n, layer) in enumerate(dense):
+        weighted = [(n, layer) for n, layer in zip(model.layer_names(run.spec.model), run.spec.model.layers)
+                    if isinstance(layer, (Dense, Conv2D))]
+        for i, (n, layer) in enumerate(weighted):
             s = figures.weight_stats(d.params[f"{n}/kernel"])
             h = by_name.get(n)
-            if i == len(dense) - 1:
+            if i == len(weighted) - 1:
                 dead = "output layer"
             elif h is None:
                 dead = "no validation set"
@@ -460,9 +633,52 @@ def run_context(d: RunData, prefix: str = "", environment: dict[str, Any] | None
     return {"name": d.name, "path": str(run.path), "status": summary.get("status", "unknown"),
             "spec_name": run.spec.name, "cards": cards, "verdict": verdict, "epochs": epochs,
             "per_class": per_class, "layers": layers, "env": env_rows, "evaluations": evaluations,
+            "architecture": architecture(run.spec.model, d.image_shape, d.params) if d.params is not None else [],
             "config": config_path.read_text() if config_path.exists() else "",
             "no_weights": d.no_weights, "prefix": prefix,
             "figures": {f.key[len(prefix):]: f for f in run_figures(d, prefix)}}
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+def shape_path(spec, image_shape: tuple[int, ...]) -> str:
+    """The input's shape and each weighted layer's output shape: "784 → 256 → 10",
+    "28x28x1 → 26x26x32 → 11x11x64 → 10"."""
+    shapes = spec_lib.output_shapes(spec.layers, image_shape)
+    kept = [shapes[0]] + [after for layer, after in zip(spec.layers, shapes[1:]) if layer.type in ("dense", "conv2d")]
+    return " → ".join(map(_shape_text, kept))
+
+
+def _setting_text(value: Any) -> str:
+    """A setting as the layer table shows it: (3, 3) as 3x3, an initializer as
+    random_normal(mean=0, stddev=0.05), a regularizer as (l2=0.01)."""
+    if isinstance(value, (tuple, list)):
+        return "x".join(map(str, value))
+    if isinstance(value, dict):
+        args = ", ".join(f"{k}={_setting_text(v)}" for k, v in value.items() if k != "name" and v is not None)
+        return f"{value['name']}({args})" if "name" in value else f"({args})"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def architecture(spec, image_shape: tuple[int, ...], params: dict[str, np.ndarray]) -> list[dict[str, str]]:
+    """Every layer as Keras' model.summary() lists it: name, settings (those not left at
+    their default), output shape of one image, and its number of weights."""
+    from mnistlab import model
+
+    shapes = spec_lib.output_shapes(spec.layers, image_shape)
+    rows = [{"name": "input", "settings": f"pixels x {spec.input_rescale:.4g}", "shape": _shape_text(shapes[0]),
+             "params": "0"}]
+    for name, layer, after in zip(model.layer_names(spec), spec.layers, shapes[1:]):
+        settings = layer.model_dump(exclude_defaults=True, exclude={"type"})
+        if layer.type in ("max_pooling2d", "average_pooling2d"):  # strides default to the pool size: show the size
+            settings = {"pool_size": layer.pool_size,
+                        **{k: v for k, v in settings.items() if not (k == "strides" and tuple(v) == layer.pool_size)}}
+        count = sum(int(np.prod(v.shape)) for k, v in params.items() if k.rpartition("/")[0] == name)
+        rows.append({"name": name, "settings": ", ".join(f"{k}={_setting_text(v)}" for k, v in settings.items()),
+                     "shape": _shape_text(after), "params": f"{count:,}"})
+    return rows
 
 
 def _worst_confusion(m: np.ndarray, i: int, names: list[str]) -> str:

@@ -20,7 +20,8 @@ import pytest
 from typer.testing import CliRunner
 
 import mnistlab
-from mnistlab import data, report, runs, search
+from mnistlab import data, figures, model, report, runs, search
+from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError
 from mnistlab.training import split
 
@@ -57,6 +58,88 @@ def numpy_probabilities(run_dir: Path, images: np.ndarray) -> tuple[np.ndarray, 
     z = h @ w["dense_1/kernel"] + w["dense_1/bias"]
     z = np.exp(z - z.max(1, keepdims=True))
     return z / z.sum(1, keepdims=True), h
+
+
+# 2400 training images in batches of 128: 19 steps, the whole of the cosine decay.
+CNN_QUICK = ["training.subset=3000", "training.epochs=1", "training.validation_split=0.2",
+             "optimizer.schedule.decay_steps=19"]
+
+
+def cnn_spec():
+    """The cnn preset with its second convolution made linear and followed by batch
+    normalization and a ReLU layer: convolution, pooling, batch normalization, activation,
+    flatten, dropout and dense layers all in one network."""
+    tables = mnistlab.preset("cnn").model_dump(mode="json", exclude_unset=True)
+    layers = tables["model"]["layers"]
+    layers[2]["activation"] = "linear"
+    layers[3:3] = [{"type": "batch_normalization"}, {"type": "activation", "activation": "relu"}]
+    return mnistlab.with_overrides(spec_lib.from_dict(tables), CNN_QUICK)
+
+
+@pytest.fixture(scope="session")
+def cnn_trained(mnist_root, mnist, tmp_path_factory):
+    os.environ.setdefault("MNISTLAB_DATA", str(mnist_root))
+    result = mnistlab.train(cnn_spec(), runs_dir=tmp_path_factory.mktemp("cnn-runs"), test=True, arrays=mnist)
+    return result.run_dir
+
+
+@pytest.fixture(scope="session")
+def cnn_report(cnn_trained, mnist_root):
+    return report.build(cnn_trained, mnist_root)
+
+
+@pytest.fixture(scope="session")
+def cnn_data(cnn_trained, mnist_root):
+    return report.collect_run(cnn_trained, mnist_root)
+
+
+def np_conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Keras' "valid" Conv2D by its definition: out[n, y, x, f] = sum_ijc in[n, y+i, x+j, c] k[i, j, c, f] + b[f]."""
+    kh, kw = kernel.shape[:2]
+    windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))  # (N, Y, X, C, kh, kw)
+    return np.einsum("nyxcij,ijcf->nyxf", windows, kernel, optimize=True) + bias
+
+
+def np_max_pool(x: np.ndarray) -> np.ndarray:
+    n, h, w, c = x.shape
+    return x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def numpy_cnn(run_dir: Path, images: np.ndarray, chunk: int = 200):
+    """`cnn_spec`'s network in plain NumPy, float64: (probabilities, first convolution's
+    ReLU maps, second convolution's maps after batch normalization and ReLU)."""
+    w = {k: v.astype(np.float64) for k, v in runs.open_run(run_dir).params().items()}
+    probs, maps1, maps2 = [], [], []
+    for start in range(0, len(images), chunk):
+        x = images[start:start + chunk].astype(np.float64)[..., None] / 255.0
+        a = np.maximum(np_conv(x, w["conv2d/kernel"], w["conv2d/bias"]), 0.0)
+        z = np_conv(np_max_pool(a), w["conv2d_1/kernel"], w["conv2d_1/bias"])
+        bn = "batch_normalization/"
+        z = (z - w[bn + "moving_mean"]) / np.sqrt(w[bn + "moving_variance"] + 1e-3) * w[bn + "gamma"] + w[bn + "beta"]
+        b = np.maximum(z, 0.0)
+        logits = np_max_pool(b).reshape(len(x), -1) @ w["dense/kernel"] + w["dense/bias"]
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        probs.append(e / e.sum(1, keepdims=True))
+        maps1.append(a)
+        maps2.append(b)
+    return np.concatenate(probs), np.concatenate(maps1), np.concatenate(maps2)
+
+
+def drawn(ax) -> np.ndarray:
+    """The pixels of the one picture an Axes shows; the background between tiles as NaN."""
+    (image,) = ax.get_images()
+    return np.ma.filled(np.ma.asarray(image.get_array(), dtype=float), np.nan)
+
+
+def tiles_by_hand(tiles: np.ndarray, columns: int) -> np.ndarray:
+    """Tile t at row t // columns and column t % columns, one NaN pixel between tiles."""
+    n, h, w = tiles.shape
+    rows = -(-n // columns)
+    out = np.full((rows * (h + 1) - 1, columns * (w + 1) - 1), np.nan)
+    for t in range(n):
+        r, c = divmod(t, columns)
+        out[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w] = tiles[t]
+    return out
 
 
 GRID_LR = [1e-3, 1e-2, 1e-1]
@@ -223,6 +306,97 @@ def test_run_numbers_equal_independent_predictions(trained, mnist, mnist_root):
         wrong[np.argmax(probs[wrong, pred[wrong]])]
 
 
+def test_conv_walk_matches_the_model_and_numpy(cnn_trained, mnist):
+    run = runs.open_run(cnn_trained)
+    spec, w = run.spec.model, run.params()
+    images = mnist.test_images[:150]
+    hidden, logits = report.forward(spec, w, images, batch=64)  # three batches, the last short
+    np.testing.assert_allclose(logits, np.asarray(model.logits(spec, w, model.hyperparameters(spec), images)),
+                               atol=1e-4)
+    probs, maps1, maps2 = numpy_cnn(cnn_trained, images)
+    np.testing.assert_allclose(report.probabilities(spec, w, images), probs, atol=1e-5)
+    # conv2d_1 is linear, then batch normalization and a ReLU layer: read after the ReLU
+    assert [(h.name, h.activation, h.kind) for h in hidden] == [("conv2d", "relu", "conv2d"),
+                                                                ("conv2d_1", "relu", "conv2d")]
+    np.testing.assert_allclose(hidden[0].outputs, maps1.max(axis=(1, 2)), atol=1e-5)
+    np.testing.assert_allclose(hidden[1].outputs, maps2.max(axis=(1, 2)), atol=1e-4)
+    # the share of (image, position) pairs where a filter is > 0 (1e-3: float32 vs float64 at exactly 0)
+    np.testing.assert_allclose(hidden[1].active_fraction, (maps2 > 0).mean(axis=(0, 1, 2)), atol=1e-3)
+    assert hidden[1].dead_fraction == np.mean(maps2.max(axis=(0, 1, 2)) <= 0)
+
+
+def test_walk_passes_every_kind_of_layer():
+    """Strides, "same" padding, average pooling, batch normalization with moved statistics,
+    stacked activations, global pooling, augmentation and dropout: the walk's logits are the model's."""
+    spec = spec_lib.ModelSpec(layers=[
+        {"type": "random_translation", "height_factor": 0.1, "width_factor": 0.1},
+        {"type": "conv2d", "filters": 4, "kernel_size": 3, "strides": 2, "padding": "same"},
+        {"type": "batch_normalization"},
+        {"type": "activation", "activation": "tanh"},
+        {"type": "activation", "activation": "relu"},
+        {"type": "average_pooling2d", "pool_size": 3, "strides": 2, "padding": "same"},
+        {"type": "conv2d", "filters": 5, "kernel_size": 2, "activation": "relu"},
+        {"type": "max_pooling2d", "pool_size": 2, "strides": 1},
+        {"type": "dropout", "rate": 0.3},
+        {"type": "global_average_pooling2d"},
+        {"type": "dense", "units": 6, "activation": "relu"},
+        {"type": "dense", "units": 10},
+        {"type": "activation", "activation": "softmax"}])
+    params = model.init(spec, 0, (28, 28))
+    rng = np.random.default_rng(7)  # statistics and scales away from their 0/1 start, so each one counts
+    for k, lo, hi in (("moving_mean", -0.5, 0.5), ("moving_variance", 0.5, 2.0), ("gamma", 0.5, 1.5),
+                      ("beta", -0.5, 0.5)):
+        params[f"batch_normalization/{k}"] = rng.uniform(lo, hi, 4).astype(np.float32)
+    images = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    hyper = model.hyperparameters(spec)
+    hidden, logits = report.forward(spec, params, images, batch=8)
+    np.testing.assert_allclose(logits, np.asarray(model.logits(spec, params, hyper, images)), atol=1e-5)
+    assert report.recorded(spec) == {1: ("conv2d", "linear"), 3: ("conv2d", "tanh"), 4: ("conv2d", "tanh+relu"),
+                                     6: ("conv2d_1", "relu"), 10: ("dense", "relu")}
+    assert [(h.name, h.activation, h.outputs.shape) for h in hidden] == [
+        ("conv2d", "tanh+relu", (20, 4)), ("conv2d_1", "relu", (20, 5)), ("dense", "relu", (20, 6))]
+    assert all(h.relu for h in hidden)
+    name, activation, maps = report.first_maps(spec, params, images[3])
+    assert (name, activation, maps.shape) == ("conv2d", "tanh+relu", (14, 14, 4))  # 28 / stride 2, "same"
+    np.testing.assert_allclose(maps.max(axis=(0, 1)), hidden[0].outputs[3], atol=1e-6)
+    # the report's probabilities, in batches, are the softmax of the model's logits
+    z = np.asarray(model.logits(spec, params, hyper, images), np.float64)
+    e = np.exp(z - z.max(1, keepdims=True))
+    np.testing.assert_allclose(report.probabilities(spec, params, images, batch=7), e / e.sum(1, keepdims=True),
+                               atol=1e-6)
+
+
+def test_layer_table_writes_settings_shapes_and_weight_counts():
+    spec = spec_lib.ModelSpec(layers=[
+        {"type": "random_zoom", "height_factor": 0.1, "fill_mode": "constant"},
+        {"type": "flatten"},
+        {"type": "dense", "units": 64, "activation": "relu", "kernel_regularizer": "l2",
+         "kernel_initializer": {"name": "random_normal", "stddev": 0.1}},
+        {"type": "dense", "units": 10, "activation": "softmax"}])
+    rows = report.architecture(spec, (28, 28), model.init(spec, 0, (28, 28)))
+    assert [(r["name"], r["settings"], r["shape"], r["params"]) for r in rows] == [
+        ("input", "pixels x 0.003922", "28x28x1", "0"),  # an augmentation layer: the input is an image
+        ("random_zoom", "fill_mode=constant, height_factor=0.1", "28x28x1", "0"),
+        ("flatten", "", "784", "0"),
+        ("dense", "units=64, activation=relu, kernel_initializer=random_normal(mean=0, stddev=0.1), "
+                  "kernel_regularizer=(l2=0.01)", "64", f"{784 * 64 + 64:,}"),
+        ("dense_1", "units=10, activation=softmax", "10", f"{64 * 10 + 10:,}")]
+    assert report.shape_path(spec, (28, 28)) == "28x28x1 → 64 → 10"
+
+
+def test_conv_run_numbers_equal_independent_predictions(cnn_data, cnn_trained, mnist):
+    run = runs.open_run(cnn_trained)
+    _, _, x_val, y_val = split(run.spec, mnist)
+    probs, _, _ = numpy_cnn(cnn_trained, x_val)
+    np.testing.assert_allclose(cnn_data.validation.probabilities, probs, atol=1e-5)
+    counts = np.zeros((10, 10), int)
+    np.add.at(counts, (y_val, probs.argmax(1)), 1)
+    np.testing.assert_array_equal(cnn_data.validation.confusion(10), counts)
+    assert np.trace(counts) / counts.sum() == pytest.approx(run.summary["final"]["val_accuracy"], abs=1e-6)
+    t = cnn_data.test.confusion(10)
+    assert np.trace(t) / t.sum() == pytest.approx(run.summary["test"]["accuracy"], abs=1e-6)
+
+
 # --- the page -------------------------------------------------------------------------
 
 
@@ -313,18 +487,96 @@ def test_detect_refuses_other_folders(tmp_path):
         report.detect(tmp_path / "missing")
 
 
+CNN_FIGURES = ["curves", "confusion-validation", "confusion-test", "mistakes", "weights", "feature-maps",
+               "histograms", "activity"]
+
+
+def test_conv_report_embeds_every_figure(cnn_report):
+    page = parse(cnn_report.html)
+    assert [f.key for f in cnn_report.figures] == CNN_FIGURES
+    assert page.images == [f.uri for f in cnn_report.figures]
+    for src in page.images:
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG)
+    assert not [u for u in page.urls if not (u.startswith("data:") or u.startswith("#"))]
+    assert "<script" not in cnn_report.html and "<link" not in cnn_report.html
+    figs = {f.key: f for f in cnn_report.figures}
+    assert figs["weights"].title == "First-layer filters"
+    assert "Each tile is one filter of the first convolution" in figs["weights"].caption
+    assert "Each tile is one filter of the first convolution" in cnn_report.html
+
+
+def test_conv_filters_drawn_are_the_kernel(cnn_report, cnn_data, cnn_trained):
+    kernel = runs.open_run(cnn_trained).params()["conv2d/kernel"]  # (3, 3, 1, 32), from the file
+    assert kernel.shape == (3, 3, 1, 32)
+    fig = report.plot(cnn_data, "weights")
+    pixels = drawn(fig.axes[0])
+    expected = np.full((2 * 4 - 1, 16 * 4 - 1), np.nan)  # 16 filters to a row, one pixel between them
+    for f in range(32):
+        r, c = divmod(f, 16)
+        expected[4 * r:4 * r + 3, 4 * c:4 * c + 3] = kernel[:, :, 0, f]
+    np.testing.assert_array_equal(pixels, expected)
+    big = float(np.abs(kernel).max())
+    assert fig.axes[0].get_images()[0].get_clim() == (-big, big)
+    # the page embeds this very figure
+    assert {f.key: f for f in cnn_report.figures}["weights"].png == figures.png_bytes(fig)
+
+
+def test_conv_feature_maps_drawn_are_the_convolution_of_the_image(cnn_report, cnn_data, cnn_trained, mnist):
+    run = runs.open_run(cnn_trained)
+    _, _, x_val, y_val = split(run.spec, mnist)
+    _, maps1, _ = numpy_cnn(cnn_trained, x_val[:1])
+    fig = report.plot(cnn_data, "feature-maps")
+    ax_image, ax_maps = fig.axes[:2]
+    np.testing.assert_array_equal(ax_image.get_images()[0].get_array(), x_val[0])
+    assert ax_image.get_title(loc="left") == f"validation image 0: {y_val[0]}"
+    np.testing.assert_allclose(drawn(ax_maps), tiles_by_hand(maps1[0].transpose(2, 0, 1), 8), atol=1e-5)
+    assert {f.key: f for f in cnn_report.figures}["feature-maps"].png == figures.png_bytes(fig)
+
+
+def test_conv_report_describes_the_layers(cnn_report, cnn_trained, mnist):
+    html = cnn_report.html
+    run = runs.open_run(cnn_trained)
+    w = run.params()
+    conv1, conv2, dense = 3 * 3 * 1 * 32 + 32, 3 * 3 * 32 * 64 + 64, 5 * 5 * 64 * 10 + 10
+    bn = 4 * 64  # gamma, beta, moving mean and variance
+    rows = [("conv2d", "filters=32, kernel_size=3x3, activation=relu", "26x26x32", conv1),
+            ("max_pooling2d", "pool_size=2x2", "13x13x32", 0),
+            ("conv2d_1", "filters=64, kernel_size=3x3", "11x11x64", conv2),
+            ("batch_normalization", "", "11x11x64", bn),
+            ("activation", "activation=relu", "11x11x64", 0),
+            ("max_pooling2d_1", "pool_size=2x2", "5x5x64", 0),
+            ("flatten", "", "1600", 0),
+            ("dropout", "rate=0.5", "1600", 0),
+            ("dense", "units=10, activation=softmax", "10", dense)]
+    for name, settings, shape, count in rows:
+        assert f'<td>{name}</td><td class="text">{settings}</td><td>{shape}</td><td>{count:,}</td>' in html
+    assert sum(v.size for v in w.values()) == conv1 + conv2 + bn + dense
+    assert f"{conv1 + conv2 + bn + dense:,}" in html
+    assert "28x28x1 → 26x26x32 → 11x11x64 → 10" in html
+    _, _, x_val, _ = split(run.spec, mnist)
+    _, maps1, maps2 = numpy_cnn(cnn_trained, x_val)
+    dead1, dead2 = int(np.sum(maps1.max(axis=(0, 1, 2)) <= 0)), int(np.sum(maps2.max(axis=(0, 1, 2)) <= 0))
+    assert f"<td>conv2d</td><td>3x3x1x32</td><td class=\"text\">relu</td>" in html
+    assert f"<td>{dead1}/32 (" in html and f"<td>{dead2}/64 (" in html
+    kernel = w["conv2d_1/kernel"].astype(np.float64)
+    assert f"{np.sqrt(np.sum(kernel ** 2)):.4g}" in html  # its L2 norm
+
+
 # --- in a browser ---------------------------------------------------------------------
 
 CHROMIUM = "/usr/bin/chromium"
 
 
-def test_report_opens_offline_in_chromium(sweep_report, tmp_path):
+@pytest.mark.parametrize("which", ["sweep_report", "cnn_report"])
+def test_report_opens_offline_in_chromium(which, request, tmp_path):
     if not Path(CHROMIUM).exists():  # `make test` installs it (scripts/system-deps.sh)
         pytest.fail(f"{CHROMIUM} missing: run `make test`, or `apt-get install chromium`")
     from playwright.sync_api import sync_playwright
 
+    built = request.getfixturevalue(which)
+    expected_title = "grid" if which == "sweep_report" else request.getfixturevalue("cnn_trained").name
     page_file = tmp_path / "report.html"
-    page_file.write_text(sweep_report.html)
+    page_file.write_text(built.html)
     requests = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
@@ -340,9 +592,9 @@ def test_report_opens_offline_in_chromium(sweep_report, tmp_path):
             title = page.title()
         finally:
             browser.close()
-    assert len(images) == len(sweep_report.figures)
+    assert len(images) == len(built.figures)
     assert all(done and w > 0 and h > 0 for done, w, h in images), images
-    assert title.startswith("grid")
+    assert title.startswith(expected_title)
     assert requests and all(u.startswith(("file:", "data:")) for u in requests), requests
 
 
@@ -388,3 +640,20 @@ def test_compare_command(trained, sweep_dir, tmp_path):
     assert cli("compare", trained, best, "--out", tmp_path / "c.png").exit_code == 0
     assert (tmp_path / "c.png").read_bytes().startswith(PNG)
     assert isinstance(cli("compare", trained).exception, UserError)
+
+
+def test_plot_and_compare_commands_on_a_conv_run(cnn_trained, trained, mnist_root, tmp_path):
+    for what in ("weights", "feature-maps", "histograms", "activity"):
+        out = tmp_path / f"{what}.png"
+        done = cli("plot", cnn_trained, "--what", what, "--out", out, "--data-dir", mnist_root)
+        assert done.exit_code == 0, done.output
+        assert out.read_bytes().startswith(PNG)
+    done = cli("plot", trained, "--what", "feature-maps", "--out", tmp_path / "m.png", "--data-dir", mnist_root)
+    assert isinstance(done.exception, UserError)
+    assert "cannot draw feature-maps: it has no conv2d layer" in str(done.exception)
+    c = report.compare([trained, cnn_trained])
+    assert ("model.layers.0.type", ["dense", "conv2d"]) in c["differing"]
+    done = cli("compare", trained, cnn_trained, "--out", tmp_path / "c.html")
+    assert done.exit_code == 0, done.output
+    final = runs.open_run(cnn_trained).summary["final"]
+    assert f"{final['val_accuracy']:.4f}" in (tmp_path / "c.html").read_text()
