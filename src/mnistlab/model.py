@@ -266,15 +266,16 @@ def forward(spec: ModelSpec, params: Params, hyper: Hyper, images: jax.Array,
     training = key is not None
     weight = jnp.ones(x.shape[0], jnp.float32) if mask is None else mask.astype(jnp.float32)
     names = layer_names(spec)
-    final = _final_activation_index(spec)
+    final = final_activation_index(spec)
     moved: Params = {}
     pending: list[tuple[str, object]] = []  # consecutive augmentation layers, resampled once
+    next_layer = lambda i: spec.layers[i + 1] if i + 1 < len(spec.layers) else None
     for i, (name, layer) in enumerate(zip(names, spec.layers)):
         if isinstance(layer, AUGMENTATIONS):
             pending.append((name, layer))
-            if training and not (i + 1 < len(spec.layers) and isinstance(spec.layers[i + 1], AUGMENTATIONS)):
-                x = _augment(x, pending, hyper, jax.random.fold_in(key, i))
-            if not (i + 1 < len(spec.layers) and isinstance(spec.layers[i + 1], AUGMENTATIONS)):
+            if not isinstance(next_layer(i), AUGMENTATIONS):  # the last of a run of them
+                if training:
+                    x = _augment(x, pending, hyper, jax.random.fold_in(key, i))
                 pending = []
             continue
         if isinstance(layer, Dense):
@@ -291,10 +292,9 @@ def forward(spec: ModelSpec, params: Params, hyper: Hyper, images: jax.Array,
         elif isinstance(layer, Activation):
             if i != final:
                 x = ACTIVATION_FNS[layer.activation](x)
-        elif isinstance(layer, MaxPooling2D) and not isinstance(layer, AveragePooling2D):
-            x = pool2d(x, "max", layer.pool_size, layer.strides, layer.padding)
-        elif isinstance(layer, AveragePooling2D):
-            x = pool2d(x, "average", layer.pool_size, layer.strides, layer.padding)
+        elif isinstance(layer, MaxPooling2D):  # AveragePooling2D is one too, with another reduction
+            kind = "average" if isinstance(layer, AveragePooling2D) else "max"
+            x = pool2d(x, kind, layer.pool_size, layer.strides, layer.padding)
         elif isinstance(layer, Flatten):
             x = x.reshape(x.shape[0], -1)
         elif isinstance(layer, GlobalAveragePooling2D):
@@ -451,7 +451,7 @@ def _coordinate_map(layer, name: str, hyper: Hyper, key, coords, center, size) -
     return coords + hyper[f"{name}.alpha"] * field
 
 
-def _final_activation_index(spec: ModelSpec) -> int:
+def final_activation_index(spec: ModelSpec) -> int:
     """Index of the layer whose softmax/sigmoid is the output (left to the loss)."""
     for i in range(len(spec.layers) - 1, -1, -1):
         layer = spec.layers[i]

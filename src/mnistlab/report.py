@@ -188,7 +188,7 @@ def walk(spec, params, images):
     the logits (the final softmax/sigmoid left out, as `model.logits`)."""
     from mnistlab import model
 
-    final = model._final_activation_index(spec)  # the model's own rule for which activation is the output's
+    final = model.final_activation_index(spec)  # the model's own rule for which activation is the output's
     x = inputs(spec, images)
     for i, (name, layer) in enumerate(zip(model.layer_names(spec), spec.layers)):
         x = apply_layer(layer, name, params, x, output=i == final)

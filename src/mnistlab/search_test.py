@@ -78,7 +78,7 @@ def test_example_sweeps_expand():
     assert len(search.candidates(search.load_sweep(root / "sweep-lr-l2.toml"))) == 48
     assert len(search.candidates(search.load_sweep(root / "sweep-random.toml"))) == 24
     cnn = search.candidates(search.load_sweep(root / "sweep-cnn.toml"))
-    assert len(cnn) == 12 and {c.spec.model.layers[0].filters for c in cnn} == {16, 32}
+    assert len(cnn) == 12 and {c.spec.model.layers[2].filters for c in cnn} == {16, 32}
 
 
 def test_random_draws_are_reproducible_and_in_range():
@@ -288,9 +288,9 @@ def test_a_conv_sweep_groups_by_structure_and_matches_a_solo_run(mnist, tmp_path
     spec = search.sweep_from_dict({
         "name": "conv", "base": "cnn", "seeds": 1, "lanes": 2,
         "set": ["training.subset=1200", "training.epochs=2", "training.validation_split=0.25",
-                "training.batch_size=100", "optimizer.schedule.name=constant", "model.layers.2.filters=8"],
+                "training.batch_size=100", "optimizer.schedule.name=constant", "model.layers.4.filters=8"],
         "search": {"method": "grid", "params": {"optimizer.learning_rate": [1e-3, 3e-3],
-                                                "model.layers.0.filters": [4, 6]}}})
+                                                "model.layers.2.filters": [4, 6]}}})
     before = dict(engine.COMPILATIONS)
     result = search.run_sweep(spec, sweeps_dir=tmp_path, arrays=mnist)
     compiled = {k: v - before.get(k, 0) for k, v in engine.COMPILATIONS.items()}
@@ -301,4 +301,4 @@ def test_a_conv_sweep_groups_by_structure_and_matches_a_solo_run(mnist, tmp_path
     assert alone.history[-1]["val_accuracy"] == pytest.approx(row["val_accuracy"], abs=2e-3)
     assert alone.history[-1]["loss"] == pytest.approx(row["loss"], rel=1e-3)
     best = runs.open_run(result.path / "best")
-    assert best.params()["conv2d/kernel"].shape == (3, 3, 1, row["params"]["model.layers.0.filters"])
+    assert best.params()["conv2d/kernel"].shape == (3, 3, 1, row["params"]["model.layers.2.filters"])

@@ -121,13 +121,13 @@ def invalid(layers, dataset="mnist"):
 
 def test_conv_preset_resolves_keras_forms_and_round_trips():
     cnn = spec_lib.preset("cnn")
-    conv = cnn.model.layers[0]
+    conv = cnn.model.layers[2]
     assert (conv.kernel_size, conv.strides, conv.padding) == ((3, 3), (1, 1), "valid")  # 3 means (3, 3)
-    assert cnn.model.layers[1].strides == (2, 2)  # pooling strides default to the pool size
+    assert cnn.model.layers[3].strides == (2, 2)  # pooling strides default to the pool size
     again = spec_lib.from_dict(tomllib.loads(tomli_w.dumps(cnn.resolved())))
     assert again == cnn
     shapes = spec_lib.output_shapes(cnn.model.layers, (28, 28))
-    assert shapes == [(28, 28, 1), (26, 26, 32), (13, 13, 32), (11, 11, 64), (5, 5, 64), (1600,), (1600,), (10,)]
+    assert shapes == [(28, 28, 1), (28, 28, 1), (28, 28, 1), (26, 26, 32), (13, 13, 32), (11, 11, 64), (5, 5, 64), (1600,), (1600,), (10,)]
 
 
 def test_same_padding_and_strides_give_keras_output_sizes():

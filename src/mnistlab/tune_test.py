@@ -229,7 +229,7 @@ def test_a_conv_space_tunes(no_test, tmp_path):
     assert tune.load_tune(root / "tune-cnn.toml").sweep.base == "cnn"  # the example parses
     raw = space("conv", set_=["training.subset=1200", "training.epochs=2", "training.validation_split=0.25",
                               "training.batch_size=100", "optimizer.schedule.name=constant"],
-                params={"model.layers.0.filters": {"choice": [4, 8]},
+                params={"model.layers.2.filters": {"choice": [4, 8]},
                         "optimizer.learning_rate": {"distribution": "log_uniform", "low": 1e-3, "high": 1e-2}})
     raw["base"] = "cnn"
     result = tune.run(load(raw), 3, study_dir=tmp_path, arrays=no_test)
@@ -237,7 +237,7 @@ def test_a_conv_space_tunes(no_test, tmp_path):
     assert len(trials) == 3 and all(x.state == TrialState.COMPLETE for x in trials)
     best = runs.open_run(result.path / "trials" / str(result.summary["best_trial"]))
     chosen = next(x for x in trials if x.number == result.summary["best_trial"])
-    assert best.params()["conv2d/kernel"].shape[-1] == chosen.params["model.layers.0.filters"]
+    assert best.params()["conv2d/kernel"].shape[-1] == chosen.params["model.layers.2.filters"]
 
 
 @pytest.fixture(scope="module")
