@@ -562,7 +562,7 @@ def evaluate(spec: RunSpec, params, images, labels) -> dict[str, float]:
 
 def member_bytes(spec: RunSpec, input_shape: int | tuple[int, ...]) -> int:
     """About how much device memory one member needs: weights, optimizer state, activations."""
-    shapes = spec_lib.output_shapes(spec.model.layers, model._as_shape(input_shape))
+    shapes = spec_lib.output_shapes(spec.model.layers, model.as_shape(input_shape))
     widths = [int(np.prod(shape)) for shape in shapes]
     # A convolution's patch matrix (kh * kw * channels per output pixel) is kept for backward too.
     widths += [int(np.prod(after[:2])) * layer.kernel_size[0] * layer.kernel_size[1] * before[-1]

@@ -128,13 +128,13 @@ def split_statistics(params: Params) -> tuple[Params, Params]:
     return trainable, {k: v for k, v in params.items() if is_statistic(k)}
 
 
-def _as_shape(input_shape: int | tuple[int, ...]) -> tuple[int, ...]:
+def as_shape(input_shape: int | tuple[int, ...]) -> tuple[int, ...]:
     return (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
 
 
 def parameter_shapes(spec: ModelSpec, input_shape: int | tuple[int, ...]) -> dict[str, tuple[int, ...]]:
     """Every weight's shape, in Keras' names and order, for images of `input_shape`."""
-    shapes = output_shapes(spec.layers, _as_shape(input_shape))
+    shapes = output_shapes(spec.layers, as_shape(input_shape))
     out: dict[str, tuple[int, ...]] = {}
     for name, layer, before in zip(layer_names(spec), spec.layers, shapes):
         if isinstance(layer, Dense):
@@ -163,8 +163,8 @@ _FIXED_START = {"gamma": 1.0, "beta": 0.0, "moving_mean": 0.0, "moving_variance"
 def init(spec: ModelSpec, seed: int, input_shape: int | tuple[int, ...]) -> dict[str, np.ndarray]:
     """Fresh parameters for images of `input_shape` (an int: flat vectors of that length).
 
-    Each tensor has its own stream, seeded by (seed, layer index, tensor), so adding a
-    layer leaves the others' draws unchanged.
+    Each tensor has its own stream, seeded by (seed, layer index, tensor): the draws
+    do not depend on the order tensors are drawn in, nor on the other layers' sizes.
     """
     index = {name: i for i, name in enumerate(layer_names(spec))}
     params = {}
