@@ -12,7 +12,7 @@ applies it for prediction.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -179,6 +179,15 @@ def init(spec: ModelSpec, seed: int, input_shape: int | tuple[int, ...]) -> dict
     return params
 
 
+# The numbers of each augmentation layer that a population may vary per member.
+_AUGMENTATION_NUMBERS = {
+    RandomTranslation: ("height_factor", "width_factor"),
+    RandomRotation: ("factor",),
+    RandomZoom: ("height_factor", "width_factor"),
+    ElasticDistortion: ("alpha", "sigma"),
+}
+
+
 def hyperparameters(spec: ModelSpec) -> dict[str, float]:
     """The model's numbers that may vary per population member, keyed `layer.setting`."""
     hyper: dict[str, float] = {}
@@ -203,13 +212,6 @@ def hyperparameters(spec: ModelSpec) -> dict[str, float]:
             hyper[f"{name}.fill_value"] = layer.fill_value
     return hyper
 
-
-_AUGMENTATION_NUMBERS = {
-    RandomTranslation: ("height_factor", "width_factor"),
-    RandomRotation: ("factor",),
-    RandomZoom: ("height_factor", "width_factor"),
-    ElasticDistortion: ("alpha", "sigma"),
-}
 
 
 def structure(spec: ModelSpec) -> tuple:
@@ -247,63 +249,90 @@ def _dropout(x: jax.Array, rate: jax.Array | float, key: jax.Array) -> jax.Array
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
+def inputs(spec: ModelSpec, images: jax.Array) -> jax.Array:
+    """Raw uint8 pixels as the first layer takes them: rescaled, and shaped (N, H, W, C)
+    (channels last, as Keras) when a layer needs an image, else flattened.
+
+    Scaling happens here, inside the compiled step, so the data set stays uint8 on the
+    device (4x less memory traffic).
+    """
+    x = jnp.asarray(images).astype(jnp.float32) * spec.input_rescale
+    if any(isinstance(layer, SPATIAL) for layer in spec.layers):
+        return x.reshape(*x.shape[:3], -1)
+    return x.reshape(x.shape[0], -1)
+
+
+def apply_layer(layer, name: str, params: Params, hyper: Hyper, x: jax.Array, *, output: bool = False,
+                key: jax.Array | None = None, weight: jax.Array | None = None) -> tuple[jax.Array, Params]:
+    """(output, moved statistics) of one layer; augmentation layers are `forward`'s (they
+    are applied a run at a time), here the identity.
+
+    `output`: the layer whose softmax/sigmoid makes the probabilities, left to the loss.
+    `key=None` means inference (dropout off, batch normalization on its moving statistics);
+    in training `weight` (N,) marks the samples batch statistics are taken over.
+    """
+    if isinstance(layer, (Dense, Conv2D)):
+        if isinstance(layer, Dense):
+            x = x @ params[f"{name}/kernel"]
+        else:
+            x = conv2d(x, params[f"{name}/kernel"], layer.strides, layer.padding)
+        if layer.use_bias:
+            x = x + params[f"{name}/bias"]
+        return (x if output else ACTIVATION_FNS[layer.activation](x)), {}
+    if isinstance(layer, Activation):
+        return (x if output else ACTIVATION_FNS[layer.activation](x)), {}
+    if isinstance(layer, MaxPooling2D):  # AveragePooling2D is one too, with another reduction
+        kind = "average" if isinstance(layer, AveragePooling2D) else "max"
+        return pool2d(x, kind, layer.pool_size, layer.strides, layer.padding), {}
+    if isinstance(layer, Flatten):
+        return x.reshape(x.shape[0], -1), {}
+    if isinstance(layer, GlobalAveragePooling2D):
+        return jnp.mean(x, axis=(1, 2)), {}
+    if isinstance(layer, BatchNormalization):
+        return _batch_norm(x, layer, name, params, hyper, None if key is None else weight)
+    if isinstance(layer, Dropout) and key is not None:
+        return _dropout(x, hyper[f"{name}.rate"], key), {}
+    return x, {}  # dropout at inference, augmentation
+
+
+def walk(spec: ModelSpec, params: Params, images: jax.Array) -> Iterator[tuple[int, jax.Array]]:
+    """(layer index, output) after each layer in turn, at inference; the last output is
+    the logits (what `logits` returns), for reading hidden layers on the way."""
+    final = final_activation_index(spec)
+    x = inputs(spec, images)
+    for i, (name, layer) in enumerate(zip(layer_names(spec), spec.layers)):
+        x, _ = apply_layer(layer, name, params, {}, x, output=i == final)
+        yield i, x
+
+
 def forward(spec: ModelSpec, params: Params, hyper: Hyper, images: jax.Array,
             key: jax.Array | None = None, mask: jax.Array | None = None) -> tuple[jax.Array, Params]:
     """(logits, moved statistics): the network up to (not including) its final softmax/sigmoid.
 
-    `images` are raw uint8 pixels (N, H, W) or (N, H, W, C); scaling happens here, inside
-    the compiled step, so the data set stays uint8 on the device (4x less memory traffic).
-    `key=None` means inference: dropout and augmentation do nothing and batch
-    normalization uses its moving statistics. In training, `mask` (N,) marks the real
-    samples of a padded last batch, so that batch statistics leave the padding out; the
-    moved statistics are returned for the caller to keep.
+    `images` are raw uint8 pixels (N, H, W) or (N, H, W, C) (see `inputs`). `key=None`
+    means inference: dropout and augmentation do nothing and batch normalization uses its
+    moving statistics. In training, `mask` (N,) marks the real samples of a padded last
+    batch, so that batch statistics leave the padding out; the moved statistics are
+    returned for the caller to keep. Layer i draws its randomness from `key` folded with i.
     """
-    x = images.astype(jnp.float32) * spec.input_rescale
-    if any(isinstance(layer, SPATIAL) for layer in spec.layers):
-        x = x.reshape(*x.shape[:3], -1)  # (N, H, W, C), channels last as Keras
-    else:
-        x = x.reshape(x.shape[0], -1)
+    x = inputs(spec, images)
     training = key is not None
     weight = jnp.ones(x.shape[0], jnp.float32) if mask is None else mask.astype(jnp.float32)
-    names = layer_names(spec)
     final = final_activation_index(spec)
     moved: Params = {}
     pending: list[tuple[str, object]] = []  # consecutive augmentation layers, resampled once
-    next_layer = lambda i: spec.layers[i + 1] if i + 1 < len(spec.layers) else None
-    for i, (name, layer) in enumerate(zip(names, spec.layers)):
+    layers = list(zip(layer_names(spec), spec.layers))
+    for i, (name, layer) in enumerate(layers):
+        layer_key = jax.random.fold_in(key, i) if training else None
         if isinstance(layer, AUGMENTATIONS):
             pending.append((name, layer))
-            if not isinstance(next_layer(i), AUGMENTATIONS):  # the last of a run of them
+            if i + 1 == len(layers) or not isinstance(layers[i + 1][1], AUGMENTATIONS):  # the run's last
                 if training:
-                    x = _augment(x, pending, hyper, jax.random.fold_in(key, i))
+                    x = _augment(x, pending, hyper, layer_key)
                 pending = []
             continue
-        if isinstance(layer, Dense):
-            x = x @ params[f"{name}/kernel"]
-            if layer.use_bias:
-                x = x + params[f"{name}/bias"]
-            if i != final:
-                x = ACTIVATION_FNS[layer.activation](x)
-        elif isinstance(layer, Conv2D):
-            x = conv2d(x, params[f"{name}/kernel"], layer.strides, layer.padding)
-            if layer.use_bias:
-                x = x + params[f"{name}/bias"]
-            x = ACTIVATION_FNS[layer.activation](x)
-        elif isinstance(layer, Activation):
-            if i != final:
-                x = ACTIVATION_FNS[layer.activation](x)
-        elif isinstance(layer, MaxPooling2D):  # AveragePooling2D is one too, with another reduction
-            kind = "average" if isinstance(layer, AveragePooling2D) else "max"
-            x = pool2d(x, kind, layer.pool_size, layer.strides, layer.padding)
-        elif isinstance(layer, Flatten):
-            x = x.reshape(x.shape[0], -1)
-        elif isinstance(layer, GlobalAveragePooling2D):
-            x = jnp.mean(x, axis=(1, 2))
-        elif isinstance(layer, BatchNormalization):
-            x, stats = _batch_norm(x, layer, name, params, hyper, weight if training else None)
-            moved.update(stats)
-        elif training:  # dropout
-            x = _dropout(x, hyper[f"{name}.rate"], jax.random.fold_in(key, i))
+        x, stats = apply_layer(layer, name, params, hyper, x, output=i == final, key=layer_key, weight=weight)
+        moved.update(stats)
     return x, moved
 
 

@@ -110,53 +110,6 @@ class Hidden:
         return float(np.mean(self.active_fraction == 0))
 
 
-def inputs(spec, images) -> "jax.Array":
-    """Pixels as `model.forward` takes them in: rescaled, and shaped (N, H, W, C) when a
-    layer needs an image, else flattened."""
-    import jax.numpy as jnp
-
-    x = jnp.asarray(images).astype(jnp.float32) * spec.input_rescale
-    if any(isinstance(layer, spec_lib.SPATIAL) for layer in spec.layers):
-        return x.reshape(*x.shape[:3], -1)
-    return x.reshape(x.shape[0], -1)
-
-
-def apply_layer(layer, name: str, params, x, output: bool):
-    """One layer at inference, as `model.forward` applies it with no key: dropout and
-    augmentation pass the input through, batch normalization uses its moving statistics.
-    `output`: the layer whose softmax/sigmoid makes the probabilities, left out here."""
-    import jax
-    import jax.numpy as jnp
-
-    from mnistlab import model
-    from mnistlab.spec import (Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense, Flatten,
-                               GlobalAveragePooling2D, MaxPooling2D)
-
-    if isinstance(layer, (Dense, Conv2D)):
-        if isinstance(layer, Dense):
-            x = x @ params[f"{name}/kernel"]
-        else:
-            x = model.conv2d(x, params[f"{name}/kernel"], layer.strides, layer.padding)
-        if layer.use_bias:
-            x = x + params[f"{name}/bias"]
-        return x if output else model.ACTIVATION_FNS[layer.activation](x)
-    if isinstance(layer, Activation):
-        return x if output else model.ACTIVATION_FNS[layer.activation](x)
-    if isinstance(layer, MaxPooling2D):  # AveragePooling2D is a subclass: ask for it first
-        kind = "average" if isinstance(layer, AveragePooling2D) else "max"
-        return model.pool2d(x, kind, layer.pool_size, layer.strides, layer.padding)
-    if isinstance(layer, Flatten):
-        return x.reshape(x.shape[0], -1)
-    if isinstance(layer, GlobalAveragePooling2D):
-        return jnp.mean(x, axis=(1, 2))
-    if isinstance(layer, BatchNormalization):
-        x = (x - params[f"{name}/moving_mean"]) * jax.lax.rsqrt(params[f"{name}/moving_variance"] + layer.epsilon)
-        if layer.scale:
-            x = x * params[f"{name}/gamma"]
-        return x + params[f"{name}/beta"] if layer.center else x
-    return x  # dropout, augmentation: nothing at inference
-
-
 def recorded(spec) -> dict[int, tuple[str, str]]:
     """Where each hidden layer's outputs are read: layer index -> (hidden layer, its activation).
 
@@ -183,32 +136,22 @@ def recorded(spec) -> dict[int, tuple[str, str]]:
     return out
 
 
-def walk(spec, params, images):
-    """(layer index, output) after each layer in turn, at inference; the last output is
-    the logits (the final softmax/sigmoid left out, as `model.logits`)."""
-    from mnistlab import model
-
-    final = model.final_activation_index(spec)  # the model's own rule for which activation is the output's
-    x = inputs(spec, images)
-    for i, (name, layer) in enumerate(zip(model.layer_names(spec), spec.layers)):
-        x = apply_layer(layer, name, params, x, output=i == final)
-        yield i, x
-
-
 def forward(spec, params: dict[str, np.ndarray], images: np.ndarray,
             batch: int | None = None) -> tuple[list[Hidden], np.ndarray]:
     """Every hidden layer's outputs and the final logits, at inference (dropout off).
 
-    Walks the layers as `model.logits` does (`walk`), keeping what it passes by; the
-    logits are returned so a test can check the walk against `model.logits` itself.
+    Walks the layers with `model.walk`, keeping what it passes by; the logits are
+    returned so a test can check the batching against `model.logits` itself.
     """
+    from mnistlab import model
+
     batch = batch or _batch(spec)
     where = recorded(spec)
     parts: dict[str, list[Hidden]] = {}
     logit_chunks = []
     for start in range(0, len(images), batch):
         seen: dict[str, tuple[str, np.ndarray]] = {}  # the latest read of each hidden layer
-        for i, x in walk(spec, params, images[start:start + batch]):
+        for i, x in model.walk(spec, params, images[start:start + batch]):
             if i in where:
                 name, act = where[i]
                 seen[name] = (act, x)
@@ -228,7 +171,7 @@ def first_maps(spec, params, image: np.ndarray) -> tuple[str, str, np.ndarray] |
     if not names:
         return None
     last = max(i for i, (name, _) in where.items() if name == names[0])
-    for i, x in walk(spec, params, np.asarray(image)[None]):
+    for i, x in model.walk(spec, params, np.asarray(image)[None]):
         if i == last:
             return names[0], where[i][1], np.asarray(x[0])
     raise AssertionError("the walk passes every layer")
