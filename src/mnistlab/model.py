@@ -36,6 +36,7 @@ from mnistlab.spec import (
     RandomTranslation,
     RandomZoom,
     SPATIAL,
+    keras_names,
     output_shapes,
 )
 
@@ -61,13 +62,7 @@ ACTIVATION_FNS = {
 
 def layer_names(spec: ModelSpec) -> list[str]:
     """Keras' automatic names: dense, dense_1, ..., dropout, dropout_1, ..."""
-    counts: dict[str, int] = {}
-    names = []
-    for layer in spec.layers:
-        n = counts.get(layer.type, 0)
-        counts[layer.type] = n + 1
-        names.append(layer.type if n == 0 else f"{layer.type}_{n}")
-    return names
+    return keras_names(spec.layers)
 
 
 def _truncated_normal(rng: np.random.Generator, shape) -> np.ndarray:

@@ -321,6 +321,17 @@ AUGMENTATIONS = (RandomTranslation, RandomRotation, RandomZoom, ElasticDistortio
 SPATIAL = (Conv2D, MaxPooling2D, AveragePooling2D, Flatten, GlobalAveragePooling2D, *AUGMENTATIONS)
 
 
+def keras_names(layers: list) -> list[str]:
+    """Keras' automatic layer names: dense, dense_1, ..., conv2d, conv2d_1, ..."""
+    counts: dict[str, int] = {}
+    names = []
+    for layer in layers:
+        n = counts.get(layer.type, 0)
+        counts[layer.type] = n + 1
+        names.append(layer.type if n == 0 else f"{layer.type}_{n}")
+    return names
+
+
 def _window_output(size: int, window: int, stride: int, padding: str) -> int:
     """Keras' output length along one axis: ceil(n / s) for "same", floor((n - k) / s) + 1 for "valid"."""
     return -(-size // stride) if padding == "same" else (size - window) // stride + 1
@@ -338,11 +349,8 @@ def output_shapes(layers: list, image_shape: tuple[int, ...]) -> list[tuple[int,
     else:
         shape = (int(math.prod(image_shape)),)
     shapes = [shape]
-    counts: dict[str, int] = {}
-    for i, layer in enumerate(layers):
-        n = counts.get(layer.type, 0)
-        counts[layer.type] = n + 1
-        where = f"layers[{i}] ({layer.type if n == 0 else f'{layer.type}_{n}'})"
+    for i, (layer, name) in enumerate(zip(layers, keras_names(layers))):
+        where = f"layers[{i}] ({name})"
         needs_image = isinstance(layer, (Conv2D, MaxPooling2D, GlobalAveragePooling2D, *AUGMENTATIONS))
         if needs_image and len(shape) != 3:
             raise ValueError(f"model.{where} needs an image (height, width, channels) but gets a vector of "
