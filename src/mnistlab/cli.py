@@ -119,24 +119,48 @@ def _short(name: str, names: list[str]) -> str:
     return name
 
 
+def _columns(names: list[str], fixed: list[str]) -> list[str]:
+    """Short, unique column titles for parameter paths; none repeats a fixed column."""
+    titles = [_short(n, names) for n in names]
+    return [n if t in fixed or titles.count(t) > 1 else t for n, t in zip(names, titles)]
+
+
+def _value_text(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 @app.command()
 def sweep(
     config: Annotated[Path, typer.Argument(help="A sweep TOML: base configuration + search space.")],
     resume: Annotated[bool, typer.Option("--resume", help="Continue the newest unfinished run of this sweep.")] = False,
+    storage: Annotated[Optional[str], typer.Option(help="Run the sweep as an Optuna study in this storage, its points "
+                                                   "as trials, shared by any number of workers (e.g. "
+                                                   "postgresql://USER@HOST/DB).")] = None,
     data_dir: DataDir = None,
     sweeps_dir: Annotated[Path, typer.Option(help="Where sweep folders are written.")] = Path("sweeps"),
     top: Annotated[int, typer.Option(help="Rows of the results table.")] = 15,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final table.")] = False,
 ) -> None:
-    """Train many configurations at once (grid, random or list), ranked on validation."""
-    from mnistlab import search
+    """Train many configurations at once (grid, random or list), ranked by their mean over seeds."""
+    from mnistlab import populations, search
 
     spec = search.load_sweep(config)
-    cands = search.candidates(spec)
-    groups = search.groups(cands)
-    epochs = max(c.spec.training.epochs for c in cands)
-    out.print(f"{spec.name}: {len(cands)} members in {len(groups)} group(s), {epochs} epochs, "
-              f"ranked by {spec.metric}")
+    members = search.candidates(spec)
+    search.check_metric(spec, members, str(config))
+    points = len(members) // spec.seeds
+    epochs = max(m.spec.training.epochs for m in members)
+    out.print(f"{spec.name}: {points} points x {spec.seeds} seed(s) = {len(members)} members in "
+              f"{len(populations.groups(members))} group(s), up to {epochs} epochs, ranked by mean {spec.metric}",
+              highlight=False)
+    if storage is not None:
+        if resume:
+            raise UserError("--resume goes without --storage: a sweep in a storage resumes by running it again")
+        from mnistlab import tune as tune_lib
+
+        space = tune_lib.sweep_as_study(spec)
+        _study(space, len(members), folder=sweeps_dir / spec.name, storage=storage, settings=space.settings,
+               data_dir=data_dir, timeout=None, quiet=quiet)
+        return
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
                TextColumn("best {task.fields[best]}"), TimeRemainingColumn())
     with Progress(*columns, console=out, transient=True, disable=quiet) as bar:
@@ -150,18 +174,24 @@ def sweep(
         result = search.run_sweep(spec, data_dir=data_dir, sweeps_dir=sweeps_dir, resume=resume, on_epoch=on_epoch)
     for message in result.summary["messages"]:
         out.print(message)
-    table = Table(title=f"{spec.name}: best {spec.metric} first")
-    names = list(cands[0].params)
-    for column in ["member", "status", *[_short(n, names) for n in names], "seed", "epochs", spec.metric]:
+    names = list(dict.fromkeys(n for p in result.points for n in p["params"]))
+    value = f"{spec.metric} (mean ± 95% CI)" if spec.seeds > 1 else spec.metric
+    fixed = ["point", "seeds", "diverged", value]
+    table = Table(title=f"{spec.name}: best mean {spec.metric} first")
+    for column in ["point", *_columns(names, fixed), "seeds", "diverged", value]:
         table.add_column(column, justify="right", no_wrap=True)
-    for row in result.rows[:top]:
-        value = row.get(spec.metric)
-        table.add_row(str(row["member"]), row["status"], *[f"{row['params'].get(n)}" for n in names],
-                      str(row["seed"]), str(row["epochs"]), "-" if value is None else f"{value:.4f}")
+    for row in result.points[:top]:
+        shown = "-" if not row["n"] else f"{row['mean']:.4f}"
+        if row["n"] > 1:
+            shown += f" ± {(row['ci_high'] - row['ci_low']) / 2:.4f}"
+        table.add_row(str(row["point"]), *[_value_text(row["params"].get(n)) for n in names],
+                      str(row["n"]), str(row["diverged"]), shown)
     out.print(table)
-    s = result.summary
+    s, best = result.summary, result.best
     out.print(f"{s['completed']} completed, {s['stopped']} stopped early, {s['diverged']} diverged in "
-              f"{s['seconds']:.1f} s; best run: {result.path / 'best'}; all results: {result.path / 'results.csv'}")
+              f"{s['seconds']:.1f} s; best point {s['best_point']['point']}: {result.path / 'best'} holds its seed "
+              f"{best['seed']} (member {best['member']}), the one closest to the point's mean; per point: "
+              f"{result.path / search.POINTS_CSV}, per member: {result.path / search.RESULTS_CSV}", highlight=False)
 
 
 @app.command()
@@ -174,7 +204,7 @@ def evaluate(
     import numpy as np
 
     from mnistlab import data, engine, runs
-    from mnistlab.training import split as split_data
+    from mnistlab.populations import split as split_data
 
     if split not in ("test", "validation", "train"):
         raise UserError(f"--split {split!r}: expected test, validation or train")
@@ -374,49 +404,15 @@ def compare(
         out.print(f"wrote {out_file}", highlight=False)
 
 
-@app.command()
-def tune(
-    config: Annotated[Path, typer.Argument(help="A search space: a sweep TOML, plus an optional \\[tune] table.")],
-    trials: Annotated[Optional[int], typer.Option(
-        "--trials", min=1, help="Finished trials (complete + pruned) the study should reach; default: the "
-                                "space's `trials`, or no more search with --final.")] = None,
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL that workers share, e.g. "
-                                                   "postgresql://USER@HOST/DB (default: sqlite:///STUDY_DIR/study.db).")] = None,
-    study_dir: Annotated[Optional[Path], typer.Option(help="The study folder (default: studies/NAME).")] = None,
-    sampler: Annotated[Optional[str], typer.Option(help="tpe (default), random, grid or cmaes.")] = None,
-    pruner: Annotated[Optional[str], typer.Option(help="median (default), halving, hyperband or none.")] = None,
-    batch: Annotated[Optional[int], typer.Option(min=1, help="Trials asked at once, trained as populations.")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="A budget in seconds: then no new trials, and those "
-                                                     "still training are stopped and queued again.")] = None,
-    final: Annotated[bool, typer.Option("--final", help="Then retrain the best trial and evaluate it on the "
-                                        "test set, once per study (recorded).")] = False,
-    with_validation: Annotated[bool, typer.Option("--with-validation", help="With --final: retrain on "
-                                                  "train + validation.")] = False,
-    retest: Annotated[bool, typer.Option("--retest", help="With --final: evaluate on the test set again although "
-                                         "this study already did (recorded as a re-test).")] = False,
-    data_dir: DataDir = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final table.")] = False,
-) -> None:
-    """Search hyper-parameters with Optuna; resumable, shared by workers; the test set read once."""
+def _study(space, trials: int, *, folder: Path, storage, settings, data_dir, timeout, quiet: bool) -> None:
+    """Work on an Optuna study (tune, or a sweep in a storage) and print its trials, best first."""
     import json
 
-    from mnistlab import spec as spec_lib
     from mnistlab import tune as tune_lib
 
-    space = tune_lib.load_tune(config)
-    if (retest or with_validation) and not final:
-        raise UserError("--retest and --with-validation go with --final")
-    overrides = {k: v for k, v in {"sampler": sampler, "pruner": pruner, "batch": batch}.items() if v is not None}
-    for key, known in (("sampler", ("tpe", "random", "grid", "cmaes")), ("pruner", ("median", "halving", "hyperband", "none"))):
-        if key in overrides and overrides[key] not in known:
-            raise UserError(f"--{key} {overrides[key]!r}: {spec_lib.suggest(overrides[key], known)} "
-                            f"(one of {', '.join(known)})")
-    settings = space.settings.model_copy(update=overrides)
-    folder = study_dir or Path("studies") / space.name
-    if trials is None and not final:
-        trials = space.sweep.search.trials
     metric = space.sweep.metric
-    names = list(space.params)
+    names = list(space.params) if space.points is None else list(
+        dict.fromkeys(n for p in space.points for n in p))
     waiting = []
 
     def on_event(e):
@@ -442,29 +438,74 @@ def tune(
         elif e["event"] == "message":
             out.print(e["text"], highlight=False)
 
+    out.print(f"{space.name}: {trials} trials, sampler {settings.sampler}, pruner {settings.pruner}, batch "
+              f"{settings.batch}, ranked by {metric}; study folder {folder}", highlight=False)
+    result = tune_lib.run(space, trials, study_dir=folder, storage=storage, settings=settings,
+                          data_dir=data_dir, timeout=timeout, on_event=on_event)
+    rows = json.loads((result.path / tune_lib.TRIALS_JSON).read_text())
+    fixed = ["trial", "status", "epochs", metric]
+    table = Table(title=f"{space.name}: best {metric} first")
+    for column in ["trial", "status", *_columns(names, fixed), "epochs", metric]:
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in rows[:15]:
+        value = row.get(metric)
+        table.add_row(str(row["trial"]), row["status"], *[_value_text(row["params"].get(n)) for n in names],
+                      str(row["epochs"]), "-" if value is None else f"{value:.4f}")
+    out.print(table)
+    c, s = result.counts, result.summary
+    out.print(f"{c.complete} complete, {c.pruned} pruned, {c.failed} failed ({c.diverged} diverged); best {metric} "
+              f"{'-' if s['best_value'] is None else format(s['best_value'], '.4f')} (trial {s['best_trial']}); "
+              f"study folder {result.path}; open it live: {s['dashboard']}", highlight=False)
+    if result.interrupted:
+        err.print("interrupted: the trials in training were failed and queued again; run the same command "
+                  "to resume")
+        raise typer.Exit(130)
+
+
+
+
+@app.command()
+def tune(
+    config: Annotated[Path, typer.Argument(help="A search space: a sweep TOML, plus an optional \\[tune] table.")],
+    trials: Annotated[Optional[int], typer.Option(
+        "--trials", min=1, help="Finished trials (complete + pruned) the study should reach; default: the "
+                                "space's `trials`, or no more search with --final.")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL that workers share, e.g. "
+                                                   "postgresql://USER@HOST/DB (default: sqlite:///STUDY_DIR/study.db).")] = None,
+    study_dir: Annotated[Optional[Path], typer.Option(help="The study folder (default: studies/NAME).")] = None,
+    sampler: Annotated[Optional[str], typer.Option(help="tpe (default), random, grid or cmaes.")] = None,
+    pruner: Annotated[Optional[str], typer.Option(help="median (default), halving, hyperband or none.")] = None,
+    batch: Annotated[Optional[int], typer.Option(min=1, help="Trials asked at once, trained as populations.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="A budget in seconds: then no new trials, and those "
+                                                     "still training are stopped and queued again.")] = None,
+    final: Annotated[bool, typer.Option("--final", help="Then retrain the best trial and evaluate it on the "
+                                        "test set, once per study (recorded).")] = False,
+    with_validation: Annotated[bool, typer.Option("--with-validation", help="With --final: retrain on "
+                                                  "train + validation.")] = False,
+    retest: Annotated[bool, typer.Option("--retest", help="With --final: evaluate on the test set again although "
+                                         "this study already did (recorded as a re-test).")] = False,
+    data_dir: DataDir = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final table.")] = False,
+) -> None:
+    """Search hyper-parameters with Optuna; resumable, shared by workers; the test set read once."""
+    from mnistlab import spec as spec_lib
+    from mnistlab import tune as tune_lib
+
+    space = tune_lib.load_tune(config)
+    if (retest or with_validation) and not final:
+        raise UserError("--retest and --with-validation go with --final")
+    overrides = {k: v for k, v in {"sampler": sampler, "pruner": pruner, "batch": batch}.items() if v is not None}
+    for key, known in (("sampler", ("tpe", "random", "grid", "cmaes")), ("pruner", ("median", "halving", "hyperband", "none"))):
+        if key in overrides and overrides[key] not in known:
+            raise UserError(f"--{key} {overrides[key]!r}: {spec_lib.suggest(overrides[key], known)} "
+                            f"(one of {', '.join(known)})")
+    settings = space.settings.model_copy(update=overrides)
+    folder = study_dir or Path("studies") / space.name
+    if trials is None and not final:
+        trials = space.sweep.search.trials
     if trials is not None:
-        out.print(f"{space.name}: {trials} trials, sampler {settings.sampler}, pruner {settings.pruner}, batch "
-                  f"{settings.batch}, ranked by {metric}; study folder {folder}", highlight=False)
-        result = tune_lib.run(space, trials, study_dir=folder, storage=storage, settings=settings,
-                              data_dir=data_dir, timeout=timeout, on_event=on_event)
-        rows = json.loads((result.path / tune_lib.TRIALS_JSON).read_text())
-        table = Table(title=f"{space.name}: best {metric} first")
-        for column in ["trial", "status", *[_short(n, names) for n in names], "epochs", metric]:
-            table.add_column(column, justify="right", no_wrap=True)
-        for row in rows[:15]:
-            value = row.get(metric)
-            table.add_row(str(row["trial"]), row["status"],
-                          *[f"{v:.4g}" if isinstance(v := row["params"].get(n), float) else str(v) for n in names],
-                          str(row["epochs"]), "-" if value is None else f"{value:.4f}")
-        out.print(table)
-        c, s = result.counts, result.summary
-        out.print(f"{c.complete} complete, {c.pruned} pruned, {c.failed} failed; best {metric} "
-                  f"{'-' if s['best_value'] is None else format(s['best_value'], '.4f')} (trial {s['best_trial']}); "
-                  f"study folder {result.path}; open it live: {s['dashboard']}", highlight=False)
-        if result.interrupted:
-            err.print("interrupted: the trials in training were failed and queued again; run the same command "
-                      "to resume")
-            raise typer.Exit(130)
+        _study(space, trials, folder=folder, storage=storage, settings=settings, data_dir=data_dir, timeout=timeout,
+               quiet=quiet)
     if final:
         done = tune_lib.final(space, study_dir=folder, storage=storage, settings=settings,
                               with_validation=with_validation, retest=retest, data_dir=data_dir,

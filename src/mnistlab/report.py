@@ -305,7 +305,7 @@ def collect_run(path: str | Path, data_dir: str | Path | None = None, *, predict
         return out
     if not predictions:
         return out
-    from mnistlab.training import split
+    from mnistlab.populations import split
 
     arrays = data.load(run.spec.dataset, data_dir)
     _, _, x_val, y_val = split(run.spec, arrays)

@@ -23,7 +23,7 @@ import mnistlab
 from mnistlab import data, figures, model, report, runs, search
 from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError
-from mnistlab.training import split
+from mnistlab.populations import split
 
 QUICK = ["training.subset=10000", "training.epochs=2", "training.validation_split=0.2"]
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -85,7 +85,10 @@ class RunWriter:
         return cls(new_run_dir(Path(runs_dir), spec.name), spec)
 
     def log_epoch(self, record: dict[str, Any]) -> None:
-        self.epochs.append(record)
+        self.log_epochs([record])
+
+    def log_epochs(self, records: list[dict[str, Any]]) -> None:
+        self.epochs.extend(records)
         atomic_write(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in self.epochs))
 
     def save_weights(self, params: dict[str, np.ndarray]) -> None:

@@ -23,10 +23,10 @@ paths cannot (a path names one layer, and the number of layers is what changes):
 kernels; 0 removes the constraint) and `mlp.activation`. Whatever is not given is copied
 from the base model's first hidden Dense layer and its dropout (`expand_point`).
 
-Members that share a structure (layer sizes, activations, optimizer family, batch size...)
-train together in one compiled program (`engine.Population`); groups run one after
-another. Every epoch is recorded and checkpointed, so an interrupted sweep resumes where
-it stopped, with the same numbers.
+Every (point, seed) is a member; `populations.run` trains them, members that share a
+program and its data side by side, each to its own epoch count. Every epoch is recorded
+and checkpointed, so an interrupted sweep resumes where it stopped, with the same numbers.
+Points are ranked by their mean over seeds, with a 95% Student-t interval (`stats`).
 """
 
 from __future__ import annotations
@@ -44,13 +44,11 @@ from typing import Any, Callable, Literal
 import numpy as np
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from mnistlab import data, engine, runs
+from mnistlab import data, populations, runs, stats
 from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError
-from mnistlab.training import epoch_record, split
 
 # ------------------------------------------------------------------ the specification
 
@@ -167,26 +165,29 @@ def base_spec(sweep: SweepSpec) -> spec_lib.RunSpec:
     return spec_lib.with_overrides(spec, list(sweep.set))
 
 
-@dataclass(frozen=True)
-class Candidate:
-    member: int
-    params: dict[str, Any]
-    seed: int
-    spec: spec_lib.RunSpec
-
-
-def candidates(sweep: SweepSpec) -> list[Candidate]:
-    """Every (point, seed) of the sweep as a validated run specification."""
+def candidates(sweep: SweepSpec) -> list[populations.Member]:
+    """Every (point, seed) of the sweep as a member with its validated specification."""
     base = base_spec(sweep)
     out = []
     for p, point in enumerate(sweep.search.points_to_train()):
+        values = expand_point(base, point)
         for s in range(sweep.seeds):
-            seed = base.training.seed + s
-            values = expand_point(base, point)
-            spec = spec_lib.with_values(base, {**values, "training.seed": seed, "name": f"{sweep.name}-{len(out)}"},
+            spec = spec_lib.with_values(base, {**values, "training.seed": base.training.seed + s,
+                                               "name": f"{sweep.name}-{len(out)}"},
                                         source=f"sweep point {p} {point}")
-            out.append(Candidate(len(out), point, seed, spec))
+            out.append(populations.Member(len(out), spec, tags={"point": p, "params": point}))
     return out
+
+
+def check_metric(sweep: SweepSpec, members: list[populations.Member], source: str) -> None:
+    """A metric that no epoch would produce is refused before anything trains."""
+    if not sweep.metric.startswith("val_"):
+        return
+    bare = sorted({m.tags["point"] for m in members if m.spec.training.validation.fraction <= 0})
+    if bare:
+        raise UserError(f"{source}: metric = '{sweep.metric}' needs validation data, but point(s) "
+                        f"{', '.join(map(str, bare))} hold none out: add \"training.validation_split=0.1\" to "
+                        f"`set`, or rank by metric = '{sweep.metric.removeprefix('val_')}'")
 
 
 MLP_KEYS = ("hidden_layers", "units", "dropout", "input_dropout", "l2", "max_norm", "activation")
@@ -260,82 +261,90 @@ def mlp_layers(model: spec_lib.ModelSpec, family: dict[str, Any]) -> list[dict[s
     return with_dropout(prefix, "input_dropout", at_start=True) + stack + [regularized(head[0])] + head[1:]
 
 
-def groups(cands: list[Candidate]) -> list[list[Candidate]]:
-    """Candidates grouped by program structure, in order of first appearance."""
-    by: dict[tuple, list[Candidate]] = {}
-    for c in cands:
-        by.setdefault(engine.structure(c.spec), []).append(c)
-    return list(by.values())
-
-
 # ------------------------------------------------------------------ the sweep folder
 
-SWEEP, SUMMARY, RESULTS_JSON, RESULTS_CSV, METRICS, PROGRESS = (
-    "sweep.toml", "summary.json", "results.json", "results.csv", "metrics.jsonl", "progress.json")
+SWEEP, SUMMARY, RESULTS_JSON, RESULTS_CSV, POINTS_JSON, POINTS_CSV, METRICS = (
+    "sweep.toml", "summary.json", "results.json", "results.csv", "points.json", "points.csv", "metrics.jsonl")
+WEIGHTS = "weights"  # checkpoints/weights/<member>.safetensors: the members `best/` may still need
 
 
-def _append_lines(path: Path, records: list[dict[str, Any]]) -> None:
-    with open(path, "a") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in records))
-        f.flush()
+def sweep_text(sweep: SweepSpec) -> str:
+    return tomli_w.dumps(sweep.model_dump(mode="json", exclude_none=True))
 
 
 def find_resumable(sweeps_dir: Path, sweep: SweepSpec) -> Path | None:
     """The newest unfinished folder of this very sweep, if any."""
-    text = tomli_w.dumps(sweep.model_dump(mode="json", exclude_none=True))
     for folder in sorted(sweeps_dir.glob(f"*-{sweep.name}*"), reverse=True):
-        progress = folder / PROGRESS
-        if progress.exists() and (folder / SWEEP).read_text() == text:
+        progress = folder / populations.Checkpoints.PROGRESS
+        if progress.exists() and (folder / SWEEP).read_text() == sweep_text(sweep):
             if not json.loads(progress.read_text()).get("finished"):
                 return folder
     return None
 
 
 @dataclass
-class Member:
-    """What the sweep knows of one member as it trains."""
-
-    candidate: Candidate
-    group: int
-    status: str = "pending"  # pending | running | completed | diverged | stopped
-    epochs: int = 0
-    best_epoch: int = 0
-    best_value: float | None = None
-    final: dict[str, float] | None = None
-
-    def row(self, metric: str) -> dict[str, Any]:
-        return {"member": self.candidate.member, "group": self.group, "status": self.status,
-                "params": self.candidate.params, "seed": self.candidate.seed, "epochs": self.epochs,
-                "best_epoch": self.best_epoch, f"best_{metric}": self.best_value, **(self.final or {})}
-
-
-@dataclass
 class SweepResult:
     path: Path
-    rows: list[dict[str, Any]]  # sorted, best first
+    rows: list[dict[str, Any]]  # one per member, best first
+    points: list[dict[str, Any]]  # one per point: its mean over seeds and interval, best first
     summary: dict[str, Any]
 
     @property
     def best(self) -> dict[str, Any]:
-        return self.rows[0]
+        """The member `best/` holds: of the best point, the seed closest to the point's mean."""
+        return next(r for r in self.rows if r["member"] == self.summary["best_member"])
 
 
-def _better(value: float, best: float | None, direction: str) -> bool:
-    if best is None or not math.isfinite(best):
-        return math.isfinite(value)
-    return value > best if direction == "maximize" else value < best
+def member_row(m: populations.Member, metric: str, group: int) -> dict[str, Any]:
+    return {"member": m.index, "point": m.tags["point"], "group": group, "status": m.status,
+            "params": m.tags["params"], "seed": m.seed, "epochs": m.epochs, "best_epoch": m.best_epoch,
+            f"best_{metric}": m.best_value, **m.final}
+
+
+def _value(row: dict[str, Any], metric: str) -> float | None:
+    value = row.get(metric)
+    ok = value is not None and math.isfinite(value) and row["status"] != populations.DIVERGED
+    return value if ok else None
 
 
 def sort_rows(rows: list[dict[str, Any]], metric: str, direction: str) -> list[dict[str, Any]]:
-    """Completed members first, by the metric at their last epoch; diverged last."""
+    """Members with a value first, by the metric at their last epoch; diverged last."""
     sign = -1 if direction == "maximize" else 1
 
     def key(row):
-        value = row.get(metric)
-        ok = value is not None and math.isfinite(value) and row["status"] != "diverged"
-        return (0 if ok else 1, sign * value if ok else 0, row["member"])
+        value = _value(row, metric)
+        return (0, sign * value, row["member"]) if value is not None else (1, 0, row["member"])
 
     return sorted(rows, key=key)
+
+
+def point_rows(rows: list[dict[str, Any]], metric: str, direction: str) -> list[dict[str, Any]]:
+    """One row per point: n seeds with a value, their mean and 95% Student-t interval, best mean first.
+
+    A diverged seed has no value: it is counted in `diverged`, not in the mean.
+    """
+    by: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(r["point"], []).append(r)
+    out = []
+    for p, members in sorted(by.items()):
+        interval = stats.mean_ci([_value(r, metric) for r in members if _value(r, metric) is not None])
+        out.append({"point": p, "params": members[0]["params"], "n": interval.n, "mean": interval.mean,
+                    "ci_low": interval.low, "ci_high": interval.high, "sd": interval.sd,
+                    "members": [r["member"] for r in members],
+                    "diverged": sum(r["status"] == populations.DIVERGED for r in members),
+                    "finished": all(r["status"] not in (populations.PENDING, populations.RUNNING) for r in members)})
+    sign = -1 if direction == "maximize" else 1
+    return sorted(out, key=lambda r: (0, sign * r["mean"], r["point"]) if r["n"] else (1, 0, r["point"]))
+
+
+def representative(point: dict[str, Any], rows: list[dict[str, Any]], metric: str) -> int:
+    """The member of `point` whose value is closest to the point's mean (its first, if none has one)."""
+    mine = [r for r in rows if r["member"] in point["members"]]
+    valued = [r for r in mine if _value(r, metric) is not None]
+    if not valued:
+        return min(r["member"] for r in mine)
+    return min(valued, key=lambda r: (abs(r[metric] - point["mean"]), r["member"]))["member"]
 
 
 def rows_csv(rows: list[dict[str, Any]]) -> str:
@@ -353,240 +362,104 @@ def run_sweep(sweep: SweepSpec, *, data_dir: str | Path | None = None, sweeps_di
               resume: bool | Path = False, arrays: data.Arrays | None = None,
               on_epoch: Callable[[dict[str, Any]], None] | None = None,
               memory_budget: int | None = None) -> SweepResult:
-    """Train every member of `sweep`; record, checkpoint and rank them.
+    """Train every member of `sweep`; record, checkpoint and rank them, by point over seeds.
 
     `resume=True` continues the newest unfinished folder of the same sweep (a path: that
     folder). `on_epoch` receives {"epoch", "epochs", "members", "members_done", "best", ...}
-    after each epoch of each group.
+    after each epoch of each part.
     """
     started = time.perf_counter()
-    cands = candidates(sweep)
-    grouped = groups(cands)
+    members = candidates(sweep)
+    check_metric(sweep, members, sweep.name)
     sweeps_dir = Path(sweeps_dir)
     folder = Path(resume) if isinstance(resume, Path) else (find_resumable(sweeps_dir, sweep) if resume else None)
     if resume and folder is None:
         raise UserError(f"--resume: no unfinished sweep '{sweep.name}' with this specification under {sweeps_dir}")
-    arrays = arrays if arrays is not None else data.load(base_spec(sweep).dataset, data_dir)
-
+    load = populations.loader(data_dir, arrays)
+    load(base_spec(sweep).dataset)  # a missing data set fails before the sweep folder exists
     if folder is None:
         folder = runs.new_run_dir(sweeps_dir, sweep.name)
-        runs.atomic_write(folder / SWEEP, tomli_w.dumps(sweep.model_dump(mode="json", exclude_none=True)))
-        runs.atomic_write(folder / PROGRESS, json.dumps({"done_parts": [], "members": [], "finished": False}))
-        (folder / METRICS).touch()
-    (folder / CHECKPOINTS).mkdir(exist_ok=True)
-    progress = json.loads((folder / PROGRESS).read_text())
-    members = sorted((Member(c, g) for g, group in enumerate(grouped) for c in group),
-                     key=lambda m: m.candidate.member)
-    _restore_members(members, progress["members"])
-    live = _running_checkpoints(folder)
-    for meta in live.values():
-        _restore_members(members, meta["members"])
-    _drop_unsaved_metrics(folder, members)
+        runs.atomic_write(folder / SWEEP, sweep_text(sweep))
+    checkpoints = populations.Checkpoints(folder)
+    group_of = {m.index: g for g, group in enumerate(populations.groups(members)) for m in group}
+    rows = lambda: [member_row(m, sweep.metric, group_of[m.index]) for m in members]  # noqa: E731
 
-    context = Context(sweep, folder, arrays, members, on_epoch, memory_budget, progress)
-    for g, group in enumerate(grouped):
-        for part, chunk in enumerate(fit_memory(group, arrays, memory_budget, context.messages)):
-            key = f"{g}.{part}"
-            if key not in progress["done_parts"]:
-                _train_part(context, chunk, g, key, live.get(key))
-
-    rows = sort_rows([m.row(sweep.metric) for m in members], sweep.metric, sweep.direction)
-    best = rows[0]
-    _save_best(folder, members[best["member"]])
-    progress["seconds"] = progress.get("seconds", 0.0) + time.perf_counter() - started
-    summary = {
-        "name": sweep.name, "metric": sweep.metric, "direction": sweep.direction, "members": len(cands),
-        "groups": len(grouped), "completed": sum(r["status"] == "completed" for r in rows),
-        "diverged": sum(r["status"] == "diverged" for r in rows),
-        "stopped": sum(r["status"] == "stopped" for r in rows),
-        "best_member": best["member"], "best": best, "messages": context.messages,
-        "lanes": context.lanes, "compile_seconds": context.compile_seconds, "seconds": progress["seconds"],
-        "environment": runs.environment(),
-    }
-    runs.atomic_write(folder / RESULTS_JSON, json.dumps(rows, indent=1) + "\n")
-    runs.atomic_write(folder / RESULTS_CSV, rows_csv(rows))
-    runs.atomic_write(folder / SUMMARY, json.dumps(summary, indent=2) + "\n")
-    progress["finished"] = True
-    runs.atomic_write(folder / PROGRESS, json.dumps(progress))
-    return SweepResult(folder, rows, summary)
-
-
-CHECKPOINTS = "checkpoints"
-
-
-@dataclass
-class Context:
-    """What every part of one sweep run shares."""
-
-    sweep: SweepSpec
-    folder: Path
-    arrays: data.Arrays
-    members: list[Member]
-    on_epoch: Callable[[dict[str, Any]], None] | None
-    memory_budget: int | None
-    progress: dict[str, Any]
-
-    def __post_init__(self):
-        self.messages: list[str] = []
-        self.lanes: dict[str, int] = {}
-        self.compile_seconds = 0.0
-
-
-def fit_memory(group: list[Candidate], arrays: data.Arrays, budget: int | None, messages: list[str]):
-    """Split a group into parts whose members' state fits the device at once."""
-    per_member = engine.member_bytes(group[0].spec, arrays.train_images.shape[1:])
-    budget = budget if budget is not None else engine.device_memory() // 2
-    fit = max(1, budget // per_member)
-    if len(group) <= fit:
-        return [group]
-    parts = [group[i:i + fit] for i in range(0, len(group), fit)]
-    message = (f"a group of {len(group)} members needs about {len(group) * per_member / 2**20:.0f} MiB; "
-               f"training it in {len(parts)} parts of at most {fit} members to fit {budget / 2**20:.0f} MiB")
-    if message not in messages:
-        messages.append(message)
-    return parts
-
-
-def _train_part(ctx: Context, part: list[Candidate], g: int, key: str, checkpoint: dict[str, Any] | None) -> None:
-    sweep, members = ctx.sweep, ctx.members
-    first = part[0].spec
-    x_train, y_train, x_val, y_val = split(first, ctx.arrays)
-    # A resumed part keeps the width it was measured at: another width is another compiled
-    # program, whose float rounding would differ from the run that was interrupted.
-    lanes = (sweep.lanes or (checkpoint or {}).get("lanes")
-             or engine.choose_lanes(first, x_train, y_train, len(part)))
-    ctx.lanes[key] = lanes
-    population = engine.Population([c.spec for c in part], x_train, y_train, x_val, y_val, lanes=lanes)
-    path = ctx.folder / CHECKPOINTS / f"part-{key}.safetensors"
-    if checkpoint is not None:
-        population.load_state_arrays(load_file(path), checkpoint["epochs"], checkpoint["diverged"])
-    population.freeze([i for i, c in enumerate(part) if members[c.member].status in ("stopped", "diverged")])
-    epochs = first.training.epochs
-    while population.epochs_done < epochs and population.active.any():
-        result = population.train_epoch()
-        records = [_update_member(members[c.member], result, i, g, sweep, epochs)
-                   for i, c in enumerate(part) if members[c.member].status in ("pending", "running")]
-        population.freeze([i for i, c in enumerate(part) if members[c.member].status != "running"])
-        _append_lines(ctx.folder / METRICS, records)
-        # The checkpoint comes after the records and carries the members' bookkeeping: a
-        # kill in between re-trains this epoch on resume, to the same numbers (shuffles and
-        # dropout keys derive from the epoch and step numbers).
-        meta = {"epochs": population.epochs_done, "diverged": population.diverged.tolist(), "lanes": lanes,
-                "members": [_member_state(members[c.member]) for c in part]}
-        save_file(population.state_arrays(), str(path) + ".tmp", metadata={"mnistlab.sweep": json.dumps(meta)})
-        Path(str(path) + ".tmp").replace(path)
-        if ctx.on_epoch:
-            finished = [m for m in members if m.status in ("completed", "stopped", "diverged")]
+    def after_epoch(part: populations.Part, result) -> None:
+        lines = [{"member": m.index, "point": m.tags["point"], "group": group_of[m.index], **r}
+                 for m in members for r in m.history]
+        runs.atomic_write(folder / METRICS, "".join(json.dumps(line) + "\n" for line in lines))
+        if on_epoch:
             values = [m.best_value for m in members if m.best_value is not None and math.isfinite(m.best_value)]
             pick = max if sweep.direction == "maximize" else min
-            ctx.on_epoch({"part": key, "epoch": result.epoch, "epochs": epochs, "members": len(members),
-                          "members_done": len(finished), "running": int(population.active.sum()),
-                          "best": pick(values) if values else None, "epoch_seconds": result.seconds,
-                          "compile_seconds": ctx.compile_seconds + population.compile_seconds})
-    for c in part:  # nobody is left running once the part ends
-        m = members[c.member]
-        if m.status in ("pending", "running"):
-            m.status = "completed"
-    ctx.compile_seconds += population.compile_seconds
-    _keep_best_weights(ctx, part, population)
-    progress = ctx.progress
-    progress["done_parts"].append(key)
-    known = {s["member"]: s for s in progress["members"]}
-    known.update({c.member: _member_state(members[c.member]) for c in part})
-    progress["members"] = sorted(known.values(), key=lambda s: s["member"])
-    runs.atomic_write(ctx.folder / PROGRESS, json.dumps(progress))
-    path.unlink(missing_ok=True)
+            on_epoch({"part": part.key, "epoch": result.epoch, "epochs": max(m.spec.training.epochs for m in part.members),
+                      "members": len(members), "members_done": sum(not m.training for m in members),
+                      "running": int(part.population.active.sum()), "best": pick(values) if values else None,
+                      "epoch_seconds": result.seconds})
+
+    def after_part(part: populations.Part) -> None:
+        _keep_weights(folder, part, rows(), sweep)
+
+    report = populations.run(members, load, metric=sweep.metric, patience=sweep.patience, lanes=sweep.lanes,
+                             memory_budget=memory_budget, checkpoints=checkpoints, after_epoch=after_epoch,
+                             after_part=after_part)
+    ranked = sort_rows(rows(), sweep.metric, sweep.direction)
+    points = point_rows(ranked, sweep.metric, sweep.direction)
+    best = representative(points[0], ranked, sweep.metric)
+    chosen = next(m for m in members if m.index == best)
+    populations.write_run(folder / "best", chosen, _weights(folder, best), from_sweep=str(folder), member=best,
+                          point=chosen.tags["point"], params=chosen.tags["params"],
+                          chosen=(f"of the point with the best mean {sweep.metric} over its {points[0]['n']} seed(s), "
+                                  "the member whose value is closest to that mean"))
+    progress = checkpoints.progress
+    progress["seconds"] = progress.get("seconds", 0.0) + time.perf_counter() - started
+    count = lambda status: sum(r["status"] == status for r in ranked)  # noqa: E731
+    summary = {
+        "name": sweep.name, "metric": sweep.metric, "direction": sweep.direction, "members": len(members),
+        "points": len(points), "seeds": sweep.seeds, "groups": len(set(group_of.values())),
+        "completed": count(populations.COMPLETED), "diverged": count(populations.DIVERGED),
+        "stopped": count(populations.STOPPED), "best_point": points[0], "best_member": best,
+        "best": next(r for r in ranked if r["member"] == best), "messages": report.messages,
+        "lanes": report.lanes, "compile_seconds": report.compile_seconds, "seconds": progress["seconds"],
+        "environment": runs.environment(),
+    }
+    runs.atomic_write(folder / RESULTS_JSON, json.dumps(ranked, indent=1) + "\n")
+    runs.atomic_write(folder / RESULTS_CSV, rows_csv(ranked))
+    runs.atomic_write(folder / POINTS_JSON, json.dumps(points, indent=1) + "\n")
+    runs.atomic_write(folder / POINTS_CSV, rows_csv([{k: v for k, v in p.items() if k != "members"} for p in points]))
+    runs.atomic_write(folder / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    progress["finished"] = True
+    checkpoints.save_progress()
+    return SweepResult(folder, ranked, points, summary)
 
 
-def _keep_best_weights(ctx: Context, part: list[Candidate], population: engine.Population) -> None:
-    """Keep the weights of the best member so far only (a sweep may have hundreds)."""
-    path = ctx.folder / CHECKPOINTS / BEST_WEIGHTS
-    rows = [ctx.members[c.member].row(ctx.sweep.metric) for c in part]
-    if path.exists():
-        with safe_open(path, "np") as f:
-            holder = int(f.metadata()["mnistlab.member"])
-        rows.append(ctx.members[holder].row(ctx.sweep.metric))
-    top = sort_rows(rows, ctx.sweep.metric, ctx.sweep.direction)[0]["member"]
-    for i, c in enumerate(part):
-        if c.member == top:
-            params = {k: np.ascontiguousarray(v) for k, v in population.member_params(i).items()}
-            save_file(params, str(path) + ".tmp", metadata={"mnistlab.member": str(c.member)})
+def _weights_file(folder: Path, member: int) -> Path:
+    return folder / "checkpoints" / WEIGHTS / f"{member}.safetensors"
+
+
+def _weights(folder: Path, member: int) -> dict[str, np.ndarray] | None:
+    path = _weights_file(folder, member)
+    return load_file(path) if path.exists() else None
+
+
+def _keep_weights(folder: Path, part: populations.Part, rows: list[dict[str, Any]], sweep: SweepSpec) -> None:
+    """Keep the weights `best/` may still need, and no more (a sweep may have hundreds of members).
+
+    Which member `best/` holds is known once its point's seeds have all trained, and they
+    may train in different parts. So: every member of a point still training is kept; of
+    the finished points, only the best one's representative.
+    """
+    (folder / "checkpoints" / WEIGHTS).mkdir(parents=True, exist_ok=True)
+    for m in part.members:
+        params = part.params(m)
+        if populations.finite(params):
+            path = _weights_file(folder, m.index)
+            save_file({k: np.ascontiguousarray(v) for k, v in params.items()}, str(path) + ".tmp")
             Path(str(path) + ".tmp").replace(path)
-
-
-BEST_WEIGHTS = "best.safetensors"
-
-
-def _update_member(m: Member, result: engine.EpochResult, i: int, g: int, sweep: SweepSpec,
-                   epochs: int) -> dict[str, Any]:
-    """Fold one epoch into a member's bookkeeping; its record for metrics.jsonl."""
-    record = {"member": m.candidate.member, "group": g, **epoch_record(result, i)}
-    m.status, m.epochs = "running", result.epoch
-    m.final = {k: v for k, v in record.items() if k not in ("member", "group", "epoch", "seconds")}
-    value = record.get(sweep.metric, float("nan"))
-    if result.diverged[i]:
-        m.status = "diverged"
-        return record
-    if _better(value, m.best_value, sweep.direction):
-        m.best_value, m.best_epoch = value, result.epoch
-    if result.epoch == epochs:
-        m.status = "completed"
-    elif sweep.patience and result.epoch - m.best_epoch >= sweep.patience:
-        m.status = "stopped"
-    return record
-
-
-def _member_state(m: Member) -> dict[str, Any]:
-    return {"member": m.candidate.member, "status": m.status, "epochs": m.epochs, "best_epoch": m.best_epoch,
-            "best_value": m.best_value, "final": m.final}
-
-
-def _restore_members(members: list[Member], states: list[dict[str, Any]]) -> None:
-    for s in states:
-        m = members[s["member"]]
-        m.status, m.epochs, m.best_epoch, m.best_value, m.final = (
-            s["status"], s["epochs"], s["best_epoch"], s["best_value"], s["final"])
-
-
-def _running_checkpoints(folder: Path) -> dict[str, dict[str, Any]]:
-    """part key -> the bookkeeping saved with its checkpoint (parts interrupted mid-way)."""
-    out = {}
-    for path in (folder / CHECKPOINTS).glob("part-*.safetensors"):
-        with safe_open(path, "np") as f:
-            out[path.name.removeprefix("part-").removesuffix(".safetensors")] = json.loads(
-                f.metadata()["mnistlab.sweep"])
-    return out
-
-
-def _drop_unsaved_metrics(folder: Path, members: list[Member]) -> None:
-    """Forget epochs recorded after the last checkpoint (they are trained again)."""
-    path = folder / METRICS
-    lines = [line for line in path.read_text().splitlines() if line]
-    keep = [line for line in lines if json.loads(line)["epoch"] <= members[json.loads(line)["member"]].epochs]
-    if len(keep) != len(lines):
-        runs.atomic_write(path, "".join(line + "\n" for line in keep))
-
-
-def _save_best(folder: Path, member: Member) -> None:
-    """The best member as an ordinary run folder (`mnistlab evaluate` accepts it)."""
-    best = folder / "best"
-    if best.exists():
-        return
-    tmp = folder / ".best.tmp"
-    if tmp.exists():
-        for p in tmp.iterdir():
-            p.unlink()
-    else:
-        tmp.mkdir()
-    spec = member.candidate.spec
-    writer = runs.RunWriter(tmp, spec)
-    for line in (folder / METRICS).read_text().splitlines():
-        record = json.loads(line)
-        if record["member"] == member.candidate.member:
-            writer.log_epoch({k: v for k, v in record.items() if k not in ("member", "group")})
-    weights = load_file(folder / CHECKPOINTS / BEST_WEIGHTS)
-    runs.save_weights(tmp / runs.WEIGHTS, weights, spec)
-    writer.finish({"name": spec.name, "status": member.status, "epochs_completed": member.epochs,
-                   "epochs_requested": spec.training.epochs, "final": member.final,
-                   "from_sweep": str(folder), "member": member.candidate.member, "params": member.candidate.params})
-    tmp.rename(best)
+    points = point_rows(rows, sweep.metric, sweep.direction)
+    finished = [p for p in points if p["finished"]]
+    keep = {m for p in points if not p["finished"] for m in p["members"]}
+    if finished:
+        keep.add(representative(finished[0], rows, sweep.metric))
+    for path in (folder / "checkpoints" / WEIGHTS).glob("*.safetensors"):
+        if int(path.stem) not in keep:
+            path.unlink()

@@ -13,7 +13,7 @@ import pytest
 import tomli_w
 
 import mnistlab
-from mnistlab import data, engine, runs, search
+from mnistlab import data, engine, populations, runs, search
 from mnistlab.errors import UserError
 
 BASE = ["training.subset=3000", "training.epochs=3", "training.validation_split=0.2", "training.batch_size=64"]
@@ -37,9 +37,9 @@ def test_grid_is_the_product_times_seeds():
     cands = search.candidates(s)
     assert len(cands) == 4 * 2 * 3
     assert [c.seed for c in cands[:3]] == [0, 1, 2]
-    assert cands[3].params == {"optimizer.learning_rate": 0.1, "model.layers.0.units": 16}
+    assert cands[3].tags["params"] == {"optimizer.learning_rate": 0.1, "model.layers.0.units": 16}
     assert cands[3].spec.model.layers[0].units == 16 and cands[3].spec.optimizer.learning_rate == 0.1
-    assert len(search.groups(cands)) == 2  # two widths: two programs
+    assert len(populations.groups(cands)) == 2  # two widths: two programs
 
 
 def test_a_key_naming_several_paths_ties_them():
@@ -162,7 +162,10 @@ def test_sweep_isolates_divergence_and_ranks(finished):
     assert len(completed) == 4 and rows[:4] == completed  # diverged members rank last
     values = [r["val_accuracy"] for r in completed]
     assert values == sorted(values, reverse=True) and values[0] > 0.8
-    assert result.summary["best_member"] == rows[0]["member"]
+    # best/ holds the best point's seed closest to the point's mean
+    assert result.summary["best_member"] in result.points[0]["members"]
+    assert result.points[0]["mean"] == pytest.approx(np.mean([r["val_accuracy"] for r in rows
+                                                              if r["point"] == result.points[0]["point"]]))
 
 
 def test_each_group_compiles_its_step_once(finished):
@@ -194,12 +197,12 @@ def test_records_and_best_run(finished, mnist_root):
     assert len(csv_lines) == 9 and "param:optimizer.learning_rate" in csv_lines[0]
     assert json.loads((folder / search.RESULTS_JSON).read_text()) == json.loads(json.dumps(result.rows))
     best = runs.open_run(folder / "best")
-    assert best.summary["member"] == result.rows[0]["member"]
+    assert best.summary["member"] == result.best["member"]
     assert [m["epoch"] for m in best.metrics] == [1, 2, 3]
     done = subprocess.run([sys.executable, "-m", "mnistlab", "evaluate", str(folder / "best"), "--split", "validation"],
                           capture_output=True, text=True, env={**os.environ, "MNISTLAB_DATA": str(mnist_root)})
     assert done.returncode == 0, done.stderr
-    assert f"accuracy {result.rows[0]['val_accuracy']:.3f}" in done.stdout
+    assert f"accuracy {result.best['val_accuracy']:.3f}" in done.stdout
 
 
 def test_memory_budget_splits_a_group(mnist, tmp_path):
@@ -301,4 +304,4 @@ def test_a_conv_sweep_groups_by_structure_and_matches_a_solo_run(mnist, tmp_path
     assert alone.history[-1]["val_accuracy"] == pytest.approx(row["val_accuracy"], abs=2e-3)
     assert alone.history[-1]["loss"] == pytest.approx(row["loss"], rel=1e-3)
     best = runs.open_run(result.path / "best")
-    assert best.params()["conv2d/kernel"].shape == (3, 3, 1, row["params"]["model.layers.2.filters"])
+    assert best.params()["conv2d/kernel"].shape == (3, 3, 1, result.best["params"]["model.layers.2.filters"])

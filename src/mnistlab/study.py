@@ -11,10 +11,10 @@ stated direction; its verdict comes from `stats.verdict` on the paired 95% inter
     result = study.run(study.BUDGETS["quick"])          # a JSON-able dict
     result["claims"][0]["comparisons"][0]["verdict"]     # 'supported', ...
 
-Running: a claim's members (variants x seeds) are grouped by what shapes their compiled
-program (`engine.structure`, plus data and epochs); each group trains as one
-`engine.Population`: penalty strengths, dropout rates, learning rates, initializers and
-seeds of one network family share a single compilation. Hyper-parameters are tuned on a
+Running: a claim's members (variants x seeds) train through the one driver
+(`populations.run`), grouped by program and data: penalty strengths, dropout rates,
+learning rates, initializers, seeds and epoch counts of one network family share a single
+compilation. Hyper-parameters are tuned on a
 validation split of MNIST's training images only; every member is then evaluated once
 on the test set, which is never used to choose anything (except in the `protocol` claim,
 which measures what choosing on the test set would cost).
@@ -31,10 +31,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from mnistlab import data, engine, model, multilabel, stats
+from mnistlab import data, model, multilabel, populations, stats
 from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError
-from mnistlab.training import split
 
 # ------------------------------------------------------------------ budgets
 
@@ -540,16 +539,21 @@ def claims(budget: Budget, only: list[str] | None = None) -> list[Claim]:
 
 
 @dataclass
-class Member:
-    variant: str
-    seed: int
-    spec: spec_lib.RunSpec
-    history: list[dict[str, Any]] = field(default_factory=list)
+class Member(populations.Member):
+    """A claim's member: the driver's record, plus what the analysis measures of it."""
+
     figures: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
-    diverged: bool = False
     kernel: np.ndarray | None = None  # first-layer kernel (kept for the symmetry picture)
     test_correct: np.ndarray | None = None  # per test image (kept for the protocol claim)
+
+    @property
+    def variant(self) -> str:
+        return self.tags["variant"]
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == populations.DIVERGED
 
 
 def members(claim: Claim, seeds: int) -> list[Member]:
@@ -557,14 +561,9 @@ def members(claim: Claim, seeds: int) -> list[Member]:
     for v in claim.variants:
         spec = spec_lib.with_values(claim.base, v.values, source=f"claim {claim.key}, variant {v.name!r}")
         for s in range(seeds):
-            out.append(Member(v.name, s, spec.model_copy(update={"training": spec.training.model_copy(
-                update={"seed": s})})))
+            seeded = spec.model_copy(update={"training": spec.training.model_copy(update={"seed": s})})
+            out.append(Member(len(out), seeded, tags={"variant": v.name}))
     return out
-
-
-def _group_key(spec: spec_lib.RunSpec) -> tuple:
-    t = spec.training
-    return (spec.dataset, t.subset, t.validation, t.epochs, engine.structure(spec))
 
 
 def default_lanes() -> int | None:
@@ -604,70 +603,27 @@ def _one_hot(labels: np.ndarray, classes: int = 10) -> np.ndarray:
     return labels if labels.ndim == 2 else np.eye(classes, dtype=np.uint8)[labels]
 
 
-def train_group(group: list[Member], arrays: data.Arrays, target: float, analysis: str | None,
-                lanes: int | None) -> tuple[float, float]:
-    """Train members that share one program; fill in their histories and figures.
-
-    Returns (seconds in all, seconds of them spent compiling)."""
-    started = time.perf_counter()
-    first = group[0].spec
-    x_train, y_train, x_val, y_val = split(first, arrays)
-    population = engine.Population([m.spec for m in group], x_train, y_train, x_val, y_val, lanes=lanes)
-    population.compile_all()
-    epochs = first.training.epochs
-    for _ in range(epochs):
-        trained = population.active
-        result, seconds = timed_epoch(population)
-        for i, m in enumerate(group):
-            if trained[i]:
-                m.history.append({"epoch": result.epoch, **{k: v[i] for k, v in result.metrics.items()},
-                                  "seconds": float(seconds[i])})
-            m.diverged = bool(result.diverged[i])
-    test = population.evaluate(arrays.test_images, arrays.test_labels)
-    n_eval = min(len(y_train), len(y_val))
-    train_eval = population.evaluate(x_train[:n_eval], y_train[:n_eval])
-    for i, m in enumerate(group):
-        params = population.member_params(i)
+def measure_part(part: populations.Part, target: float, analysis: str | None) -> None:
+    """A trained part's figures: test and training-set evaluations, and the claim's analysis."""
+    arrays = part.arrays
+    test = part.evaluate(arrays.test_images, arrays.test_labels)
+    n_eval = min(len(part.y_train), len(part.y_val))
+    train_eval = part.evaluate(part.x_train[:n_eval], part.y_train[:n_eval])
+    for i, m in enumerate(part.members):
+        params = part.params(m)
         _measure(m, params, test["accuracy"][i], test["loss"][i], train_eval, i, target)
         if m.diverged:
             continue
         if analysis == "symmetry" and m.seed == 0:
             m.kernel = _first_kernel(params)
         if analysis == "sets":
-            rule = multilabel.choose_rule(_probabilities(m.spec, params, x_val), _one_hot(y_val))
+            rule = multilabel.choose_rule(_probabilities(m.spec, params, part.x_val), _one_hot(part.y_val))
             p_test = _probabilities(m.spec, params, arrays.test_images)
             sets = multilabel.set_metrics(_one_hot(arrays.test_labels), multilabel.apply_rule(p_test, rule))
             m.figures.update(set_accuracy=sets["exact"], macro_f1=sets["macro_f1"])
             m.extra.update(rule=list(rule), f1=sets["f1"], precision=sets["precision"], recall=sets["recall"])
         if analysis == "protocol":
             m.test_correct = np.argmax(_probabilities(m.spec, params, arrays.test_images), 1) == arrays.test_labels
-    return time.perf_counter() - started, population.compile_seconds
-
-
-def timed_epoch(population: engine.Population) -> tuple[engine.EpochResult, np.ndarray]:
-    """One epoch, and the training seconds of each member (NaN for members not trained).
-
-    With one member per slice (`lanes=1`) slices train one after another, so the progress
-    reports between them time each member on its own: seeds give independent timings.
-    With members side by side, the epoch's time is shared out evenly (one timing for all).
-    """
-    trained = population.active
-    running = np.flatnonzero(trained)
-    marks: dict[int, float] = {}
-    start = time.perf_counter()
-
-    def progress(p: engine.Progress) -> None:
-        marks[p.steps_done] = time.perf_counter()
-
-    result = population.train_epoch(progress if population.width == 1 else None)
-    seconds = np.full(population.size, np.nan)
-    if population.width == 1:
-        steps = population.steps_per_epoch()
-        ends = [marks[(j + 1) * steps] for j in range(len(running))]
-        seconds[running] = np.diff([start, *ends])
-    else:
-        seconds[running] = result.seconds / max(len(running), 1)
-    return result, seconds
 
 
 def _measure(m: Member, params, test_accuracy, test_loss, train_eval, i: int, target: float) -> None:
@@ -826,18 +782,23 @@ def run_claim(claim: Claim, budget: Budget, seeds: int, load: Callable[[str], da
     """Train and measure one claim's members; its results (see `analyse`) and the members."""
     started = time.perf_counter()
     group = members(claim, seeds)
-    grouped: dict[tuple, list[Member]] = {}
-    for m in group:
-        grouped.setdefault(_group_key(m.spec), []).append(m)
-    work = []
-    for g, part in enumerate(grouped.values()):
-        spec = part[0].spec
-        if on_event:
-            on_event({"event": "group", "claim": claim.key, "group": g + 1, "groups": len(grouped),
-                      "members": len(part), "epochs": spec.training.epochs})
-        seconds, compiling = train_group(part, load(spec.dataset), budget.target, claim.analysis, lanes)
-        work.append({"members": len(part), "cost": sum(_cost(m.spec) for m in part), "seconds": seconds,
-                     "compile_seconds": compiling})
+    groups = len(populations.groups(group))
+    work: list[dict[str, Any]] = []
+    mark = [time.perf_counter()]
+
+    def on_epoch(m: populations.Member, part: populations.Part) -> None:
+        if on_event and m is part.members[0] and m.epochs == 1:
+            on_event({"event": "group", "claim": claim.key, "group": int(part.key.split(".")[0]) + 1, "groups": groups,
+                      "members": len(part.members), "epochs": max(x.spec.training.epochs for x in part.members)})
+
+    def after_part(part: populations.Part) -> None:
+        measure_part(part, budget.target, claim.analysis)
+        now = time.perf_counter()
+        work.append({"members": len(part.members), "cost": sum(_cost(m.spec) for m in part.members),
+                     "seconds": now - mark[0], "compile_seconds": part.population.compile_seconds})
+        mark[0] = now
+
+    populations.run(group, load, lanes=lanes, on_epoch=on_epoch, after_part=after_part)
     result = analyse(claim, group, budget, seeds)
     if claim.analysis == "sets":
         multi = load("mnist-multi")
@@ -847,7 +808,7 @@ def run_claim(claim: Claim, budget: Budget, seeds: int, load: Callable[[str], da
         "key": claim.key, "title": claim.title, "quote": claim.quote, "notes": list(claim.notes),
         "figures_shown": list(claim.figures), "base": claim.base.resolved(),
         "seeds": list(range(seeds)), "reduced": reductions(budget, claim.budget_fields),
-        "members": len(group), "groups": len(grouped), "work": work,
+        "members": len(group), "groups": groups, "work": work,
         "seconds": time.perf_counter() - started,
     })
     return result, group
@@ -875,12 +836,7 @@ def run(budget: Budget, *, seeds: int | None = None, only: list[str] | None = No
         raise UserError(f"--seeds {seeds}: a confidence interval needs at least 2 seeds")
     selected = claims(budget, only)
     lanes = lanes if lanes is not None else default_lanes()
-    cache: dict[str, data.Arrays] = {}
-
-    def load(name: str) -> data.Arrays:
-        if name not in cache:
-            cache[name] = (multilabel.derive(load("mnist")) if name == "mnist-multi" else data.load(name, data_dir))
-        return cache[name]
+    load = populations.loader(data_dir)
 
     started, wall = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M:%S")
     out, kept = [], {}
@@ -900,7 +856,7 @@ def run(budget: Budget, *, seeds: int | None = None, only: list[str] | None = No
         "claims": out, "seconds": time.perf_counter() - started,
         "started": wall,
         "environment": runs.environment(), "load_average": _load_average(),
-        "data_source": str(cache["mnist"].source) if "mnist" in cache else None,
+        "data_source": str(load("mnist").source),
         "lanes": lanes, "full_estimate_seconds": estimate(out, budget, seeds),
     }
     return summary, kept

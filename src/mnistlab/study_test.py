@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from mnistlab import engine, stats, study, study_report
+from mnistlab import engine, populations, stats, study, study_report
+from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError
 
 T95 = {2: 4.302652730}  # two-sided 95% Student-t quantile, from a table
@@ -40,7 +41,7 @@ def test_every_claim_builds_valid_members(budget):
 
 
 def _groups(claim):
-    return {study._group_key(m.spec) for m in study.members(claim, 1)}
+    return {populations.group_key(m.spec) for m in study.members(claim, 1)}
 
 
 def test_variants_that_share_a_program_train_as_one_population():
@@ -107,7 +108,8 @@ def test_selection_bias_against_the_exact_expectation():
 
 
 def _member(variant, seed, **figures):
-    return study.Member(variant, seed, spec=None, figures=figures)
+    spec = spec_lib.with_values(study.CLAIMS["decay"](study.TEST).base, {"training.seed": seed})
+    return study.Member(0, spec, tags={"variant": variant}, figures=figures)
 
 
 def test_analysis_chooses_arms_on_validation_and_judges_on_the_paired_interval():

@@ -3,24 +3,20 @@
     result = mnistlab.train(mnistlab.spec.preset("seed"), test=True)
     result.history[-1]["val_accuracy"], result.summary["test"]["accuracy"]
 
-The test set is only touched when `test=True` is asked for: tuning reads validation.
+A run is a population of one, trained by the same driver as sweeps and studies
+(`populations.run`). The test set is only touched when `test=True` is asked for: tuning
+reads validation.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
-from mnistlab import data, engine, runs
+from mnistlab import data, engine, populations, runs
 from mnistlab.spec import RunSpec
-
-DIVERGED_HINT = ("the loss stopped being finite: lower optimizer.learning_rate (e.g. by 10x), "
-                 "add a schedule with warm-up, or reduce the penalty strengths")
 
 
 @dataclass
@@ -29,24 +25,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     summary: dict[str, Any]
     run_dir: Path | None
-    population: engine.Population
-
-
-def split(spec: RunSpec, arrays: data.Arrays):
-    """(train images, train labels, validation images, validation labels) as the spec asks."""
-    v = spec.training.validation
-    x, y = arrays.train_images, arrays.train_labels
-    if spec.training.subset is not None:
-        x, y = x[: spec.training.subset], y[: spec.training.subset]
-    train_idx, val_idx = data.holdout(y, v.fraction, method=v.method, seed=spec.training.seed)
-    return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
-
-
-def epoch_record(result: engine.EpochResult, member: int = 0) -> dict[str, Any]:
-    record: dict[str, Any] = {"epoch": result.epoch}
-    record.update({k: v[member] for k, v in result.metrics.items()})
-    record["seconds"] = result.seconds
-    return record
+    member: populations.Member
 
 
 def train(spec: RunSpec, *, data_dir: str | Path | None = None, runs_dir: str | Path | None = "runs",
@@ -56,51 +35,41 @@ def train(spec: RunSpec, *, data_dir: str | Path | None = None, runs_dir: str | 
     """Train `spec` and record it under `runs_dir` (None: record nothing)."""
     started = time.perf_counter()
     arrays = arrays if arrays is not None else data.load(spec.dataset, data_dir)
-    x_train, y_train, x_val, y_val = split(spec, arrays)
-    population = engine.Population([spec], x_train, y_train, x_val, y_val)
+    populations.split(spec, arrays)  # a split that cannot be made fails before the run folder exists
+    member = populations.Member(0, spec)
     writer = runs.RunWriter.create(Path(runs_dir), spec) if runs_dir is not None else None
-    population.compile_all()
+    kept: dict[str, Any] = {}
 
-    history: list[dict[str, Any]] = []
-    status = "completed"
+    def log(m: populations.Member, part: populations.Part) -> None:
+        # The weights at the end of each finished epoch: what an interrupted run keeps.
+        kept["params"] = part.params(m)
+        if writer:
+            writer.log_epoch(m.history[-1])
+        if on_epoch:
+            on_epoch(m.history[-1])
+
+    def done(m: populations.Member, part: populations.Part) -> None:
+        if test and m.status == populations.COMPLETED:
+            result = part.evaluate(arrays.test_images, arrays.test_labels)
+            kept["test"] = {"loss": float(result["loss"][0]), "accuracy": float(result["accuracy"][0]),
+                            "samples": int(len(arrays.test_labels))}
+
+    report = populations.Report()
+    metric = "val_loss" if spec.training.validation.fraction > 0 else "loss"  # what `best_epoch` follows
     try:
-        for _ in range(spec.training.epochs):
-            result = population.train_epoch(on_progress)
-            record = epoch_record(result)
-            history.append(record)
-            if writer:
-                writer.log_epoch(record)
-            if on_epoch:
-                on_epoch(record)
-            if result.diverged[0]:
-                status = "diverged"
-                break
+        report = populations.run([member], lambda _: arrays, metric=metric, lanes=1, on_epoch=log, on_done=done,
+                                 on_progress=on_progress)
     except KeyboardInterrupt:
-        status = "interrupted"
+        pass  # the member is marked interrupted and keeps its finished epochs
 
-    summary: dict[str, Any] = {
-        "name": spec.name, "status": status, "epochs_completed": len(history),
-        "epochs_requested": spec.training.epochs,
-        "train_samples": int(len(y_train)), "validation_samples": int(len(y_val)),
-        "compile_seconds": population.compile_seconds,
-        "train_seconds": sum(r["seconds"] for r in history),
-        "seconds_per_epoch": [r["seconds"] for r in history],
-        "final": history[-1] if history else None,
-        "data_source": str(arrays.source),
-        "environment": runs.environment(),
-    }
-    if status == "diverged":
-        summary["diverged_at_epoch"] = len(history)
-        summary["hint"] = DIVERGED_HINT
-    params = population.member_params(0)
-    if test and status == "completed":
-        result = population.evaluate(arrays.test_images, arrays.test_labels)
-        summary["test"] = {"loss": float(result["loss"][0]), "accuracy": float(result["accuracy"][0]),
-                           "samples": int(len(arrays.test_labels))}
-        summary["evaluations"] = [{"split": "test", **summary["test"]}]
-    summary["wall_seconds"] = time.perf_counter() - started
+    extra: dict[str, Any] = {"compile_seconds": report.compile_seconds, "data_source": str(arrays.source)}
+    if "test" in kept:
+        extra["test"] = kept["test"]
+        extra["evaluations"] = [{"split": "test", **kept["test"]}]
+    extra["wall_seconds"] = time.perf_counter() - started
+    summary = populations.summary(member, **extra)
     if writer:
-        if all(math.isfinite(float(np.max(np.abs(p)))) for p in params.values()):
-            writer.save_weights(params)
+        if kept.get("params") is not None and populations.finite(kept["params"]):
+            writer.save_weights(kept["params"])
         writer.finish(summary)
-    return TrainResult(status, history, summary, writer.path if writer else None, population)
+    return TrainResult(member.status, member.history, summary, writer.path if writer else None, member)

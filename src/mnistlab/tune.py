@@ -55,10 +55,11 @@ from typing import Any, Callable, Iterator, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mnistlab import data, engine, runs, search
+import numpy as np
+
+from mnistlab import data, populations, runs, search
 from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError
-from mnistlab.training import epoch_record, split
 
 # What a study folder holds (`mnistlab report` reads study.json, trials.json and metrics.jsonl).
 SPACE, DATABASE, STUDY, TRIALS_JSON, TRIALS_CSV, METRICS, FINAL = (
@@ -84,6 +85,7 @@ class TuneSettings(BaseModel):
     heartbeat_interval: int = Field(default=10, gt=0)  # seconds between a worker's heartbeats
     grace_period: int = Field(default=60, gt=0)  # seconds without one before a trial is re-run
     max_retry: int = Field(default=3, ge=0)  # re-runs of one trial whose workers keep dying
+    seeds: int = Field(default=1, gt=0)  # a trial trains K seeds in one population; its value is their mean
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,9 @@ class TuneSpec:
     sweep: search.SweepSpec
     settings: TuneSettings
     text: str  # the normalized TOML, as saved in the study folder
+    # A sweep run as a study (`mnistlab sweep --storage`): its points, enqueued as the
+    # trials; the space is then the point's number.
+    points: tuple[dict[str, Any], ...] | None = None
 
     @property
     def name(self) -> str:
@@ -122,7 +127,7 @@ def tune_from_dict(raw: dict[str, Any], source: str = "tune", base_dir: Path | N
     if sweep.search.method == "list":
         problems.append("search.points: tune samples from `[search.params]`; a list of points is for sweeps")
     if sweep.seeds != 1:
-        problems.append(f"seeds = {sweep.seeds}: a trial is one training run; leave seeds out (1)")
+        problems.append(f"seeds = {sweep.seeds}: a trial's seeds are `[tune] seeds = {sweep.seeds}`")
     if sweep.patience is not None:
         problems.append("patience: tune stops poor trials with its pruner (`[tune] pruner`); remove patience")
     if not sweep.metric.startswith("val_"):
@@ -161,6 +166,29 @@ def trial_spec(tune: TuneSpec, base: spec_lib.RunSpec, point: dict[str, Any], na
                                 source=f"{tune.name}: point {point}")
 
 
+def trial_members(tune: TuneSpec, base: spec_lib.RunSpec, point: dict[str, Any], number: int,
+                  seeds: int) -> list[populations.Member]:
+    """A trial's members: its configuration with seeds base, base + 1, ... (as a sweep's)."""
+    spec = trial_spec(tune, base, point, f"{tune.name}-{number}")
+    return [populations.Member(number * seeds + s, spec_lib.with_values(
+        spec, {"training.seed": base.training.seed + s}, source=f"{tune.name}: trial {number}"),
+        tags={"trial": number, "point": point}) for s in range(seeds)]
+
+
+def sweep_as_study(sweep: search.SweepSpec, settings: TuneSettings | None = None) -> TuneSpec:
+    """A sweep whose points are the trials of an Optuna study (`mnistlab sweep --storage`).
+
+    Every point is enqueued once; workers sharing the storage train them with tune's
+    counting rule and heartbeats. The sweep's seeds are each trial's seeds; its patience
+    stops members as in a sweep; nothing is pruned."""
+    points = tuple(sweep.search.points_to_train())
+    settings = (settings or TuneSettings()).model_copy(update={"seeds": sweep.seeds, "pruner": "none",
+                                                               "sampler": "random"})
+    dump = sweep.model_dump(mode="json", exclude_none=True)
+    text = tomli_w.dumps({**dump, "tune": settings.model_dump(mode="json", exclude_none=True)})
+    return TuneSpec(sweep, settings, text, points)
+
+
 # ------------------------------------------------------------------ the space, in Optuna's words
 
 
@@ -179,8 +207,13 @@ def _encoded(values: list[Any]) -> list[Any]:
     return values if _plain(values) else [json.dumps(v, sort_keys=True) for v in values]
 
 
+POINT = "point"  # the one parameter of a sweep run as a study: the point's number
+
+
 def suggest(trial, tune: TuneSpec) -> dict[str, Any]:
     """The trial's point: one value per parameter of the space, asked of Optuna."""
+    if tune.points is not None:
+        return tune.points[trial.suggest_categorical(POINT, list(range(len(tune.points))))]
     point = {}
     for name, dist in tune.params.items():
         choices = _choices(dist)
@@ -196,6 +229,8 @@ def suggest(trial, tune: TuneSpec) -> dict[str, Any]:
 
 def point_of(params: dict[str, Any], tune: TuneSpec) -> dict[str, Any]:
     """A finished trial's Optuna params back as the space's values."""
+    if tune.points is not None:
+        return tune.points[params[POINT]] if POINT in params else {}
     out = {}
     for name, value in params.items():
         dist = tune.params.get(name)
@@ -432,13 +467,15 @@ def open_study(tune: TuneSpec, settings: TuneSettings, storage, create: bool = T
 class Counts:
     complete: int = 0
     pruned: int = 0
-    failed: int = 0
+    failed: int = 0  # diverged ones included
+    diverged: int = 0
     running: int = 0
     waiting: int = 0
 
     @property
     def finished(self) -> int:
-        return self.complete + self.pruned
+        """Trials trained to their end: complete, pruned, or diverged (a result, not an accident)."""
+        return self.complete + self.pruned + self.diverged
 
 
 def counts(study) -> Counts:
@@ -449,7 +486,20 @@ def counts(study) -> Counts:
         name = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
                 TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}[t.state]
         setattr(c, name, getattr(c, name) + 1)
+        c.diverged += t.state == TrialState.FAIL and t.user_attrs.get("status") == populations.DIVERGED
     return c
+
+
+ENQUEUED_ATTR = "mnistlab.enqueued"
+
+
+def enqueue_points(study, tune: TuneSpec) -> None:
+    """A sweep run as a study: every point becomes a waiting trial, once (call under `ask_lock`)."""
+    if tune.points is None or study.user_attrs.get(ENQUEUED_ATTR):
+        return
+    for i in range(len(tune.points)):
+        study.enqueue_trial({POINT: i}, skip_if_exists=True)
+    study.set_user_attr(ENQUEUED_ATTR, len(tune.points))
 
 
 def best_trial(study):
@@ -469,14 +519,19 @@ def worker_name() -> str:
 
 @dataclass
 class Open:
-    """A trial this worker is training."""
+    """A trial this worker is training: its point and one member per seed."""
 
     trial: Any  # optuna.Trial
     point: dict[str, Any]
-    spec: spec_lib.RunSpec
-    history: list[dict[str, Any]] = field(default_factory=list)
+    members: list[populations.Member] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # per epoch, the mean over seeds
     best_epoch: int = 0
     best_value: float | None = None
+    closed: bool = False
+
+    @property
+    def spec(self) -> spec_lib.RunSpec:
+        return self.members[0].spec
 
 
 @dataclass
@@ -511,7 +566,11 @@ def run(tune: TuneSpec, trials: int, *, study_dir: str | Path | None = None, sto
     folder, url, rdb = _open(tune, settings, study_dir, storage, retry=True)
     study = open_study(tune, settings, rdb)
     _save_space(folder, tune)
-    if settings.sampler == "grid" and trials > grid_size(tune):
+    if tune.points is not None:
+        trials = len(tune.points)
+        with ask_lock(rdb, tune.name):
+            enqueue_points(study, tune)
+    elif settings.sampler == "grid" and trials > grid_size(tune):
         _emit(on_event, {"event": "message", "text": f"the grid has {grid_size(tune)} points: "
                          f"--trials {trials} lowered to {grid_size(tune)}"})
         trials = grid_size(tune)
@@ -549,11 +608,11 @@ def run(tune: TuneSpec, trials: int, *, study_dir: str | Path | None = None, sto
                         batch = [study.ask() for _ in range(min(settings.batch, slots))]
                         for trial in batch:
                             beats.add(trial._trial_id)
-                            opened[trial.number] = Open(trial, {}, base)
+                            opened[trial.number] = Open(trial, {})
                         for trial in batch:  # suggested while holding the lock: others' liars see them
                             point = suggest(trial, tune)
-                            spec = trial_spec(tune, base, point, f"{tune.name}-{trial.number}")
-                            opened[trial.number] = Open(trial, point, spec)
+                            opened[trial.number] = Open(trial, point, trial_members(
+                                tune, base, point, trial.number, settings.seeds))
                             trial.set_user_attr("worker", worker_name())
                 if slots <= 0:
                     _emit(on_event, {"event": "wait", "running": now.running, "finished": now.finished,
@@ -665,61 +724,68 @@ class _Worker:
 
     def __post_init__(self):
         self.messages: list[str] = []
+        self.load = populations.loader(None, self.arrays)
 
     def train_batch(self, batch: list[Open]) -> None:
-        cands = [search.Candidate(o.trial.number, o.point, o.spec.training.seed, o.spec) for o in batch]
-        by: dict[tuple, list[search.Candidate]] = {}
-        for c in cands:  # one program and one split per population
-            t = c.spec.training
-            by.setdefault((engine.structure(c.spec), t.subset, t.validation.fraction, t.validation.method,
-                           t.seed if t.validation.method == "stratified" else None), []).append(c)
-        for group in by.values():
-            for part in search.fit_memory(group, self.arrays, self.memory_budget, self.messages):
-                self.train_part([self.opened[c.member] for c in part])
+        """Train a batch's trials through the one driver; report, prune and tell as epochs end."""
+        owner = {m.index: o for o in batch for m in o.members}
 
-    def train_part(self, part: list[Open]) -> None:
-        from optuna.trial import TrialState
+        def on_epoch(m: populations.Member, part: populations.Part) -> None:
+            self.settle(owner[m.index], part)
 
-        first = part[0].spec
-        x_train, y_train, x_val, y_val = split(first, self.arrays)  # the test set is never touched here
-        lanes = self.tune.sweep.lanes or engine.choose_lanes(first, x_train, y_train, len(part))
-        population = engine.Population([o.spec for o in part], x_train, y_train, x_val, y_val, lanes=lanes)
-        metric, direction = self.tune.sweep.metric, self.tune.sweep.direction
-        live = dict(enumerate(part))
-        while live:
-            result = population.train_epoch()
-            for i, o in list(live.items()):
-                record = epoch_record(result, i)
-                o.history.append(record)
-                value = record.get(metric, float("nan"))
-                if result.diverged[i] or not math.isfinite(value):
-                    self.finish(i, o, population, TrialState.FAIL, "diverged")
-                    del live[i]
-                    continue
-                if search._better(value, o.best_value, direction):
-                    o.best_value, o.best_epoch = value, result.epoch
-                o.trial.report(value, result.epoch)
-                if result.epoch >= o.spec.training.epochs:
-                    self.finish(i, o, population, TrialState.COMPLETE, "completed", value)
-                    del live[i]
-                elif o.trial.should_prune():
-                    self.finish(i, o, population, TrialState.PRUNED, "pruned")
-                    del live[i]
-            population.freeze([i for i in range(len(part)) if i not in live])
-            _emit(self.on_event, {"event": "epoch", "epoch": result.epoch, "trials": [o.trial.number for o in part],
-                                  "running": len(live), "seconds": result.seconds})
-            if live and self.deadline is not None and time.perf_counter() > self.deadline:
+        def after_epoch(part: populations.Part, result) -> None:
+            trials = sorted({owner[m.index].trial.number for m in part.members})
+            _emit(self.on_event, {"event": "epoch", "epoch": result.epoch, "trials": trials,
+                                  "running": sum(m.training for m in part.members), "seconds": result.seconds})
+            if self.deadline is not None and time.perf_counter() > self.deadline and part.population.active.any():
                 raise _OutOfTime
 
-    def finish(self, i: int, o: Open, population: engine.Population, state, status: str,
-               value: float | None = None) -> None:
+        report = populations.run([m for o in batch for m in o.members], self.load, metric=self.tune.sweep.metric,
+                                 patience=self.tune.sweep.patience, lanes=self.tune.sweep.lanes,
+                                 memory_budget=self.memory_budget, on_epoch=on_epoch, after_epoch=after_epoch)
+        self.messages += [m for m in report.messages if m not in self.messages]
+
+    def settle(self, o: Open, part: populations.Part) -> None:
+        """Report the epochs every seed of the trial has reached (their mean); complete, prune or fail it."""
+        from optuna.trial import TrialState
+
+        if o.closed:
+            return
+        metric = self.tune.sweep.metric
+        if any(m.status == populations.DIVERGED for m in o.members):
+            return self.close(o, part, TrialState.FAIL, "diverged")
+        reached = min(m.epochs for m in o.members)
+        while len(o.history) < reached:
+            e = len(o.history)
+            records = [m.history[e] for m in o.members]
+            o.history.append({k: (float(np.mean([r[k] for r in records])) if k != "epoch" else records[0][k])
+                              for k in records[0]})
+            value = o.history[-1][metric]
+            if populations.better(value, o.best_value, metric):
+                o.best_value, o.best_epoch = value, e + 1
+            o.trial.report(value, e + 1)
+            if not any(m.training for m in o.members) and len(o.history) == reached:
+                break
+            if o.trial.should_prune():
+                return self.close(o, part, TrialState.PRUNED, "pruned")
+        if not any(m.training for m in o.members):
+            value = float(np.mean([m.final[metric] for m in o.members]))
+            self.close(o, part, TrialState.COMPLETE, "completed", value)
+
+    def close(self, o: Open, part: populations.Part, state, status: str, value: float | None = None) -> None:
+        """Stop the trial's members still training and tell Optuna; keep the trial's run if it is the best."""
         import optuna
         from optuna.trial import TrialState
 
-        trial = o.trial
-        final = {k: v for k, v in o.history[-1].items() if k not in ("epoch", "seconds")} if o.history else {}
+        o.closed = True
+        for m in o.members:
+            if m.training:
+                m.status = status  # the driver freezes it
+        trial, metric = o.trial, self.tune.sweep.metric
         attrs = {"status": status, "history": o.history, "epochs": len(o.history), "best_epoch": o.best_epoch,
-                 "final": final, "point": o.point, "seed": o.spec.training.seed, "worker": worker_name(),
+                 "final": {k: v for k, v in o.history[-1].items() if k not in ("epoch", "seconds")} if o.history else {},
+                 "point": o.point, "seed": o.members[0].seed, "seeds": [m.seed for m in o.members],
+                 "seed_values": [m.final.get(metric) for m in o.members], "worker": worker_name(),
                  "train_seconds": sum(r["seconds"] for r in o.history)}
         try:
             for k, v in attrs.items():
@@ -739,8 +805,12 @@ class _Worker:
             return
         best = best_trial(self.study)
         is_best = state == TrialState.COMPLETE and best is not None and best.number == trial.number
-        if is_best:
-            save_trial_run(self.folder, self.tune, o, population.member_params(i))
+        here = [m for m in o.members if m in part.members]
+        if is_best and here:
+            # The seed closest to the trial's mean, as a sweep's best/ (of those in this part).
+            m = min(here, key=lambda m: abs(m.final.get(metric, math.inf) - value))
+            populations.write_run(self.folder / "trials" / str(trial.number), m, part.params(m),
+                                  from_study=str(self.folder), trial=trial.number, params=o.point)
             point_best(self.folder, trial.number)
         _emit(self.on_event, {"event": "trial", "trial": trial.number, "status": status, "value": frozen.value,
                               "epochs": len(o.history), "params": o.point, "best": is_best,
@@ -750,30 +820,6 @@ class _Worker:
 
 
 # ------------------------------------------------------------------ the study folder
-
-
-def save_trial_run(folder: Path, tune: TuneSpec, o: Open, params: dict[str, Any]) -> Path:
-    """A trial as an ordinary run folder, trials/<number> (kept for trials that were best)."""
-    import numpy as np
-
-    dest = folder / "trials" / str(o.trial.number)
-    if dest.exists():
-        return dest
-    tmp = folder / "trials" / f".{o.trial.number}.tmp-{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    writer = runs.RunWriter(tmp, o.spec)
-    for record in o.history:
-        writer.log_epoch(record)
-    writer.save_weights({k: np.asarray(v) for k, v in params.items()})
-    writer.finish({"name": o.spec.name, "status": "completed", "epochs_completed": len(o.history),
-                   "epochs_requested": o.spec.training.epochs,
-                   "final": o.history[-1] if o.history else None,
-                   "train_seconds": sum(r["seconds"] for r in o.history),
-                   "seconds_per_epoch": [r["seconds"] for r in o.history],
-                   "from_study": str(folder), "trial": o.trial.number, "params": o.point,
-                   "environment": runs.environment()})
-    tmp.rename(dest)
-    return dest
 
 
 def point_best(folder: Path, number: int) -> None:
@@ -893,9 +939,9 @@ def _on_all_training_data(spec: spec_lib.RunSpec, arrays: data.Arrays) -> tuple[
     its shape over the run stays the one that was searched; anything else is kept as is."""
     import math as m
 
-    searched = len(split(spec, arrays)[1])
+    searched = len(populations.split(spec, arrays)[1])
     spec_all = spec_lib.with_values(spec, {"training.validation.fraction": 0.0}, source="--with-validation")
-    everything = len(split(spec_all, arrays)[1])
+    everything = len(populations.split(spec_all, arrays)[1])
     t, schedule = spec.training, spec.optimizer.schedule
     before, after = (t.epochs * m.ceil(n / t.batch_size) for n in (searched, everything))
     if schedule.name != "constant" and schedule.decay_steps == before and before != after:

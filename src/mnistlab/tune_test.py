@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from mnistlab import data, engine, runs, tune
 from mnistlab.errors import UserError
-from mnistlab.training import split
+from mnistlab.populations import split
 
 # Small, real trials: 2000 MNIST images (1500 train / 500 validation), a 784-32-10 network.
 BASE = ["training.subset=2000", "training.epochs=3", "training.validation_split=0.25",
@@ -106,7 +106,7 @@ def test_grid_space_and_its_size():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"seeds": 2}, "a trial is one training run"),
+    ({"seeds": 2}, r"a trial's seeds are `\[tune\] seeds = 2`"),
     ({"patience": 2}, "pruner"),
     ({"metric": "accuracy"}, "ranks trials on validation"),
     ({"set": [s for s in BASE if "validation" not in s]}, "needs validation data"),

@@ -1,0 +1,531 @@
+"""Train any list of configurations as compiled populations; each member is exactly the
+configuration it names.
+
+`train`, `sweep`, `tune` and `ablate` all train through `run`. They keep only what is
+theirs (a sweep's ranking, Optuna's ask and tell, a claim's analysis) and see members
+through hooks:
+
+    members = [Member(i, spec) for i, spec in enumerate(specs)]
+    run(members, load=lambda name: data.load(name), metric="val_accuracy")
+    members[0].status, members[0].history[-1]["val_accuracy"]
+
+Grouping. Members train side by side only when they share the compiled program *and* the
+data it sees (`group_key`). Every field of a specification has one role (`ROLES`; a test
+walks the Pydantic models and checks each field is classified, and that the code treats it
+so):
+
+    program  changes the compiled program: members must share it (`engine.structure`)
+    number   a per-member input of the program (`engine.Member.hyper`)
+    member   per member outside the program: initial weights, seeds, epochs, the name
+    data     which images are trained and validated on: members must share it
+
+The data key is derived by exclusion: every field outside `model` and `optimizer` that is
+not a member field belongs to it, so a field added later trains apart until it is
+classified, and is never shared by mistake.
+
+A member stops at its own epoch count, when it diverges, when it has not improved for
+`patience` epochs, or when a hook says so (Optuna's pruner); it is frozen inside its
+running population (`engine.Population.freeze`) while the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+
+from mnistlab import data, engine, runs
+from mnistlab import spec as spec_lib
+from mnistlab.spec import RunSpec
+
+# ------------------------------------------------------------------ what groups members
+
+PROGRAM, NUMBER, MEMBER, DATA = "program", "number", "member", "data"
+NESTED = "nested"  # a table whose own fields are classified (its class has an entry)
+
+_AUGMENTATION = {"fill_mode": PROGRAM, "fill_value": NUMBER}
+_WEIGHTS = {"use_bias": PROGRAM, "kernel_initializer": NESTED, "bias_initializer": NESTED,
+            # Whether a penalty term is there at all is program (model._terms); its strength a number.
+            "kernel_regularizer": NESTED, "bias_regularizer": NESTED}
+_POOLING = {"type": PROGRAM, "pool_size": PROGRAM, "strides": PROGRAM, "padding": PROGRAM}
+
+# Class name -> field -> role. populations_test.py checks that every field of every model
+# reachable from RunSpec is here, and that each role holds in the code.
+ROLES: dict[str, dict[str, str]] = {
+    "RunSpec": {"name": MEMBER, "dataset": DATA, "model": NESTED, "optimizer": NESTED, "training": NESTED},
+    "TrainingSpec": {"epochs": MEMBER, "batch_size": PROGRAM, "eval_batch_size": PROGRAM, "shuffle": PROGRAM,
+                     # Initial weights, batch order and dropout masks; with a stratified holdout it
+                     # also draws the validation images, and is then part of the data key.
+                     "seed": MEMBER, "validation": NESTED, "subset": DATA},
+    "Holdout": {"fraction": DATA, "method": DATA},
+    "ModelSpec": {"layers": NESTED, "input_rescale": PROGRAM},
+    "Initializer": dict.fromkeys(("name", "mean", "stddev", "minval", "maxval", "value"), MEMBER),
+    "Regularizer": {"l1": NUMBER, "l2": NUMBER},
+    "MaxNorm": {"max_value": NUMBER},
+    "Dense": {"type": PROGRAM, "units": PROGRAM, "activation": PROGRAM, **_WEIGHTS,
+              "kernel_constraint": NESTED},  # a constraint's presence is program, its bound a number
+    "Conv2D": {"type": PROGRAM, "filters": PROGRAM, "kernel_size": PROGRAM, "strides": PROGRAM,
+               "padding": PROGRAM, "activation": PROGRAM, **_WEIGHTS},
+    "Activation": {"type": PROGRAM, "activation": PROGRAM},
+    "Dropout": {"type": PROGRAM, "rate": NUMBER},
+    "MaxPooling2D": _POOLING,
+    "AveragePooling2D": _POOLING,
+    "Flatten": {"type": PROGRAM},
+    "GlobalAveragePooling2D": {"type": PROGRAM},
+    "BatchNormalization": {"type": PROGRAM, "momentum": NUMBER, "epsilon": PROGRAM, "center": PROGRAM,
+                           "scale": PROGRAM},
+    "RandomTranslation": {"type": PROGRAM, "height_factor": NUMBER, "width_factor": NUMBER, **_AUGMENTATION},
+    "RandomRotation": {"type": PROGRAM, "factor": NUMBER, **_AUGMENTATION},
+    # width_factor: None (zoom both axes alike) or a number is program; the number itself is not.
+    "RandomZoom": {"type": PROGRAM, "height_factor": NUMBER, "width_factor": NUMBER, **_AUGMENTATION},
+    "ElasticDistortion": {"type": PROGRAM, "alpha": NUMBER, "sigma": NUMBER, **_AUGMENTATION},
+    "Schedule": {"name": PROGRAM, "decay_steps": PROGRAM, "warmup_steps": PROGRAM, "staircase": PROGRAM,
+                 "decay_rate": NUMBER, "alpha": NUMBER},
+    "OptimizerSpec": {"name": PROGRAM, "learning_rate": NUMBER, "decay": NUMBER, "schedule": NESTED,
+                      "momentum": NUMBER, "nesterov": PROGRAM, "beta_1": NUMBER, "beta_2": NUMBER,
+                      "epsilon": NUMBER, "amsgrad": PROGRAM, "weight_decay": NUMBER, "rho": NUMBER,
+                      "initial_accumulator_value": NUMBER},
+}
+
+# The member fields outside `model` and `optimizer` (see ROLES); the rest of those sections is data.
+MEMBER_FIELDS = tuple(f"training.{k}" for k, role in ROLES["TrainingSpec"].items() if role == MEMBER) + tuple(
+    k for k, role in ROLES["RunSpec"].items() if role == MEMBER)
+
+
+def data_key(spec: RunSpec) -> tuple:
+    """What decides the images a member trains and validates on, derived by exclusion."""
+    flat = spec_lib.flatten(spec.resolved())
+    key = {k: v for k, v in flat.items()
+           if not k.startswith(("model.", "optimizer.")) and k not in MEMBER_FIELDS}
+    if spec.training.validation.method == "stratified" and spec.training.validation.fraction > 0:
+        key["training.seed"] = spec.training.seed  # it draws the validation images
+    return tuple(sorted(key.items()))
+
+
+def group_key(spec: RunSpec) -> tuple:
+    """Members with equal keys train as one population: one program, one data set."""
+    return engine.structure(spec), data_key(spec)
+
+
+def loader(data_dir: str | Path | None = None, given: data.Arrays | None = None) -> Callable[[str], data.Arrays]:
+    """name -> its arrays, each data set read once; `given` (already loaded) serves its own name."""
+    cache = {given.info.name: given} if given is not None else {}
+
+    def load(name: str) -> data.Arrays:
+        if name not in cache:
+            cache[name] = data.load(name, data_dir)
+        return cache[name]
+
+    return load
+
+
+def split(spec: RunSpec, arrays: data.Arrays):
+    """(train images, train labels, validation images, validation labels) as the spec asks."""
+    v = spec.training.validation
+    x, y = arrays.train_images, arrays.train_labels
+    if spec.training.subset is not None:
+        x, y = x[: spec.training.subset], y[: spec.training.subset]
+    train_idx, val_idx = data.holdout(y, v.fraction, method=v.method, seed=spec.training.seed)
+    return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+
+
+# ------------------------------------------------------------------ members
+
+PENDING, RUNNING = "pending", "running"
+COMPLETED, DIVERGED, STOPPED, PRUNED, INTERRUPTED = "completed", "diverged", "stopped", "pruned", "interrupted"
+
+DIVERGED_HINT = ("the loss stopped being finite: lower optimizer.learning_rate (e.g. by 10x), "
+                 "add a schedule with warm-up, or reduce the penalty strengths")
+
+
+def direction(metric: str) -> str:
+    return "minimize" if metric.endswith("loss") else "maximize"
+
+
+def better(value: float, best: float | None, metric: str) -> bool:
+    """Is `value` an improvement on `best` (None: nothing yet) for `metric`?"""
+    if best is None or not math.isfinite(best):
+        return math.isfinite(value)
+    return value > best if direction(metric) == "maximize" else value < best
+
+
+@dataclass
+class Member:
+    """One configuration being trained: the record every caller reads.
+
+    `tags` says who it is to its caller (a sweep's point, a trial's number, a claim's
+    variant); the rest is filled in as it trains.
+    """
+
+    index: int
+    spec: RunSpec
+    tags: dict[str, Any] = field(default_factory=dict)
+    status: str = PENDING
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_value: float | None = None
+    train_samples: int = 0
+    validation_samples: int = 0
+
+    @property
+    def seed(self) -> int:
+        return self.spec.training.seed
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+    @property
+    def training(self) -> bool:
+        return self.status in (PENDING, RUNNING)
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """The last epoch's figures (no epoch number, no seconds); {} before the first."""
+        last = self.history[-1] if self.history else {}
+        return {k: v for k, v in last.items() if k not in ("epoch", "seconds")}
+
+    def state(self) -> dict[str, Any]:
+        """The bookkeeping a checkpoint keeps (the weights go beside it)."""
+        return {"index": self.index, "status": self.status, "history": self.history, "best_epoch": self.best_epoch,
+                "best_value": self.best_value, "train_samples": self.train_samples,
+                "validation_samples": self.validation_samples}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for key in ("status", "history", "best_epoch", "best_value", "train_samples", "validation_samples"):
+            setattr(self, key, state[key])
+
+
+def _advance(m: Member, record: dict[str, Any], diverged: bool, metric: str, patience: int | None) -> None:
+    """Fold one trained epoch into a member: divergence, best value, its own end, patience."""
+    m.history.append(record)
+    m.status = RUNNING
+    value = record.get(metric)  # None when not produced (no validation data): nothing to rank by
+    if diverged or not math.isfinite(record["loss"]) or (value is not None and not math.isfinite(value)):
+        m.status = DIVERGED
+        return
+    if value is not None and better(value, m.best_value, metric):
+        m.best_value, m.best_epoch = value, record["epoch"]
+    if m.epochs >= m.spec.training.epochs:
+        m.status = COMPLETED
+    elif patience and record["epoch"] - m.best_epoch >= patience:
+        m.status = STOPPED
+
+
+# ------------------------------------------------------------------ parts and their populations
+
+
+@dataclass
+class Part:
+    """Members that train as one population right now (a group, or a share of one that fits memory)."""
+
+    key: str  # "<group>.<share>", stable for one list of members: checkpoints are named by it
+    members: list[Member]
+    arrays: data.Arrays
+    lanes: int = 1
+    population: engine.Population | None = None
+    x_train: np.ndarray | None = None
+    y_train: np.ndarray | None = None
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+
+    def params(self, m: Member) -> dict[str, np.ndarray]:
+        return self.population.member_params(self.members.index(m))
+
+    def evaluate(self, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+        """Every member's loss (penalty included) and accuracy on a data set, in part order."""
+        return self.population.evaluate(images, labels)
+
+
+def groups(members: list[Member]) -> list[list[Member]]:
+    """Members grouped by `group_key`, in order of first appearance."""
+    by: dict[tuple, list[Member]] = {}
+    for m in members:
+        by.setdefault(group_key(m.spec), []).append(m)
+    return list(by.values())
+
+
+def fit_memory(group: list[Member], image_shape: tuple[int, ...], budget: int | None,
+               messages: list[str]) -> list[list[Member]]:
+    """Split a group into shares whose members' state fits the device at once."""
+    per_member = engine.member_bytes(group[0].spec, image_shape)
+    budget = budget if budget is not None else engine.device_memory() // 2
+    fit = max(1, budget // per_member)
+    if len(group) <= fit:
+        return [group]
+    shares = [group[i:i + fit] for i in range(0, len(group), fit)]
+    message = (f"a group of {len(group)} members needs about {len(group) * per_member / 2**20:.0f} MiB; "
+               f"training it in {len(shares)} parts of at most {fit} members to fit {budget / 2**20:.0f} MiB")
+    if message not in messages:
+        messages.append(message)
+    return shares
+
+
+def plan(members: list[Member], load: Callable[[str], data.Arrays], memory_budget: int | None = None,
+         messages: list[str] | None = None) -> list[Part]:
+    """The parts `run` trains, in order."""
+    messages = messages if messages is not None else []
+    parts = []
+    for g, group in enumerate(groups(members)):
+        arrays = load(group[0].spec.dataset)
+        for s, share in enumerate(fit_memory(group, arrays.train_images.shape[1:], memory_budget, messages)):
+            parts.append(Part(f"{g}.{s}", share, arrays))
+    return parts
+
+
+def timed_epoch(population: engine.Population, on_progress=None) -> tuple[engine.EpochResult, np.ndarray]:
+    """One epoch, and the training seconds of each member (NaN for members not trained).
+
+    One member per slice (`lanes = 1`): slices train one after another, so the progress
+    reports between them time each member on its own. Members side by side share the
+    epoch's time evenly.
+    """
+    trained = population.active
+    running = np.flatnonzero(trained)
+    marks: dict[int, float] = {}
+    start = time.perf_counter()
+
+    def progress(p: engine.Progress) -> None:
+        marks[p.steps_done] = time.perf_counter()
+        if on_progress is not None:
+            on_progress(p)
+
+    single = population.width == 1 and len(running) > 1
+    result = population.train_epoch(progress if single or on_progress is not None else None)
+    seconds = np.full(population.size, np.nan)
+    if single:
+        steps = population.steps_per_epoch()
+        ends = [marks[(j + 1) * steps] for j in range(len(running))]
+        seconds[running] = np.diff([start, *ends])
+    else:
+        seconds[running] = result.seconds / max(len(running), 1)
+    return result, seconds
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+class Checkpoints:
+    """What lets an interrupted `run` resume to the same numbers, in `folder`.
+
+    `progress.json` holds the finished parts and their members' bookkeeping; a part in
+    training has `checkpoints/part-<key>.safetensors`, its members' weights and optimizer
+    state after the last epoch, their bookkeeping in its metadata. A kill between an
+    epoch and its checkpoint trains that epoch again, to the same numbers (shuffles and
+    dropout keys derive from epoch and step numbers).
+    """
+
+    PROGRESS = "progress.json"
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.path = self.folder / self.PROGRESS
+        (self.folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():  # from the start: the folder is known as unfinished, so resumable
+            runs.atomic_write(self.path, json.dumps({"done_parts": [], "members": []}))
+        self.progress = json.loads(self.path.read_text())
+
+    def _file(self, key: str) -> Path:
+        return self.folder / "checkpoints" / f"part-{key}.safetensors"
+
+    def save_progress(self) -> None:
+        runs.atomic_write(self.path, json.dumps(self.progress))
+
+    def restore(self, members: list[Member]) -> None:
+        """Members' bookkeeping as it was: finished parts, then parts stopped mid-way."""
+        by_index = {m.index: m for m in members}
+        for state in self.progress["members"]:
+            by_index[state["index"]].restore(state)
+        for path in (self.folder / "checkpoints").glob("part-*.safetensors"):
+            for state in self._meta(path)["members"]:
+                by_index[state["index"]].restore(state)
+
+    def done(self, key: str) -> bool:
+        return key in self.progress["done_parts"]
+
+    def lanes(self, key: str) -> int | None:
+        path = self._file(key)
+        return self._meta(path)["lanes"] if path.exists() else None
+
+    def load(self, part: Part) -> None:
+        path = self._file(part.key)
+        if path.exists():
+            meta = self._meta(path)
+            part.population.load_state_arrays(load_file(path), meta["epochs"], meta["diverged"])
+
+    def save(self, part: Part) -> None:
+        meta = {"epochs": part.population.epochs_done, "diverged": part.population.diverged.tolist(),
+                "lanes": part.lanes, "members": [m.state() for m in part.members]}
+        path = self._file(part.key)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(part.population.state_arrays(), str(tmp), metadata={"mnistlab.part": json.dumps(meta)})
+        tmp.replace(path)
+
+    def finish(self, part: Part) -> None:
+        known = {s["index"]: s for s in self.progress["members"]}
+        known.update({m.index: m.state() for m in part.members})
+        self.progress["members"] = sorted(known.values(), key=lambda s: s["index"])
+        self.progress["done_parts"].append(part.key)
+        self.save_progress()
+        self._file(part.key).unlink(missing_ok=True)
+
+    @staticmethod
+    def _meta(path: Path) -> dict[str, Any]:
+        with safe_open(path, "np") as f:
+            return json.loads(f.metadata()["mnistlab.part"])
+
+
+# ------------------------------------------------------------------ the driver
+
+Hook = Callable[[Member, Part], Any]
+
+
+@dataclass
+class Report:
+    """How a `run` went, apart from its members: per-part widths, compilation, messages."""
+
+    lanes: dict[str, int] = field(default_factory=dict)
+    compile_seconds: float = 0.0
+    messages: list[str] = field(default_factory=list)
+    parts: int = 0
+
+
+def run(members: list[Member], load: Callable[[str], data.Arrays], *, metric: str = "val_accuracy",
+        patience: int | None = None, lanes: int | None = None, memory_budget: int | None = None,
+        checkpoints: Checkpoints | None = None,
+        on_epoch: Hook | None = None,
+        on_done: Hook | None = None,
+        after_epoch: Callable[[Part, engine.EpochResult], None] | None = None,
+        after_part: Callable[[Part], None] | None = None,
+        on_progress: Callable[[engine.Progress], None] | None = None) -> Report:
+    """Train `members`, part after part; fill in their status and history.
+
+    `lanes`: members side by side (None: measured, `engine.choose_lanes`). Hooks:
+    `on_epoch(member, part)` after each epoch it trained; it may stop any member of the
+    part by setting its status (e.g. "pruned"). `on_done(member, part)` once a member
+    stops training (its weights are `part.params(member)`); `after_epoch(part, result)`
+    once the part's members are updated (records, checkpoints, budgets); `after_part(part)`
+    at the end of a part. An exception (Ctrl-C) marks the members in training
+    "interrupted" and goes on up. With `checkpoints`, finished parts are skipped and an
+    interrupted one resumes from its last epoch.
+    """
+    report = Report()
+    if checkpoints is not None:
+        checkpoints.restore(members)
+    for part in plan(members, load, memory_budget, report.messages):
+        report.parts += 1
+        if checkpoints is not None and checkpoints.done(part.key):
+            continue
+        _train_part(part, report, metric=metric, patience=patience, lanes=lanes, checkpoints=checkpoints,
+                    on_epoch=on_epoch, on_done=on_done, after_epoch=after_epoch, on_progress=on_progress)
+        if after_part is not None:
+            after_part(part)
+        if checkpoints is not None:
+            checkpoints.finish(part)
+    return report
+
+
+def _train_part(part: Part, report: Report, *, metric, patience, lanes, checkpoints, on_epoch, on_done,
+                after_epoch, on_progress) -> None:
+    first = part.members[0].spec
+    part.x_train, part.y_train, part.x_val, part.y_val = split(first, part.arrays)
+    # A resumed part keeps the width it was measured at: another width is another compiled
+    # program, whose float rounding would differ from the run that was interrupted.
+    part.lanes = (lanes or (checkpoints.lanes(part.key) if checkpoints else None)
+                  or engine.choose_lanes(first, part.x_train, part.y_train, len(part.members)))
+    report.lanes[part.key] = part.lanes
+    part.population = population = engine.Population(
+        [m.spec for m in part.members], part.x_train, part.y_train, part.x_val, part.y_val, lanes=part.lanes)
+    for m in part.members:
+        m.train_samples, m.validation_samples = len(part.y_train), len(part.y_val)
+    if checkpoints is not None:
+        checkpoints.load(part)
+    population.freeze([i for i, m in enumerate(part.members) if not m.training])
+    population.compile_all()  # epoch times measure training only
+    epochs = max(m.spec.training.epochs for m in part.members)
+    try:
+        while population.epochs_done < epochs and population.active.any():
+            trained = population.active & np.array([m.training for m in part.members])
+            result, seconds = timed_epoch(population, on_progress)
+            for i, m in enumerate(part.members):
+                if trained[i] and m.training:
+                    record = {"epoch": result.epoch, **{k: v[i] for k, v in result.metrics.items()},
+                              "seconds": float(seconds[i])}
+                    _advance(m, record, result.diverged[i], metric, patience)
+                    if on_epoch is not None:
+                        on_epoch(m, part)
+            stopped = [m for i, m in enumerate(part.members) if trained[i] and not m.training]
+            population.freeze([i for i, m in enumerate(part.members) if not m.training])
+            for m in stopped:
+                if on_done is not None:
+                    on_done(m, part)
+            if checkpoints is not None:
+                checkpoints.save(part)
+            if after_epoch is not None:
+                after_epoch(part, result)
+    except BaseException:
+        # Ctrl-C, SIGTERM turned into KeyboardInterrupt, a caller's budget: the members in
+        # training keep their finished epochs and are marked interrupted. Their weights are
+        # not handed out: a chunk stopped half-way may have consumed its (donated) state.
+        for m in part.members:
+            if m.training:
+                m.status = INTERRUPTED
+        raise
+    finally:
+        report.compile_seconds += population.compile_seconds
+    for m in part.members:  # a member frozen before its last epoch (nothing left to run)
+        if m.training:
+            m.status = COMPLETED
+            if on_done is not None:
+                on_done(m, part)
+
+
+# ------------------------------------------------------------------ the one run-folder writer
+
+
+def summary(m: Member, **extra: Any) -> dict[str, Any]:
+    """A member's `summary.json`, one schema for every run folder (train, a sweep's best, a trial)."""
+    seconds = [r["seconds"] for r in m.history]
+    out: dict[str, Any] = {
+        "name": m.spec.name, "status": m.status, "epochs_completed": m.epochs,
+        "epochs_requested": m.spec.training.epochs, "best_epoch": m.best_epoch,
+        "train_samples": m.train_samples, "validation_samples": m.validation_samples,
+        "train_seconds": float(sum(seconds)), "seconds_per_epoch": seconds,
+        "final": m.history[-1] if m.history else None,
+    }
+    if m.status == DIVERGED:
+        out["diverged_at_epoch"] = m.epochs
+        out["hint"] = DIVERGED_HINT
+    out.update(extra)
+    out.setdefault("environment", runs.environment())
+    return out
+
+
+def finite(params: dict[str, np.ndarray]) -> bool:
+    """Weights worth saving: a diverged member's are not."""
+    return all(np.isfinite(np.asarray(v)).all() for v in params.values())
+
+
+def write_run(dest: Path, m: Member, weights: dict[str, np.ndarray] | None, **extra: Any) -> Path:
+    """A finished member as an ordinary run folder at `dest`, which appears whole or not at all."""
+    if dest.exists():
+        return dest
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    writer = runs.RunWriter(tmp, m.spec)
+    writer.log_epochs(m.history)
+    if weights is not None and finite(weights):
+        writer.save_weights(weights)
+    writer.finish(summary(m, **extra))
+    tmp.rename(dest)
+    return dest
