@@ -506,7 +506,7 @@ def _regularized(spec: ModelSpec):
     """(parameter name, hyper key prefix, has l1, has l2) for every regularized tensor."""
     for name, layer in zip(layer_names(spec), spec.layers):
         if isinstance(layer, (Dense, Conv2D)):
-            for which in ("kernel", "bias"):
+            for which in ("kernel", "bias") if layer.use_bias else ("kernel",):  # Keras: no bias, no penalty on it
                 l1, l2 = _terms(getattr(layer, f"{which}_regularizer"))
                 if l1 or l2:
                     yield f"{name}/{which}", f"{name}.{which}", l1, l2

@@ -95,16 +95,31 @@ ROLES: dict[str, dict[str, str]] = {
                       "initial_accumulator_value": NUMBER},
 }
 
-# The member fields outside `model` and `optimizer` (see ROLES); the rest of those sections is data.
-MEMBER_FIELDS = tuple(f"training.{k}" for k, role in ROLES["TrainingSpec"].items() if role == MEMBER) + tuple(
-    k for k, role in ROLES["RunSpec"].items() if role == MEMBER)
+def field_at(spec: RunSpec, path: str) -> tuple[str, str]:
+    """(class name, field) of a dotted path into `spec` ("model.layers.1.units" -> ("Dense", "units"))."""
+    node: Any = spec
+    owner = name = ""
+    for part in path.split("."):
+        if isinstance(node, (list, tuple)):
+            node = node[int(part)]
+            continue
+        owner, name = type(node).__name__, part
+        node = getattr(node, part)
+    return owner, name
+
+
+def role_of(spec: RunSpec, path: str) -> str | None:
+    """The role of the field at `path`; None for a field ROLES does not know (yet)."""
+    owner, name = field_at(spec, path)
+    return ROLES.get(owner, {}).get(name)
 
 
 def data_key(spec: RunSpec) -> tuple:
-    """What decides the images a member trains and validates on, derived by exclusion."""
+    """What decides the images a member trains and validates on, derived by exclusion: every
+    field outside the model and optimizer that is neither program nor member, unknown ones too."""
     flat = spec_lib.flatten(spec.resolved())
     key = {k: v for k, v in flat.items()
-           if not k.startswith(("model.", "optimizer.")) and k not in MEMBER_FIELDS}
+           if not k.startswith(("model.", "optimizer.")) and role_of(spec, k) not in (PROGRAM, MEMBER)}
     if spec.training.validation.method == "stratified" and spec.training.validation.fraction > 0:
         key["training.seed"] = spec.training.seed  # it draws the validation images
     return tuple(sorted(key.items()))

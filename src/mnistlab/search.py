@@ -170,12 +170,11 @@ def candidates(sweep: SweepSpec) -> list[populations.Member]:
     base = base_spec(sweep)
     out = []
     for p, point in enumerate(sweep.search.points_to_train()):
-        values = expand_point(base, point)
-        for s in range(sweep.seeds):
-            spec = spec_lib.with_values(base, {**values, "training.seed": base.training.seed + s,
-                                               "name": f"{sweep.name}-{len(out)}"},
-                                        source=f"sweep point {p} {point}")
-            out.append(populations.Member(len(out), spec, tags={"point": p, "params": point}))
+        spec = spec_lib.with_values(base, expand_point(base, point), source=f"sweep point {p} {point}")
+        for s in range(sweep.seeds):  # seeds count up from the point's own
+            seeded = spec_lib.with_values(spec, {"training.seed": spec.training.seed + s,
+                                                 "name": f"{sweep.name}-{len(out)}"}, source=f"sweep point {p}")
+            out.append(populations.Member(len(out), seeded, tags={"point": p, "params": point}))
     return out
 
 

@@ -168,10 +168,10 @@ def trial_spec(tune: TuneSpec, base: spec_lib.RunSpec, point: dict[str, Any], na
 
 def trial_members(tune: TuneSpec, base: spec_lib.RunSpec, point: dict[str, Any], number: int,
                   seeds: int) -> list[populations.Member]:
-    """A trial's members: its configuration with seeds base, base + 1, ... (as a sweep's)."""
+    """A trial's members: its configuration with seeds counting up from its own (as a sweep's)."""
     spec = trial_spec(tune, base, point, f"{tune.name}-{number}")
     return [populations.Member(number * seeds + s, spec_lib.with_values(
-        spec, {"training.seed": base.training.seed + s}, source=f"{tune.name}: trial {number}"),
+        spec, {"training.seed": spec.training.seed + s}, source=f"{tune.name}: trial {number}"),
         tags={"trial": number, "point": point}) for s in range(seeds)]
 
 
@@ -575,14 +575,15 @@ def run(tune: TuneSpec, trials: int, *, study_dir: str | Path | None = None, sto
                          f"--trials {trials} lowered to {grid_size(tune)}"})
         trials = grid_size(tune)
     base = _base(tune)
-    arrays = arrays if arrays is not None else data.load(base.dataset, data_dir)
+    arrays = arrays if arrays is not None else data.load(base.dataset, data_dir)  # fails before any trial
     max_epochs = _max_epochs(tune, base)
     study.pruner = make_pruner(settings, max_epochs)
     seed = settings.seed if settings.seed is not None else tune.sweep.search.seed
     started = time.perf_counter()
     opened: dict[int, Open] = {}
     deadline = started + timeout if timeout is not None else None
-    ctx = _Worker(tune, settings, study, folder, arrays, base, on_event, memory_budget, opened, deadline)
+    ctx = _Worker(tune, settings, study, folder, populations.loader(data_dir, arrays), base, on_event, memory_budget,
+                  opened, deadline)
     interrupted = timed_out = False
     with warnings.catch_warnings(), Heartbeats(rdb, settings.heartbeat_interval) as beats:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -714,7 +715,7 @@ class _Worker:
     settings: TuneSettings
     study: Any
     folder: Path
-    arrays: data.Arrays
+    load: Callable[[str], data.Arrays]
     base: spec_lib.RunSpec
     on_event: Callable[[dict[str, Any]], None] | None
     memory_budget: int | None
@@ -724,7 +725,6 @@ class _Worker:
 
     def __post_init__(self):
         self.messages: list[str] = []
-        self.load = populations.loader(None, self.arrays)
 
     def train_batch(self, batch: list[Open]) -> None:
         """Train a batch's trials through the one driver; report, prune and tell as epochs end."""

@@ -1,0 +1,361 @@
+"""populations.py: every field of a specification has a role, and every member of a sweep or a
+tune study is exactly the configuration it names.
+
+The fields are generated from the specification (`variations`), never listed by hand, and
+`test_the_variations_reach_every_field` checks they reach every field `ROLES` classifies.
+"""
+
+import json
+import math
+import typing
+
+import numpy as np
+import pytest
+from pydantic import BaseModel
+
+import mnistlab
+from mnistlab import engine, populations, search
+from mnistlab import spec as spec_lib
+from mnistlab import tune as tune_lib
+from mnistlab.populations import DATA, MEMBER, NESTED, PROGRAM, ROLES
+from mnistlab.spec import RunSpec
+
+# ------------------------------------------------------------------ the specification's fields
+
+
+def _models_in(annotation) -> typing.Iterator[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+        return
+    for arg in typing.get_args(annotation):
+        yield from _models_in(arg)
+
+
+def spec_models() -> dict[str, type[BaseModel]]:
+    """Every Pydantic model reachable from RunSpec (the layer union included), by class name."""
+    found: dict[str, type[BaseModel]] = {}
+
+    def visit(annotation) -> None:
+        for cls in _models_in(annotation):
+            if cls.__name__ not in found:
+                found[cls.__name__] = cls
+                for f in cls.model_fields.values():
+                    visit(f.annotation)
+
+    visit(RunSpec)
+    return found
+
+
+def test_every_field_of_the_specification_has_a_role():
+    models = spec_models()
+    assert set(models) == set(ROLES), "a model of the specification is missing from ROLES (or ROLES names a gone one)"
+    for name, cls in models.items():
+        assert set(cls.model_fields) == set(ROLES[name]), f"{name}: classify every field in populations.ROLES"
+        for field, role in ROLES[name].items():
+            holds_model = any(True for _ in _models_in(cls.model_fields[field].annotation))
+            assert (role == NESTED) == holds_model, f"{name}.{field}: NESTED exactly for tables of their own"
+
+
+# ------------------------------------------------------------------ variations, generated
+
+COMMON = {"training": {"epochs": 2, "batch_size": 50, "eval_batch_size": 100, "subset": 1000, "seed": 0,
+                       "validation": {"fraction": 0.3, "method": "last"}}}
+DENSE = {
+    "name": "p", "dataset": "mnist", **COMMON,
+    "model": {"layers": [
+        {"type": "dropout", "rate": 0.1},
+        {"type": "dense", "units": 24, "activation": "relu", "kernel_initializer": "he_normal",
+         "bias_initializer": {"name": "random_uniform", "minval": -0.01, "maxval": 0.01},
+         "kernel_regularizer": {"l1": 1e-5, "l2": 1e-4}, "bias_regularizer": {"l2": 1e-4},
+         "kernel_constraint": {"max_value": 3.0}},
+        {"type": "dense", "units": 10, "activation": "softmax",
+         "kernel_initializer": {"name": "truncated_normal", "stddev": 0.05},
+         "bias_initializer": {"name": "constant", "value": 0.01},
+         "kernel_regularizer": {"l2": 1e-4}}]},
+    "optimizer": {"name": "adam", "learning_rate": 2e-3,
+                  "schedule": {"name": "exponential", "decay_steps": 20, "decay_rate": 0.9, "warmup_steps": 3}},
+}
+CONV = {
+    "name": "c", **COMMON,
+    "model": {"layers": [
+        {"type": "random_translation", "height_factor": 0.1, "width_factor": 0.1, "fill_mode": "constant"},
+        {"type": "random_rotation", "factor": 0.03, "fill_mode": "constant"},
+        {"type": "random_zoom", "height_factor": 0.1, "width_factor": 0.1, "fill_mode": "constant"},
+        {"type": "elastic_distortion", "alpha": 1.0, "sigma": 3.0, "fill_mode": "constant"},
+        {"type": "conv2d", "filters": 4, "kernel_size": 3, "activation": "relu",
+         "kernel_regularizer": {"l2": 1e-4}},
+        {"type": "batch_normalization"},
+        {"type": "activation", "activation": "relu"},
+        {"type": "max_pooling2d", "pool_size": 2},
+        {"type": "conv2d", "filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"},
+        {"type": "average_pooling2d", "pool_size": 2},
+        {"type": "flatten"},
+        {"type": "dense", "units": 10, "activation": "softmax"}]},
+    "optimizer": {"name": "rmsprop", "learning_rate": 1e-3},
+}
+
+
+def _optimizer(table):
+    return {**DENSE, "optimizer": table}
+
+
+def _everything(path: str) -> bool:
+    return True
+
+
+def _family(name: str, schedule: bool = False):
+    """An optimizer family's own numbers (Keras' defaults table names them), and its schedule's."""
+    own = tuple(f"optimizer.{k}" for k in spec_lib.OPTIMIZER_DEFAULTS[name] if k != "learning_rate")
+    return lambda path: path in own or (schedule and path.startswith("optimizer.schedule."))
+
+
+# name -> (base, which of its paths to vary): every path of the first; the other optimizer
+# families' own settings; the convolutional network's layers.
+BASES = {
+    "dense": (DENSE, _everything),
+    "sgd": (_optimizer({"name": "sgd", "learning_rate": 0.05, "momentum": 0.9, "nesterov": True, "decay": 1e-3,
+                        "schedule": {"name": "cosine", "decay_steps": 28, "alpha": 0.1}}), _family("sgd", True)),
+    "rmsprop": (_optimizer({"name": "rmsprop", "learning_rate": 1e-3, "momentum": 0.5,
+                            "schedule": {"name": "inverse_time", "decay_steps": 10, "staircase": True}}),
+                _family("rmsprop", True)),
+    "adagrad": (_optimizer({"name": "adagrad", "learning_rate": 0.05}), _family("adagrad")),
+    "adamw": (_optimizer({"name": "adamw", "learning_rate": 2e-3, "amsgrad": True}), _family("adamw")),
+    "conv": (CONV, lambda path: path.startswith("model.layers.")),
+}
+
+NAMES = (*spec_lib.ACTIVATIONS, *spec_lib.INITIALIZERS, *spec_lib.OPTIMIZERS, "exponential", "inverse_time",
+         "step", "cosine", "constant", "stratified", "last", "same", "valid", "reflect", "nearest", "wrap")
+
+
+def _alternatives(path: str, value) -> list:
+    """Values to try in place of `value`, most telling first (the first valid one is used)."""
+    if path == "dataset":
+        return ["fashion-mnist"]
+    if path == "name":
+        return [f"{value}-other"]
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, int):
+        return [value + 1, value * 2, value - 1]
+    if isinstance(value, float):
+        return [value * 0.5, value * 2, 0.05, 0.5] if value else [0.05, 1e-3, 0.5]
+    if isinstance(value, str):
+        return [n for n in NAMES if n != value]
+    if isinstance(value, list):  # a window's (height, width)
+        return [[v + 1 for v in value]]
+    return []
+
+
+def leaves(tree, prefix: str = "") -> dict:
+    """Dotted paths to values, layers by index; a pair of numbers is one value."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in leaves(sub, f"{prefix}{key}.").items()}
+    if isinstance(tree, list) and any(isinstance(v, dict) for v in tree):
+        return {k: v for i, sub in enumerate(tree) for k, v in leaves(sub, f"{prefix}{i}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def variations(base: dict, chosen) -> list[tuple[str, typing.Any, typing.Any]]:
+    """(key, value in the base, another valid value) for every leaf of the resolved base.
+
+    A leaf that cannot change alone (augmentation layers resampled as one share their fill)
+    changes tied to every leaf of the same name: the key names them all, "a,b".
+    """
+    spec = spec_lib.from_dict(base)
+    flat = leaves(spec.resolved())
+    out = []
+    for path, value in flat.items():
+        if not chosen(path) or path.endswith(".type"):  # a layer's type is the layer itself
+            continue
+        same_name = [p for p in flat if p.rsplit(".", 1)[-1] == path.rsplit(".", 1)[-1] and flat[p] == value]
+        for other in _alternatives(path, value):
+            for key in (path, ",".join(same_name)):
+                try:
+                    changed = spec_lib.with_values(spec, dict.fromkeys(key.split(","), other))
+                except mnistlab.UserError:
+                    continue
+                if leaves(changed.resolved()).get(path) == other:
+                    break
+            else:
+                continue
+            if key.split(",")[0] == path:  # a tied key is listed once, at its first path
+                out.append((key, value, other))
+            break
+    return out
+
+
+def cases() -> list[tuple[str, str, typing.Any, typing.Any]]:
+    """Every base's variations; the convolutional base's only where they reach a new field."""
+    out, reached = [], set()
+    for name, (base, chosen) in BASES.items():
+        spec = spec_lib.from_dict(base)
+        for key, old, new in variations(base, chosen):
+            where = populations.field_at(spec, key.split(",")[0])
+            if name != "conv" or where not in reached:
+                out.append((name, key, old, new))
+            reached.add(where)
+    return out
+
+
+CASES = cases()
+IDS = [f"{name}:{path}" for name, path, _, _ in CASES]
+
+
+def test_the_variations_reach_every_field():
+    reached = {populations.field_at(spec_lib.from_dict(BASES[name][0]), p)
+               for name, key, _, _ in CASES for p in key.split(",")}
+    leaves = {(cls, field) for cls, fields in ROLES.items() for field, role in fields.items()
+              if role != NESTED and field != "type"}
+    assert leaves - reached == set()
+
+
+@pytest.mark.parametrize("name, path, old, new", CASES, ids=IDS)
+def test_each_role_holds_in_the_code(name, path, old, new):
+    a = spec_lib.from_dict(BASES[name][0])
+    b = spec_lib.with_values(a, dict.fromkeys(path.split(","), new))
+    role = populations.role_of(a, path.split(",")[0])
+    assert (populations.data_key(a) != populations.data_key(b)) == (role == DATA)
+    if role == MEMBER:
+        assert engine.structure(a) == engine.structure(b)
+        assert engine.Member(a).hyper == engine.Member(b).hyper
+    if role == PROGRAM and engine.structure(a) == engine.structure(b):
+        # Not every program field changes every program (nesterov without momentum, a
+        # schedule's steps under "constant"...): then it must change nothing at all.
+        assert engine.Member(a).hyper == engine.Member(b).hyper
+
+
+def test_a_stratified_holdout_puts_the_seed_in_the_data_key():
+    spec = spec_lib.with_values(spec_lib.from_dict(DENSE), {"training.validation.method": "stratified"})
+    other = spec_lib.with_values(spec, {"training.seed": 1})
+    assert populations.data_key(spec) != populations.data_key(other)
+
+
+# ------------------------------------------------------------------ the property
+
+
+@pytest.fixture(scope="module")
+def load(mnist_root):
+    return populations.loader(mnist_root)
+
+
+_ALONE: dict[str, list[dict]] = {}
+
+
+def alone(spec: RunSpec, load) -> list[dict]:
+    """The spec trained by itself with `mnistlab train` (memoized: sweeps and studies share it)."""
+    key = json.dumps({**spec.resolved(), "name": ""}, sort_keys=True)
+    if key not in _ALONE:
+        _ALONE[key] = mnistlab.train(spec, runs_dir=None, arrays=load(spec.dataset)).history
+    return _ALONE[key]
+
+
+def assert_same_training(history: list[dict], solo: list[dict], n_val: int) -> None:
+    """Same epochs; the same figures to float rounding of another member width."""
+    assert [r["epoch"] for r in history] == [r["epoch"] for r in solo]
+    for got, want in zip(history, solo):
+        assert got["val_accuracy"] == pytest.approx(want["val_accuracy"], abs=2.5 / n_val)
+        for key in ("loss", "val_loss"):
+            assert got[key] == pytest.approx(want[key], rel=2e-3)
+
+
+@pytest.mark.parametrize("name, path, old, new", [c for c in CASES if c[1] != "name"],
+                         ids=[i for i, c in zip(IDS, CASES) if c[1] != "name"])
+def test_a_sweep_member_is_its_configuration_trained_alone(name, path, old, new, load, tmp_path):
+    sweep = search.sweep_from_dict({"name": "prop", "base": BASES[name][0], "seeds": 1, "lanes": 2,
+                                    "search": {"method": "list", "points": [{path: old}, {path: new}]}})
+    result = search.run_sweep(sweep, sweeps_dir=tmp_path, arrays=load("mnist"))
+    members = {m.index: m for m in search.candidates(sweep)}
+    histories = {}
+    for line in (result.path / search.METRICS).read_text().splitlines():
+        record = json.loads(line)
+        histories.setdefault(record["member"], []).append(record)
+    for index, m in members.items():
+        assert m.tags["params"][path] in (old, new)
+        assert_same_training(histories[index], alone(m.spec, load), m.validation_samples or 300)
+
+
+@pytest.mark.parametrize("name, path, old, new", [c for c in CASES if c[1] != "name"],
+                         ids=[i for i, c in zip(IDS, CASES) if c[1] != "name"])
+def test_a_tune_trial_is_its_configuration_trained_alone(name, path, old, new, load, tmp_path):
+    space = tune_lib.tune_from_dict({
+        "name": "prop", "base": BASES[name][0], "lanes": 2,
+        "search": {"params": {path: {"choice": [old, new]}}},
+        "tune": {"sampler": "grid", "pruner": "none", "batch": 2}})
+    tune_lib.run(space, 2, study_dir=tmp_path, arrays=load("mnist"))
+    trials = json.loads((tmp_path / tune_lib.TRIALS_JSON).read_text())
+    assert sorted(json.dumps(t["params"][path]) for t in trials) == sorted(json.dumps(v) for v in (old, new))
+    history = {t["trial"]: t for t in trials}
+    import optuna
+
+    study = optuna.load_study(study_name="prop", storage=tune_lib.default_storage(tmp_path))
+    for t in study.trials:
+        spec = tune_lib.trial_spec(space, search.base_spec(space.sweep), history[t.number]["params"], "x")
+        assert t.state.name == "COMPLETE"
+        assert_same_training(t.user_attrs["history"], alone(spec, load), 300)
+
+
+# ------------------------------------------------------------------ the driver's own rules
+
+
+def test_members_stop_at_their_own_epochs_in_one_population(load):
+    base = spec_lib.from_dict(DENSE)
+    members = [populations.Member(i, spec_lib.with_values(base, {"training.epochs": e}))
+               for i, e in enumerate((1, 3, 2))]
+    report = populations.run(members, load, lanes=3)
+    assert report.parts == 1 and report.lanes == {"0.0": 3}  # one program, one data set
+    assert [m.epochs for m in members] == [1, 3, 2]
+    assert all(m.status == populations.COMPLETED for m in members)
+    for m in members:
+        assert_same_training(m.history, alone(m.spec, load), m.validation_samples)
+
+
+def test_patience_and_hooks_stop_members(load):
+    base = spec_lib.with_values(spec_lib.from_dict(DENSE), {"training.epochs": 4})
+    members = [populations.Member(i, spec_lib.with_values(base, {"optimizer.learning_rate": lr}))
+               for i, lr in enumerate((2e-3, 1e-9, 2e-3))]
+
+    def prune_third(m, part):
+        if m.index == 2 and m.epochs == 2:
+            m.status = populations.PRUNED
+
+    done = []
+    # learning rate 1e-9 learns nothing: its val_loss stops improving at once (patience 1).
+    populations.run(members, load, metric="val_loss", patience=1, lanes=1, on_epoch=prune_third,
+                    on_done=lambda m, part: done.append((m.index, m.status, m.epochs)))
+    assert members[0].status == populations.COMPLETED and members[0].epochs == 4
+    assert members[2].status == populations.PRUNED and members[2].epochs == 2
+    assert members[1].status == populations.STOPPED
+    assert members[1].epochs - members[1].best_epoch == 1
+    assert sorted(done) == sorted((m.index, m.status, m.epochs) for m in members)
+
+
+def test_divergence_freezes_one_member_and_writes_no_weights(load, tmp_path):
+    # SGD at learning rate 1e3 with l2(0.01) multiplies the kernel by about 1 - 2 * 1e3 * 0.01
+    # = -19 a step (no max-norm to hold it): it overflows.
+    hidden = {"type": "dense", "units": 24, "activation": "relu", "kernel_regularizer": {"l2": 0.01}}
+    base = spec_lib.from_dict({**DENSE, "model": {"layers": [hidden, DENSE["model"]["layers"][2]]},
+                               "optimizer": {"name": "sgd", "learning_rate": 1e3}})
+    members = [populations.Member(0, base), populations.Member(1, spec_lib.with_values(
+        base, {"optimizer.learning_rate": 0.05}))]
+    kept = {}
+    populations.run(members, load, lanes=2, on_done=lambda m, part: kept.update({m.index: part.params(m)}))
+    assert members[0].status == populations.DIVERGED and members[1].status == populations.COMPLETED
+    assert not populations.finite(kept[0]) and populations.finite(kept[1])
+    path = populations.write_run(tmp_path / "run", members[0], kept[0])
+    summary = json.loads((path / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged_at_epoch"] == members[0].epochs
+    assert not (path / "weights.safetensors").exists()
+
+
+def test_points_rank_by_their_mean_over_seeds_with_student_t_intervals():
+    rows = [{"member": i, "point": p, "status": "completed", "params": {"x": p}, "val_accuracy": v}
+            for i, (p, v) in enumerate([(0, 0.90), (0, 0.92), (0, 0.97), (1, 0.93), (1, 0.94), (1, 0.95)])]
+    points = search.point_rows(rows, "val_accuracy", "maximize")
+    assert [p["point"] for p in points] == [1, 0]  # point 0 holds the luckiest seed, point 1 the best mean
+    best = points[0]
+    # mean 0.94, sd 0.01, t(0.975, 2) = 4.302653 -> half-width 4.302653 * 0.01 / sqrt(3)
+    half = 4.302653 * 0.01 / math.sqrt(3)
+    assert best["n"] == 3 and best["mean"] == pytest.approx(0.94)
+    assert best["ci_low"] == pytest.approx(0.94 - half) and best["ci_high"] == pytest.approx(0.94 + half)
+    assert search.representative(best, rows, "val_accuracy") == 4  # 0.94: closest to the mean
+    np.testing.assert_allclose(points[1]["mean"], (0.90 + 0.92 + 0.97) / 3)
