@@ -328,8 +328,9 @@ def point_rows(rows: list[dict[str, Any]], metric: str, direction: str) -> list[
     out = []
     for p, members in sorted(by.items()):
         interval = stats.mean_ci([_value(r, metric) for r in members if _value(r, metric) is not None])
-        out.append({"point": p, "params": members[0]["params"], "n": interval.n, "mean": interval.mean,
-                    "ci_low": interval.low, "ci_high": interval.high, "sd": interval.sd,
+        shown = {k: v if math.isfinite(v) else None for k, v in interval.as_dict().items()}  # strict JSON: no NaN
+        out.append({"point": p, "params": members[0]["params"], "n": interval.n, "mean": shown["mean"],
+                    "ci_low": shown["low"], "ci_high": shown["high"], "sd": shown["sd"],
                     "members": [r["member"] for r in members],
                     "diverged": sum(r["status"] == populations.DIVERGED for r in members),
                     "finished": all(r["status"] not in (populations.PENDING, populations.RUNNING) for r in members)})

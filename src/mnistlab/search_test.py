@@ -305,3 +305,46 @@ def test_a_conv_sweep_groups_by_structure_and_matches_a_solo_run(mnist, tmp_path
     assert alone.history[-1]["loss"] == pytest.approx(row["loss"], rel=1e-3)
     best = runs.open_run(result.path / "best")
     assert best.params()["conv2d/kernel"].shape == (3, 3, 1, result.best["params"]["model.layers.2.filters"])
+
+
+def test_a_metric_no_epoch_produces_is_refused_before_anything_is_written(tmp_path, mnist_root):
+    raw = {"name": "bare", "base": "fast", "set": ["training.subset=1000", "training.epochs=1"],
+           "search": {"method": "list", "points": [{"training.validation_split": 0.2},
+                                                   {"training.validation_split": 0.0}]}}
+    (tmp_path / "s.toml").write_text(tomli_w.dumps(raw))
+    done = subprocess.run([sys.executable, "-m", "mnistlab", "sweep", str(tmp_path / "s.toml"), "--sweeps-dir",
+                           str(tmp_path / "out")], capture_output=True, text=True,
+                          env={**os.environ, "MNISTLAB_DATA": str(mnist_root)})
+    assert done.returncode == 2, done.stderr
+    assert "metric = 'val_accuracy' needs validation data, but point(s) 1 hold none out" in done.stderr
+    assert "training.validation_split=0.1" in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_table_shows_each_column_once_and_points_over_seeds(tmp_path, mnist_root):
+    # `training.epochs` is a parameter here: it must not stand beside a second "epochs" column.
+    raw = {"name": "cols", "base": "fast", "seeds": 2, "lanes": 2,
+           "set": ["training.subset=1500", "training.validation_split=0.2", "training.batch_size=100"],
+           "search": {"method": "list", "points": [{"training.epochs": 1}, {"training.epochs": 2}]}}
+    (tmp_path / "s.toml").write_text(tomli_w.dumps(raw))
+    done = subprocess.run([sys.executable, "-m", "mnistlab", "sweep", str(tmp_path / "s.toml"), "-q",
+                           "--sweeps-dir", str(tmp_path / "out")], capture_output=True, text=True,
+                          env={**os.environ, "MNISTLAB_DATA": str(mnist_root), "COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    header = next(line for line in done.stdout.splitlines() if "point" in line and "seeds" in line)
+    titles = [t.strip() for t in header.strip("┃│ ").split("┃") if t.strip()]
+    assert len(titles) == len(set(titles)) and "epochs" in titles
+    (folder,) = (tmp_path / "out").iterdir()
+    points = json.loads((folder / search.POINTS_JSON).read_text())
+    rows = json.loads((folder / search.RESULTS_JSON).read_text())
+    for p in points:  # each point: its two seeds, trained to its own epochs; mean and interval by hand
+        mine = [r for r in rows if r["point"] == p["point"]]
+        values = [r["val_accuracy"] for r in mine]
+        assert [r["epochs"] for r in mine] == [p["params"]["training.epochs"]] * 2
+        half = 12.706205 * np.std(values, ddof=1) / np.sqrt(2)  # t(0.975, 1)
+        assert p["n"] == 2 and p["mean"] == pytest.approx(np.mean(values))
+        assert p["ci_high"] - p["mean"] == pytest.approx(half, rel=1e-6)
+        assert f"{p['mean']:.4f} ± {half:.4f}" in done.stdout
+    csv_header = (folder / search.POINTS_CSV).read_text().splitlines()[0].split(",")
+    assert csv_header[:5] == ["point", "n", "mean", "ci_low", "ci_high"]
+    best = runs.open_run(folder / "best")
+    assert best.summary["member"] in points[0]["members"] and "closest to that mean" in best.summary["chosen"]

@@ -25,9 +25,10 @@ import pytest
 import tomli_w
 from optuna.trial import TrialState
 
-from mnistlab import data, engine, runs, tune
+from mnistlab import data, engine, runs, search, tune
 from mnistlab.errors import UserError
 from mnistlab.populations import split
+from mnistlab.training import train
 
 # Small, real trials: 2000 MNIST images (1500 train / 500 validation), a 784-32-10 network.
 BASE = ["training.subset=2000", "training.epochs=3", "training.validation_split=0.25",
@@ -432,3 +433,46 @@ def test_bad_or_unreachable_storage_exits_2(url, message, tmp_path):
 def test_redact_hides_passwords():
     assert tune.redact("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert tune.normalize_url("postgres://u@h/db") == "postgresql://u@h/db"
+
+
+def test_a_sweep_in_a_storage_is_shared_by_two_workers_and_equals_the_local_sweep(postgres, mnist_root, tmp_path):
+    # Three points x two seeds: the points are the study's trials, enqueued once; two workers
+    # started together train each exactly once, and each point's mean over its seeds is the
+    # one the same sweep computes without a storage.
+    raw = {"name": "shared-sweep", "base": "fast", "set": BASE, "seeds": 2, "lanes": 2,
+           "search": {"method": "grid", "params": {"optimizer.learning_rate": [1e-3, 3e-3, 1e-2]}}}
+    (tmp_path / "sweep.toml").write_text(tomli_w.dumps(raw))
+    env = {"MNISTLAB_DATA": str(mnist_root)}
+    optuna.storages.RDBStorage(postgres)  # the tables exist before the workers start
+    workers = [mnistlab("sweep", tmp_path / "sweep.toml", "--storage", postgres, "--sweeps-dir", tmp_path / w, env=env)
+               for w in ("a", "b")]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    for w, (out, err) in zip(workers, outputs):
+        assert w.returncode == 0, err + out
+    trials = trials_of(postgres, "shared-sweep")
+    assert sorted(x.params[tune.POINT] for x in trials) == [0, 1, 2]  # each point once, no more
+    assert all(x.state == TrialState.COMPLETE for x in trials)
+    local = search.run_sweep(search.sweep_from_dict(raw), sweeps_dir=tmp_path / "local",
+                             arrays=data.load("mnist", mnist_root))
+    for x in trials:
+        point = next(p for p in local.points if p["point"] == x.params[tune.POINT])
+        assert x.user_attrs["seeds"] == [0, 1] and x.value == pytest.approx(np.mean(x.user_attrs["seed_values"]))
+        assert x.value == pytest.approx(point["mean"], abs=2e-3)
+
+
+def test_a_trial_of_k_seeds_trains_them_together_and_is_their_mean(mnist, tmp_path):
+    raw = space("seeds", params={"optimizer.learning_rate": {"choice": [3e-3]}},
+                settings={"seeds": 3, "sampler": "grid"})
+    spec = load(raw)
+    result = tune.run(spec, 1, study_dir=tmp_path, arrays=mnist)
+    (trial,) = trials_of(tune.default_storage(tmp_path), "seeds")
+    values = trial.user_attrs["seed_values"]
+    assert result.counts.complete == 1 and trial.user_attrs["seeds"] == [0, 1, 2]
+    assert trial.value == pytest.approx(np.mean(values))
+    for seed, value in zip((0, 1, 2), values):
+        member = tune.trial_spec(spec, search.base_spec(spec.sweep), {"optimizer.learning_rate": 3e-3}, "x")
+        member = member.model_copy(update={"training": member.training.model_copy(update={"seed": seed})})
+        assert train(member, runs_dir=None, arrays=mnist).history[-1]["val_accuracy"] == pytest.approx(
+            value, abs=2 / 500)
+    # The intermediate values Optuna saw (what its pruner judges) are the means over seeds too.
+    assert trial.intermediate_values[3] == pytest.approx(trial.value)
