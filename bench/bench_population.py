@@ -1,7 +1,8 @@
 """Populations against single runs: is training 16 configurations at once worth it?
 
-For the seed architecture (784-1000-10, batch 32, Adam) and a small one (784-100-10), one
-epoch of real MNIST:
+For the seed architecture (784-1000-10, batch 32, Adam) and a small one (784-100-10), three
+epochs of real MNIST, every run through the one driver that `train`, `sweep`, `tune` and
+`ablate` use (`populations.run`), the fastest epoch after the first timed:
   - a single run (a population of one), times 16;
   - 16 members (16 learning rates) trained as one population, at the width `choose_lanes`
     measures, and at forced widths, to show what the measurement decides between.
@@ -19,33 +20,42 @@ import time
 
 import numpy as np
 
-from mnistlab import data, engine, spec as spec_lib
+from mnistlab import data, engine, populations
+from mnistlab import spec as spec_lib
 
 
-def members(base: spec_lib.RunSpec, count: int) -> list[spec_lib.RunSpec]:
+def members(base: spec_lib.RunSpec, count: int, epochs: int) -> list[spec_lib.RunSpec]:
     rates = np.geomspace(1e-4, 1e-2, count)
-    return [spec_lib.with_values(base, {"optimizer.learning_rate": float(r), "training.seed": i})
+    return [spec_lib.with_values(base, {"optimizer.learning_rate": float(r), "training.seed": i,
+                                        "training.epochs": epochs, "training.validation.fraction": 0.0})
             for i, r in enumerate(rates)]
 
 
 def epoch_seconds(specs, arrays, lanes) -> float:
-    """Seconds of the second epoch (the first compiles and warms caches)."""
-    population = engine.Population(specs, arrays.train_images, arrays.train_labels, lanes=lanes)
-    population.compile_all()
-    population.train_epoch()
-    return population.train_epoch().seconds
+    """The fastest epoch after the first (which compiles and warms caches), all members together."""
+    trained = [populations.Member(i, spec) for i, spec in enumerate(specs)]
+    populations.run(trained, lambda _: arrays, metric="loss", lanes=lanes)
+    epochs = len(trained[0].history)
+    return min(sum(m.history[e]["seconds"] for m in trained) for e in range(1, epochs))
 
 
-def bench(name: str, base: spec_lib.RunSpec, arrays, count: int, widths: list[int]) -> dict:
-    specs = members(base, count)
-    single = epoch_seconds(specs[:1], arrays, 1)
+def bench(name: str, base: spec_lib.RunSpec, arrays, count: int, widths: list[int], repeats: int) -> dict:
+    """Single runs and populations, interleaved `repeats` times; each keeps its fastest epoch
+    (this machine's speed drifts by tens of percent over minutes, see docs/benchmarks.md)."""
+    specs = members(base, count, epochs=3)
     chosen = engine.choose_lanes(base, arrays.train_images, arrays.train_labels, count)
-    rows = {"single_epoch_s": single, "chosen_lanes": chosen, "widths": {}}
-    for width in sorted(set(widths) | {chosen}):
-        seconds = epoch_seconds(specs, arrays, width)
-        rows["widths"][width] = {"epoch_s": seconds, "ratio_to_singles": seconds / (count * single)}
-        print(f"[bench] {name} width {width}: {seconds:.2f} s for {count} members "
-              f"({seconds / (count * single):.3f} x {count} single runs)", flush=True)
+    widths = sorted(set(widths) | {chosen})
+    single, seconds = [], {w: [] for w in widths}
+    for _ in range(repeats):
+        single.append(epoch_seconds(specs[:1], arrays, 1))
+        for width in widths:
+            seconds[width].append(epoch_seconds(specs, arrays, width))
+    rows = {"single_epoch_s": min(single), "single_runs": single, "chosen_lanes": chosen, "widths": {}}
+    for width in widths:
+        best = min(seconds[width])
+        rows["widths"][width] = {"epoch_s": best, "runs": seconds[width], "ratio_to_singles": best / (count * min(single))}
+        print(f"[bench] {name} width {width}: {best:.2f} s for {count} members "
+              f"({best / (count * min(single)):.3f} x {count} single runs)", flush=True)
     return rows
 
 
@@ -54,6 +64,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=16)
     parser.add_argument("--widths", default="1,4,16")
     parser.add_argument("--networks", default="seed,small")
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default="docs/bench-population.json")
     args = parser.parse_args()
     arrays = data.load("mnist")
@@ -65,7 +76,7 @@ def main() -> None:
     networks = {"seed": ("seed 784-1000-10", seed), "small": ("small 784-100-10", small)}
     for name in args.networks.split(","):
         label, base = networks[name]
-        results[name] = bench(label, base, arrays, args.members, widths)
+        results[name] = bench(label, base, arrays, args.members, widths, args.repeats)
     print("\n| network | single run s/epoch | lanes chosen | width | population s/epoch | ÷ 16 single runs |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name in args.networks.split(","):

@@ -468,7 +468,7 @@ def _study(space, trials: int, *, folder: Path, storage, settings, data_dir, tim
 def tune(
     config: Annotated[Path, typer.Argument(help="A search space: a sweep TOML, plus an optional \\[tune] table.")],
     trials: Annotated[Optional[int], typer.Option(
-        "--trials", min=1, help="Finished trials (complete + pruned) the study should reach; default: the "
+        "--trials", min=1, help="Finished trials (complete, pruned or diverged) the study should reach; default: the "
                                 "space's `trials`, or no more search with --final.")] = None,
     storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL that workers share, e.g. "
                                                    "postgresql://USER@HOST/DB (default: sqlite:///STUDY_DIR/study.db).")] = None,

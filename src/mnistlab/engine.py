@@ -275,6 +275,10 @@ class Population:
     chunks_per_epoch: int = 10
     eval_batches_per_call: int = 16
     compile_seconds: float = 0.0
+    # Train only the first `max_steps` batches of each epoch's order: `choose_lanes` times
+    # the real step on the whole data set (gathers from all of it miss the cache as
+    # training does) without paying for whole epochs.
+    max_steps: int | None = None
 
     def __post_init__(self):
         first = self.members[0]
@@ -401,7 +405,8 @@ class Population:
 
     def steps_per_epoch(self) -> int:
         """Keras' count: the last, smaller batch is a step too."""
-        return -(-len(self.train_labels) // self.spec.training.batch_size)
+        steps = -(-len(self.train_labels) // self.spec.training.batch_size)
+        return steps if self.max_steps is None else min(steps, self.max_steps)
 
     @property
     def active(self) -> np.ndarray:
@@ -428,11 +433,13 @@ class Population:
                 snapshot = self.states[k] if old is None else self._run("restore", keep, self.states[k], old[1])
                 self._snapshots[k] = (frozen, jax.tree.map(jnp.copy, snapshot))
 
-    def train_epoch(self, on_progress: Callable[[Progress], None] | None = None) -> EpochResult:
+    def train_epoch(self, on_progress: Callable[[Progress], None] | None = None,
+                    on_slice: Callable[[int], None] | None = None) -> EpochResult:
         """Train every active member for one epoch; then evaluate on the validation data.
 
         Slice after slice: a slice's weights stay in cache for its whole epoch. A slice
-        whose members are all frozen is skipped.
+        whose members are all frozen is skipped. `on_progress` hears of every chunk done;
+        `on_slice(k)` of every slice done (the one wait a slice needs, for timing it).
         """
         epoch = self.epochs_done + 1
         steps = self.steps_per_epoch()
@@ -455,6 +462,9 @@ class Population:
                     jax.block_until_ready(sums)  # report progress when it happened, not when queued
                     on_progress(Progress(epoch, done, total))
             sums_by_slice[k] = totals
+            if on_slice is not None:
+                jax.block_until_ready(totals)
+                on_slice(k)
         jax.block_until_ready(sums_by_slice)  # the epoch's time is its compute, not its dispatch
         seconds = time.perf_counter() - begin
         for k, (mask, snapshot) in self._snapshots.items():
@@ -594,9 +604,9 @@ _LANES: dict[tuple, int] = {}
 def choose_lanes(spec: RunSpec, images: np.ndarray, labels: np.ndarray, members: int, steps: int = 48) -> int:
     """How many members to train side by side on this device, decided by measurement.
 
-    Times a short run of the real step at widths 1, 2, 4, ... (up to the population, at
-    most 64) and keeps the width with the most member-steps per second; a width is timed
-    twice and its faster run counts, and the search stops early only once a width is far
+    Times a short run of the real step, gathering from the whole data set, at widths 1, 2,
+    4, ... (up to the population, at most 64) and keeps the width with the most member-steps
+    per second; a width is timed three times and its fastest run counts, and the search stops early only once a width is far
     (40%) slower than the best, since a wider program can win after a slower one. On a CPU
     a narrow program often wins (the weights and optimizer moments of many members no
     longer fit in cache: measured, 16 side by side were 1.9x slower per member for the
@@ -608,15 +618,14 @@ def choose_lanes(spec: RunSpec, images: np.ndarray, labels: np.ndarray, members:
     key = (structure(spec), jax.devices()[0].device_kind, members)
     if key in _LANES:
         return _LANES[key]
-    n = min(len(labels), steps * spec.training.batch_size)
     best, best_rate, width = 1, 0.0, 1
     while width <= min(members, 64):
         # At least two members, so the probe runs the population program.
         probe = [spec.model_copy(update={"training": spec.training.model_copy(update={"seed": s})})
                  for s in range(max(2, width))]
-        population = Population(probe, images[:n], labels[:n], lanes=width, chunks_per_epoch=1)
+        population = Population(probe, images, labels, lanes=width, chunks_per_epoch=1, max_steps=steps)
         population.train_epoch()  # compiles, warms the caches
-        seconds = min(population.train_epoch().seconds for _ in range(2))
+        seconds = min(population.train_epoch().seconds for _ in range(3))
         rate = len(probe) / seconds
         if rate > best_rate:
             best, best_rate = width, rate

@@ -299,27 +299,18 @@ def plan(members: list[Member], load: Callable[[str], data.Arrays], memory_budge
 def timed_epoch(population: engine.Population, on_progress=None) -> tuple[engine.EpochResult, np.ndarray]:
     """One epoch, and the training seconds of each member (NaN for members not trained).
 
-    One member per slice (`lanes = 1`): slices train one after another, so the progress
-    reports between them time each member on its own. Members side by side share the
-    epoch's time evenly.
+    One member per slice (`lanes = 1`): slices train one after another, so the end of each
+    times that member on its own. Members side by side share the epoch's time evenly.
     """
-    trained = population.active
-    running = np.flatnonzero(trained)
-    marks: dict[int, float] = {}
+    running = np.flatnonzero(population.active)
+    ends: dict[int, float] = {}
     start = time.perf_counter()
-
-    def progress(p: engine.Progress) -> None:
-        marks[p.steps_done] = time.perf_counter()
-        if on_progress is not None:
-            on_progress(p)
-
-    single = population.width == 1 and len(running) > 1
-    result = population.train_epoch(progress if single or on_progress is not None else None)
+    single = population.width == 1
+    result = population.train_epoch(on_progress, (lambda k: ends.setdefault(k, time.perf_counter())) if single else None)
     seconds = np.full(population.size, np.nan)
-    if single:
-        steps = population.steps_per_epoch()
-        ends = [marks[(j + 1) * steps] for j in range(len(running))]
-        seconds[running] = np.diff([start, *ends])
+    if single and ends:
+        order = sorted(ends)  # slice k holds member k at width 1
+        seconds[order] = np.diff([start, *(ends[k] for k in order)])
     else:
         seconds[running] = result.seconds / max(len(running), 1)
     return result, seconds

@@ -384,10 +384,13 @@ def run_sweep(sweep: SweepSpec, *, data_dir: str | Path | None = None, sweeps_di
     group_of = {m.index: g for g, group in enumerate(populations.groups(members)) for m in group}
     rows = lambda: [member_row(m, sweep.metric, group_of[m.index]) for m in members]  # noqa: E731
 
-    def after_epoch(part: populations.Part, result) -> None:
+    def write_metrics() -> None:  # from the members' histories, so always what the checkpoints hold
         lines = [{"member": m.index, "point": m.tags["point"], "group": group_of[m.index], **r}
                  for m in members for r in m.history]
         runs.atomic_write(folder / METRICS, "".join(json.dumps(line) + "\n" for line in lines))
+
+    def after_epoch(part: populations.Part, result) -> None:
+        write_metrics()
         if on_epoch:
             values = [m.best_value for m in members if m.best_value is not None and math.isfinite(m.best_value)]
             pick = max if sweep.direction == "maximize" else min
@@ -402,6 +405,7 @@ def run_sweep(sweep: SweepSpec, *, data_dir: str | Path | None = None, sweeps_di
     report = populations.run(members, load, metric=sweep.metric, patience=sweep.patience, lanes=sweep.lanes,
                              memory_budget=memory_budget, checkpoints=checkpoints, after_epoch=after_epoch,
                              after_part=after_part)
+    write_metrics()
     ranked = sort_rows(rows(), sweep.metric, sweep.direction)
     points = point_rows(ranked, sweep.metric, sweep.direction)
     best = representative(points[0], ranked, sweep.metric)

@@ -18,12 +18,13 @@ optional `[tune]` table (sampler, pruner, batch, heartbeats...; see `TuneSetting
     sampler = "tpe"
     pruner = "median"
 
-How a worker runs (`run`): while the study has fewer than N finished trials (complete or
-pruned), it asks Optuna for a batch of trials, turns each trial's suggestions into a run
-specification, groups the batch by program structure (as sweeps do) and trains each group
-as one `engine.Population`. Every epoch's validation value is reported to its trial; a
-trial the pruner stops is frozen inside the running population and told PRUNED. A
-diverged member is told FAIL. Nothing here reads the test set: only `final` does.
+How a worker runs (`run`): while the study has fewer than N finished trials (complete,
+pruned, or failed by divergence), it asks Optuna for a batch of trials, turns each trial's
+suggestions into its members (one per `[tune] seeds`) and trains the batch through the one
+driver (`populations.run`), grouped by program and data as sweeps are. Every epoch's
+validation value, the mean over the trial's seeds, is reported to its trial; a trial the
+pruner stops is frozen inside the running population and told PRUNED; a diverged one is
+told FAIL. Nothing here reads the test set: only `final` does.
 
 Several workers (processes, machines) share a study through its storage. The rule that
 keeps the count exact: asking is serialized by a lock on the storage (a PostgreSQL
@@ -553,7 +554,7 @@ def run(tune: TuneSpec, trials: int, *, study_dir: str | Path | None = None, sto
         arrays: data.Arrays | None = None, timeout: float | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
         memory_budget: int | None = None) -> TuneResult:
-    """Work on the study until it has `trials` finished (complete + pruned) trials.
+    """Work on the study until it has `trials` finished (complete, pruned or diverged) trials.
 
     Re-running resumes: the study lives in its storage. Any number of workers may run this
     at once against one storage (see the module's docstring for the counting rule).
