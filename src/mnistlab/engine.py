@@ -14,8 +14,8 @@ for M == 1 the axis is squeezed inside the compiled program and the plain step r
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, NamedTuple
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,16 +44,10 @@ class Sums(NamedTuple):
     count: jax.Array  # samples seen
 
 
-@dataclass(frozen=True)
-class Member:
-    """One configuration of a population: its spec and the numbers drawn from it."""
-
-    spec: RunSpec
-
-    @property
-    def hyper(self) -> dict[str, float]:
-        return {**model.hyperparameters(self.spec.model),
-                **{f"optimizer.{k}": v for k, v in optim.hyperparameters(self.spec.optimizer).items()}}
+def numbers(spec: RunSpec) -> dict[str, float]:
+    """A member's inputs to the compiled program: the model's and optimizer's per-member numbers."""
+    return {**model.hyperparameters(spec.model),
+            **{f"optimizer.{k}": v for k, v in optim.hyperparameters(spec.optimizer).items()}}
 
 
 def structure(spec: RunSpec) -> tuple:
@@ -292,7 +286,7 @@ class Population:
         self._active = np.ones(self.size, bool)
         self._snapshots: dict[int, tuple[np.ndarray, State]] = {}
         self._device_data()
-        hypers = [Member(m).hyper for m in self.members]
+        hypers = [numbers(m) for m in self.members]
         names = list(hypers[0])
         values = np.asarray([[h[k] for k in names] for h in hypers], np.float32).reshape(self.size, len(names))
         seeds = [m.training.seed for m in self.members]

@@ -15,7 +15,7 @@ walks the Pydantic models and checks each field is classified, and that the code
 so):
 
     program  changes the compiled program: members must share it (`engine.structure`)
-    number   a per-member input of the program (`engine.Member.hyper`)
+    number   a per-member input of the program (`engine.numbers`)
     member   per member outside the program: initial weights, seeds, epochs, the name
     data     which images are trained and validated on: members must share it
 

@@ -217,11 +217,11 @@ def test_each_role_holds_in_the_code(name, path, old, new):
     assert (populations.data_key(a) != populations.data_key(b)) == (role == DATA)
     if role == MEMBER:
         assert engine.structure(a) == engine.structure(b)
-        assert engine.Member(a).hyper == engine.Member(b).hyper
+        assert engine.numbers(a) == engine.numbers(b)
     if role == PROGRAM and engine.structure(a) == engine.structure(b):
         # Not every program field changes every program (nesterov without momentum, a
         # schedule's steps under "constant"...): then it must change nothing at all.
-        assert engine.Member(a).hyper == engine.Member(b).hyper
+        assert engine.numbers(a) == engine.numbers(b)
 
 
 def test_a_stratified_holdout_puts_the_seed_in_the_data_key():
