@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mnistlab.errors import UserError
+from mnistlab.errors import UserError, interrupt_code, raise_on_sigterm
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Dense networks on MNIST with exact Keras semantics, trained fast.")
@@ -84,8 +84,8 @@ def train(
         err.print(f"[red]diverged[/red] at epoch {result.summary['diverged_at_epoch']}: {result.summary['hint']}")
         raise typer.Exit(2)  # the configuration is the thing to fix
     if result.status == "interrupted":
-        err.print("interrupted: the epochs already finished are recorded")
-        raise typer.Exit(130)
+        err.print(f"interrupted ({result.summary['interrupted_by']}): the epochs already finished are recorded")
+        raise typer.Exit(143 if result.summary["interrupted_by"] == "SIGTERM" else 130)
 
 
 def _print_summary(summary: dict, run_dir: Path | None) -> None:
@@ -171,7 +171,13 @@ def sweep(
             bar.update(task, completed=p["members_done"], total=p["members"], best=best,
                        done=f"{p['members_done']}/{p['members']} done, part {p['part']} epoch {p['epoch']}/{p['epochs']}")
 
-        result = search.run_sweep(spec, data_dir=data_dir, sweeps_dir=sweeps_dir, resume=resume, on_epoch=on_epoch)
+        try:
+            result = search.run_sweep(spec, data_dir=data_dir, sweeps_dir=sweeps_dir, resume=resume,
+                                      on_epoch=on_epoch)
+        except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: every finished epoch is checkpointed
+            err.print(f"interrupted: the finished epochs are checkpointed in {getattr(stop, 'folder', sweeps_dir)}; "
+                      f"continue with `mnistlab sweep {config} --resume`", highlight=False)
+            raise typer.Exit(interrupt_code(stop)) from None
     for message in result.summary["messages"]:
         out.print(message)
     names = list(dict.fromkeys(n for p in result.points for n in p["params"]))
@@ -383,6 +389,10 @@ def compare(
     from mnistlab import figures, report as report_lib
 
     c = report_lib.compare(run_dirs)
+    for path, status in zip(c["paths"], dict(c["table"])["status"]):
+        if status in ("running", "killed"):
+            err.print(f"[yellow]warning:[/yellow] {path} is unfinished ({status}): its figures are of the epochs "
+                      "it recorded", highlight=False)
     table = Table("", *c["labels"], title="final figures")
     for key, values in c["table"]:
         table.add_row(key, *[report_lib.fmt(v, 2 if "seconds" in key else 4) for v in values])
@@ -459,7 +469,7 @@ def _study(space, trials: int, *, folder: Path, storage, settings, data_dir, tim
     if result.interrupted:
         err.print("interrupted: the trials in training were failed and queued again; run the same command "
                   "to resume")
-        raise typer.Exit(130)
+        raise typer.Exit(result.exit_code)
 
 
 
@@ -601,6 +611,7 @@ def _enable_compile_cache() -> None:
 
 def main() -> None:
     _enable_compile_cache()
+    raise_on_sigterm()  # SIGTERM stops a command as Ctrl-C does, keeping what is finished
     try:
         # Standalone mode: click reports usage errors itself (exit 2) and passes typer.Exit on.
         app()

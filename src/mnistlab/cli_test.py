@@ -6,8 +6,10 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import tomli_w
 
 from mnistlab import runs
 
@@ -70,10 +72,21 @@ def test_presets_and_datasets_listings(mnist_root):
     (["evaluate", "."], "not a run folder"),
     (["evaluate", ".", "--split", "tset"], "expected test, validation or train"),
     (["train", "--bogus"], "No such option"),
+    # One setting spelt twice is an error, not a silent winner.
+    (["train", "--set", "training.validation_split=0.2", "--set", "training.validation={fraction=0.1}"],
+     "training.validation_split and training.validation set the same thing"),
+    # An impossible subset is refused, not capped while config.toml records it.
+    (["train", "--preset", "fast", "--set", "training.subset=10000000"],
+     "training.subset = 10000000: 'mnist' has 60000 training images"),
+    # Names become folder names: one plain path component, under the folder the user chose.
+    (["train", "--set", "name='../../escaped'"], "becomes a folder name"),
+    (["train", "--set", "name='a/b'"], "becomes a folder name"),
+    (["train", "--set", "name=''"], "becomes a folder name"),
 ])
-def test_bad_input_exits_2_with_a_message(args, message, tmp_path):
-    done = mnistlab(*args, "--runs-dir", str(tmp_path / "runs")) if args[0] == "train" and "--bogus" not in args \
-        else mnistlab(*args, cwd=tmp_path)
+def test_bad_input_exits_2_with_a_message(args, message, tmp_path, mnist_root):
+    env = {"MNISTLAB_DATA": str(mnist_root)}
+    done = mnistlab(*args, "--runs-dir", str(tmp_path / "runs"), env=env) \
+        if args[0] == "train" and "--bogus" not in args else mnistlab(*args, cwd=tmp_path, env=env)
     assert done.returncode == 2, done.stdout + done.stderr
     assert message in done.stderr
     assert not (tmp_path / "runs").exists()  # nothing half-written
@@ -121,3 +134,88 @@ def test_ctrl_c_keeps_finished_epochs(mnist_root, tmp_path):
     assert proc.returncode == 130, err
     summary = json.loads((metrics.parent / runs.SUMMARY).read_text())
     assert summary["status"] == "interrupted" and summary["epochs_completed"] >= 1
+
+
+def test_sigterm_is_handled_as_ctrl_c_with_exit_143(mnist_root, tmp_path):
+    # What `timeout`, `docker stop` and systemd send: the finished epochs and their weights stay.
+    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "train", *QUICK, "--set", "training.epochs=2000",
+                             "--runs-dir", str(tmp_path)], env={**os.environ, "MNISTLAB_DATA": str(mnist_root)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    metrics = None
+    while time.monotonic() < deadline and metrics is None:
+        found = list(tmp_path.glob(f"*/{runs.METRICS}"))
+        if found and found[0].read_text().count("\n") >= 1:
+            metrics = found[0]
+        time.sleep(0.2)
+    assert metrics is not None, "no epoch finished in time"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "interrupted (SIGTERM)" in err and "Traceback" not in err
+    run = runs.open_run(metrics.parent)
+    assert run.summary["status"] == "interrupted" and run.summary["interrupted_by"] == "SIGTERM"
+    assert len(run.metrics) == run.summary["epochs_completed"] >= 1
+    assert set(run.params()) == {"dense/kernel", "dense/bias", "dense_1/kernel", "dense_1/bias"}
+
+
+@pytest.mark.parametrize("command", ["sweep", "tune"])
+def test_a_study_or_sweep_name_cannot_leave_its_folder(command, tmp_path, mnist_root):
+    raw = {"name": "../../escaped", "base": "fast", "set": ["training.validation_split=0.1"],
+           "search": {"params": {"optimizer.learning_rate": [1e-3]}}}
+    (tmp_path / "space.toml").write_text(tomli_w.dumps(raw))
+    work = tmp_path / "work" / "deep"
+    work.mkdir(parents=True)
+    done = mnistlab(command, str(tmp_path / "space.toml"), cwd=work, env={"MNISTLAB_DATA": str(mnist_root)})
+    assert done.returncode == 2 and "becomes a folder name" in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.toml", "work"] and not list(work.iterdir())
+
+
+@pytest.fixture
+def mounted(tmp_path):
+    """mount(size, read_only) -> a real tmpfs of that size (root only, as CI runs); unmounted after."""
+    points = []
+
+    def mount(size: str, read_only: bool = False) -> Path:
+        point = tmp_path / f"mnt{len(points)}"
+        point.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True,
+                              text=True)
+        if done.returncode != 0:
+            pytest.fail(f"cannot mount a tmpfs ({done.stderr.strip()}): these tests need root, as CI has")
+        points.append(point)
+        return point
+
+    yield mount
+    for point in points:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_a_full_disk_keeps_the_trained_result_elsewhere_and_exits_2(mounted, mnist_root, tmp_path):
+    small = mounted("2m")  # the 784-1000-10 network's weights alone are 3.2 MB
+    done = mnistlab("train", "--preset", "seed", "--set", "training.subset=2000", "--set", "training.epochs=1",
+                    "-q", "--runs-dir", str(small), env={"MNISTLAB_DATA": str(mnist_root), "TMPDIR": str(tmp_path)})
+    assert done.returncode == 2, done.stderr
+    said = " ".join(done.stderr.split())  # the console folds long lines
+    assert "could not write the run (" in said and "No space left on device" in said and "Traceback" not in said
+    (rescued,) = tmp_path.glob("mnistlab-rescued-*")
+    assert str(rescued) in done.stderr.replace("\n", "")
+    run = runs.open_run(rescued)
+    assert run.status == "completed" and len(run.metrics) == 1
+    assert run.params()["dense/kernel"].shape == (784, 1000)  # verified against its digest on the way
+
+
+def test_a_read_only_runs_dir_is_refused_before_training(mounted, mnist_root):
+    read_only = mounted("1m", read_only=True)
+    done = mnistlab("train", *QUICK, "--runs-dir", str(read_only / "runs"), env={"MNISTLAB_DATA": str(mnist_root)})
+    assert done.returncode == 2 and "cannot write there (Read-only file system)" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("units", [100_000_000, 1_000_000])
+def test_a_network_the_machine_cannot_hold_is_refused_with_the_estimate(units, mnist_root, tmp_path):
+    done = mnistlab("train", "--preset", "fast", "--set", f"model.layers.0.units={units}", "--runs-dir",
+                    str(tmp_path / "runs"), env={"MNISTLAB_DATA": str(mnist_root)})
+    assert done.returncode == 2, done.stderr
+    assert "GiB free, 80% of it usable" in done.stderr and f"model.layers.0 holds {784 * units:,}" in done.stderr
+    assert not (tmp_path / "runs").exists()

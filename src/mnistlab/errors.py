@@ -10,3 +10,25 @@ class UserError(Exception):
     """Bad input: the message names the thing that is wrong and how to fix it."""
 
     exit_code = 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `timeout`, `docker stop` and systemd send), handled as Ctrl-C: the work
+    finished so far is kept, and the command exits 143 (128 + 15) instead of 130."""
+
+    exit_code = 143
+
+
+def interrupt_code(stop: BaseException) -> int:
+    """The exit code of a command stopped by `stop`: 143 for SIGTERM, 130 for Ctrl-C."""
+    return getattr(stop, "exit_code", 130)
+
+
+def raise_on_sigterm() -> None:
+    """From now on SIGTERM raises `Terminated` in the main thread, wherever it is."""
+    import signal
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, handler)

@@ -231,19 +231,6 @@ def _layer(g: _Graph, x: str, layout: str, name: str, layer, params, before: tup
     raise AssertionError(f"layer type {kind} is validated by spec but has no ONNX form here")
 
 
-def check_params(spec: RunSpec, params: dict[str, np.ndarray], image_shape: tuple[int, ...]) -> None:
-    """A UserError unless `params` hold every weight the spec's network needs, in its shape."""
-    wrong = []
-    for pname, shape in model.parameter_shapes(spec.model, image_shape).items():
-        if pname not in params:
-            wrong.append(f"{pname} is missing")
-        elif tuple(params[pname].shape) != shape:
-            wrong.append(f"{pname} is {tuple(params[pname].shape)}, not {shape}")
-    if wrong:
-        raise UserError("the weights do not fit the spec's network (" + "; ".join(wrong) + "): "
-                        "export the run folder the weights were trained in, unedited.")
-
-
 def onnx_model(spec: RunSpec, params: dict[str, np.ndarray], *, input_type: str = "uint8",
                image_shape: tuple[int, ...] = (28, 28)):
     """The network as an `onnx.ModelProto` (checked with `onnx.checker`)."""
@@ -254,7 +241,7 @@ def onnx_model(spec: RunSpec, params: dict[str, np.ndarray], *, input_type: str 
         raise UserError(f"--input-type {input_type!r}: expected one of {', '.join(INPUT_TYPES)}")
     layers = spec.model.layers
     names = model.layer_names(spec.model)
-    check_params(spec, params, image_shape)
+    runs.check_params(spec, params, "the weights", image_shape)
     g = _Graph()
     spatial = any(isinstance(layer, SPATIAL) for layer in layers)
     x, layout = _input(g, image_shape, spatial, spec.model.input_rescale)

@@ -44,6 +44,7 @@ from safetensors.numpy import load_file, save_file
 
 from mnistlab import data, engine, runs
 from mnistlab import spec as spec_lib
+from mnistlab.errors import UserError
 from mnistlab.spec import RunSpec
 
 # ------------------------------------------------------------------ what groups members
@@ -147,6 +148,9 @@ def split(spec: RunSpec, arrays: data.Arrays):
     v = spec.training.validation
     x, y = arrays.train_images, arrays.train_labels
     if spec.training.subset is not None:
+        if spec.training.subset > len(y):  # a silent cap would record a subset that never was
+            raise UserError(f"training.subset = {spec.training.subset}: '{spec.dataset}' has {len(y)} training "
+                            f"images; give at most {len(y)}, or leave subset out for all of them")
         x, y = x[: spec.training.subset], y[: spec.training.subset]
     train_idx, val_idx = data.holdout(y, v.fraction, method=v.method, seed=spec.training.seed)
     return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
@@ -268,6 +272,31 @@ def groups(members: list[Member]) -> list[list[Member]]:
     return list(by.values())
 
 
+def check_fits(spec: RunSpec, image_shape: tuple[int, ...]) -> None:
+    """Refuse, before anything is allocated or written, a member this machine cannot hold.
+
+    The need: what `engine.member_bytes` counts on the device (weights, gradient, optimizer
+    slots, a batch's activations) plus the host's copies while initializing (a float64 draw
+    and its float32 cast); at most 80% of the free memory is counted on (XLA's workspace,
+    the data set and other processes take the rest).
+    """
+    from mnistlab import model
+
+    shapes = model.parameter_shapes(spec.model, image_shape)
+    sizes = {name: int(np.prod(shape)) for name, shape in shapes.items()}
+    weights = sum(sizes.values())
+    need = engine.member_bytes(spec, image_shape) + 12 * weights
+    free = engine.device_memory()
+    if need > 0.8 * free:
+        names = model.layer_names(spec.model)
+        biggest = max(sizes, key=sizes.get)
+        index = names.index(biggest.split("/")[0])
+        raise UserError(f"{spec.name}: one member needs about {need / 2**30:.1f} GiB ({weights:,} weights; "
+                        f"model.layers.{index} holds {sizes[biggest]:,} of them) and this machine has "
+                        f"{free / 2**30:.1f} GiB free, 80% of it usable: use fewer units or layers, a smaller "
+                        "batch_size, or a machine with more memory")
+
+
 def fit_memory(group: list[Member], image_shape: tuple[int, ...], budget: int | None,
                messages: list[str]) -> list[list[Member]]:
     """Split a group into shares whose members' state fits the device at once."""
@@ -291,6 +320,7 @@ def plan(members: list[Member], load: Callable[[str], data.Arrays], memory_budge
     parts = []
     for g, group in enumerate(groups(members)):
         arrays = load(group[0].spec.dataset)
+        check_fits(group[0].spec, arrays.train_images.shape[1:])
         for s, share in enumerate(fit_memory(group, arrays.train_images.shape[1:], memory_budget, messages)):
             parts.append(Part(f"{g}.{s}", share, arrays))
     return parts
@@ -531,7 +561,7 @@ def write_run(dest: Path, m: Member, weights: dict[str, np.ndarray] | None, **ex
     writer = runs.RunWriter(tmp, m.spec)
     writer.log_epochs(m.history)
     if weights is not None and finite(weights):
-        writer.save_weights(weights)
+        extra["weights_sha256"] = writer.save_weights(weights)
     writer.finish(summary(m, **extra))
     tmp.rename(dest)
     return dest

@@ -109,7 +109,7 @@ class Predictor:
         test = self.summary.get("test") or {}
         return {
             "name": self.spec.name,
-            "run": str(self.source) if self.source else None,
+            "run": self.source.name if self.source else None,  # its name: the path is the server's business
             "dataset": self.spec.dataset,
             "input": {"shape": list(self.image_shape), "dtype": "uint8",
                       "rescale": self.spec.model.input_rescale},

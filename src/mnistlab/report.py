@@ -296,13 +296,15 @@ def collect_run(path: str | Path, data_dir: str | Path | None = None, *, predict
     from mnistlab import data
 
     run = runs.open_run(path)
+    if not run.finished:
+        raise UserError(f"{run.path}: {run.describe()}: a report draws a finished run (completed, interrupted or "
+                        "diverged); wait for it to finish, or train it again")
     info = data.get_info(run.spec.dataset)
     out = RunData(run, list(info.class_names), image_shape=tuple(info.image_shape))
-    try:
-        out.params = run.params()
-    except UserError as e:
-        out.no_weights = str(e)
+    if not (run.path / runs.WEIGHTS).exists():  # diverged, or interrupted before its first epoch
+        out.no_weights = f"{run.path}: this run has no {runs.WEIGHTS}: {run.describe()}"
         return out
+    out.params = run.params()  # a damaged file, or one that does not fit config.toml, is an error
     if not predictions:
         return out
     from mnistlab.populations import split
@@ -925,7 +927,7 @@ def compare(paths: list[str | Path]) -> dict[str, Any]:
     table.append(("test_loss", [(r.summary.get("test") or {}).get("loss") for r in opened]))
     table = [(k, v) for k, v in table if any(x is not None for x in v)]
     table.append(("epochs", [r.summary.get("epochs_completed", len(r.metrics)) for r in opened]))
-    table.append(("status", [r.summary.get("status", "unknown") for r in opened]))
+    table.append(("status", [r.status for r in opened]))  # "killed": its process is gone
     table.append(("train seconds", [r.summary.get("train_seconds") for r in opened]))
     flat = [spec_lib.flatten(r.spec.resolved()) for r in opened]
     all_keys = sorted(set().union(*flat))

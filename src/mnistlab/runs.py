@@ -12,9 +12,11 @@ so a crash leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,16 +25,27 @@ from typing import Any
 
 import numpy as np
 import tomli_w
-from safetensors.numpy import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError
 
 CONFIG, METRICS, SUMMARY, WEIGHTS = "config.toml", "metrics.jsonl", "summary.json", "weights.safetensors"
+RUNNING, KILLED = "running", "killed"  # the status of a run in training, and of one whose process is gone
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write `path` through a temporary file in its folder and an atomic rename."""
+    """Write `path` through a temporary file in its folder and an atomic rename.
+
+    The file gets the mode any new file gets here (0666 less the umask), not mkstemp's 0600.
+    """
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -40,6 +53,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -59,7 +73,13 @@ def environment() -> dict[str, Any]:
 
 def new_run_dir(runs_dir: Path, name: str) -> Path:
     """A fresh folder `runs_dir/<time>-<name>`; a taken name gets a -2, -3... suffix."""
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=runs_dir, prefix=".mnistlab-probe-")
+        probe.close()
+    except OSError as err:
+        raise UserError(f"{runs_dir}: cannot write there ({err.strerror or err}): give a folder you can write "
+                        "to (--runs-dir / --sweeps-dir / --study-dir)") from None
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{name}"
     for n in range(1, 1000):
         path = runs_dir / (stem if n == 1 else f"{stem}-{n}")
@@ -79,6 +99,10 @@ class RunWriter:
         self.spec = spec
         self.epochs: list[dict[str, Any]] = []
         atomic_write(path / CONFIG, tomli_w.dumps(spec.resolved()))
+        # From the first moment the folder says what it is: a run in training, by whom. A
+        # reader that finds "running" from a process that is gone knows it was killed.
+        self.finish({"name": spec.name, "status": RUNNING, "pid": os.getpid(), "host": socket.gethostname(),
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     @classmethod
     def create(cls, runs_dir: Path, spec: spec_lib.RunSpec) -> "RunWriter":
@@ -91,25 +115,105 @@ class RunWriter:
         self.epochs.extend(records)
         atomic_write(self.path / METRICS, "".join(json.dumps(r) + "\n" for r in self.epochs))
 
-    def save_weights(self, params: dict[str, np.ndarray]) -> None:
-        save_weights(self.path / WEIGHTS, params, self.spec)
+    def save_weights(self, params: dict[str, np.ndarray]) -> str:
+        return save_weights(self.path / WEIGHTS, params, self.spec)
 
     def finish(self, summary: dict[str, Any]) -> None:
         atomic_write(self.path / SUMMARY, json.dumps(summary, indent=2) + "\n")
 
 
-def save_weights(path: Path, params: dict[str, np.ndarray], spec: spec_lib.RunSpec) -> None:
+# What writing a run can fail with for reasons outside mnistlab: a full disk, a read-only
+# or vanished folder, permissions (safetensors reports its I/O errors as its own type).
+WRITE_ERRORS = (OSError, SafetensorError)
+
+
+def rescue(spec: spec_lib.RunSpec, records: list[dict[str, Any]], params: dict[str, np.ndarray] | None,
+           summary: dict[str, Any]) -> str:
+    """Keep a trained result whose run folder could not be written: a new run folder under the
+    system's temporary folder. Says where, or that it could not be kept."""
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=f"mnistlab-rescued-{spec.name}-"))
+        writer = RunWriter(folder, spec)
+        writer.log_epochs(records)
+        if params is not None:
+            summary = {**summary, "weights_sha256": writer.save_weights(params)}
+        writer.finish(summary)
+        return f"the trained result is kept in {folder} (a complete run folder: move it where you want it)"
+    except WRITE_ERRORS as err:
+        return f"it could not be kept elsewhere either ({reason(err)}): the trained weights are lost"
+
+
+def reason(err: BaseException) -> str:
+    return getattr(err, "strerror", None) or str(err)
+
+
+DIGEST = "mnistlab.sha256"  # safetensors metadata: the digest of the tensors, checked on every load
+
+
+def tensors_digest(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(json.dumps([name, str(a.dtype), list(a.shape)]).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def save_weights(path: Path, params: dict[str, np.ndarray], spec: spec_lib.RunSpec) -> str:
+    """Write `params` as safetensors with the spec and their digest in the metadata; the digest."""
     # safetensors, never pickle: loading weights must not run code. The spec rides in the
     # metadata so a weights file alone still says what network it belongs to.
     arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in params.items()}
+    digest = tensors_digest(arrays)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(arrays, tmp, metadata={"mnistlab.spec": json.dumps(spec.resolved())})
+        save_file(arrays, tmp, metadata={"mnistlab.spec": json.dumps(spec.resolved()), DIGEST: digest})
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return digest
+
+
+def check_params(spec: spec_lib.RunSpec, params: dict[str, np.ndarray], source: str,
+                 image_shape: tuple[int, ...] | None = None) -> None:
+    """A UserError unless `params` hold exactly the weights the spec's network needs, in its
+    shapes (for images of `image_shape`, by default its dataset's)."""
+    from mnistlab import data, model
+
+    image_shape = image_shape or data.get_info(spec.dataset).image_shape
+    shapes = model.parameter_shapes(spec.model, image_shape)
+    wrong = [f"{name} is missing" for name in shapes if name not in params]
+    wrong += [f"{name} is {tuple(params[name].shape)}, not {shape}" for name, shape in shapes.items()
+              if name in params and tuple(params[name].shape) != shape]
+    wrong += [f"{name} is not in the network" for name in params if name not in shapes]
+    if wrong:
+        raise UserError(f"{source}: the weights do not fit the network its config.toml describes ("
+                        + "; ".join(wrong) + "): use the config.toml they were trained with, unedited")
+
+
+def load_weights(path: Path, spec: spec_lib.RunSpec | None = None) -> dict[str, np.ndarray]:
+    """The weights in `path`, verified: a UserError naming the file when it is missing, cut
+    short, not safetensors, changed since it was written, or not the spec's network."""
+    fix = "train the run again, or put back a good copy of the file"
+    try:
+        with safe_open(str(path), "np") as f:
+            metadata = f.metadata() or {}
+            arrays = {name: f.get_tensor(name) for name in f.keys()}
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except Exception as err:  # safetensors' own error, or the OS's: the file cannot be read as weights
+        raise UserError(f"{path}: not readable as safetensors weights ({err}): {fix}") from None
+    recorded = metadata.get(DIGEST)  # files written before digests were recorded have none
+    if recorded is not None and tensors_digest(arrays) != recorded:
+        raise UserError(f"{path}: the tensors differ from the ones written (sha256 {recorded[:12]}... recorded): "
+                        f"the file is corrupted; {fix}")
+    if spec is not None:
+        check_params(spec, arrays, str(path))
+    return arrays
 
 
 @dataclass(frozen=True)
@@ -121,12 +225,51 @@ class Run:
     summary: dict[str, Any]
     metrics: list[dict[str, Any]]
 
+    @property
+    def status(self) -> str:
+        """completed | interrupted | diverged | running | killed (a run whose process is gone), ..."""
+        status = self.summary.get("status", "unknown")
+        if status == RUNNING and self.summary.get("host") == socket.gethostname() \
+                and not _alive(self.summary.get("pid")):
+            return KILLED
+        return status
+
+    @property
+    def finished(self) -> bool:
+        return self.status not in (RUNNING, KILLED, "unknown")
+
+    def describe(self) -> str:
+        """The run's state in words, for messages."""
+        if self.status == RUNNING:
+            return f"still training (process {self.summary.get('pid')} on {self.summary.get('host')})"
+        if self.status == KILLED:
+            return (f"its training stopped without finishing after {len(self.metrics)} epoch(s): process "
+                    f"{self.summary.get('pid')} is gone (killed, out of memory or out of disk)")
+        return f"status '{self.status}'"
+
     def params(self) -> dict[str, np.ndarray]:
+        """The run's weights, verified against their digest and the network of config.toml."""
         weights = self.path / WEIGHTS
         if not weights.exists():
-            raise UserError(f"{self.path}: this run has no {WEIGHTS} (status "
-                            f"'{self.summary.get('status', 'unknown')}'); train it again.")
-        return load_file(weights)
+            raise UserError(f"{self.path}: this run has no {WEIGHTS}: {self.describe()}; train it again.")
+        return load_weights(weights, self.spec)
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+def _read_json(path: Path, fix: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err}): {fix}") from None
 
 
 def open_run(path: str | Path) -> Run:
@@ -135,9 +278,16 @@ def open_run(path: str | Path) -> Run:
         raise UserError(f"{path}: not a run folder (no {CONFIG}). Give a folder made by "
                         "`mnistlab train`, e.g. runs/20261127-101500-seed.")
     spec = spec_lib.load(path / CONFIG)
-    summary = json.loads((path / SUMMARY).read_text()) if (path / SUMMARY).exists() else {}
+    fix = "mnistlab writes it whole or not at all, so it was cut or edited since; put back a good copy"
+    summary = _read_json(path / SUMMARY, fix) if (path / SUMMARY).exists() else {}
     metrics_file = path / METRICS
-    metrics = [json.loads(line) for line in metrics_file.read_text().splitlines()] if metrics_file.exists() else []
+    metrics = []
+    if metrics_file.exists():
+        for n, line in enumerate(metrics_file.read_text().splitlines(), 1):
+            try:
+                metrics.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise UserError(f"{metrics_file}: line {n} is not valid JSON ({err}): {fix}") from None
     return Run(path, spec, summary, metrics)
 
 

@@ -43,7 +43,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from safetensors.numpy import load_file, save_file
 
 from mnistlab import data, populations, runs, stats
@@ -130,6 +130,11 @@ class SweepSpec(BaseModel):
     patience: int | None = Field(default=None, gt=0)  # early stopping on `metric`, per member
     lanes: int | None = Field(default=None, gt=0)  # members side by side; None: measured
     search: Space
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return spec_lib.check_name(v)
 
     @property
     def direction(self) -> str:
@@ -376,7 +381,8 @@ def run_sweep(sweep: SweepSpec, *, data_dir: str | Path | None = None, sweeps_di
     if resume and folder is None:
         raise UserError(f"--resume: no unfinished sweep '{sweep.name}' with this specification under {sweeps_dir}")
     load = populations.loader(data_dir, arrays)
-    load(base_spec(sweep).dataset)  # a missing data set fails before the sweep folder exists
+    for group in populations.groups(members):  # a missing data set or a network too big fails before the folder exists
+        populations.check_fits(group[0].spec, load(group[0].spec.dataset).train_images.shape[1:])
     if folder is None:
         folder = runs.new_run_dir(sweeps_dir, sweep.name)
         runs.atomic_write(folder / SWEEP, sweep_text(sweep))
@@ -402,9 +408,16 @@ def run_sweep(sweep: SweepSpec, *, data_dir: str | Path | None = None, sweeps_di
     def after_part(part: populations.Part) -> None:
         _keep_weights(folder, part, rows(), sweep)
 
-    report = populations.run(members, load, metric=sweep.metric, patience=sweep.patience, lanes=sweep.lanes,
-                             memory_budget=memory_budget, checkpoints=checkpoints, after_epoch=after_epoch,
-                             after_part=after_part)
+    try:
+        report = populations.run(members, load, metric=sweep.metric, patience=sweep.patience, lanes=sweep.lanes,
+                                 memory_budget=memory_budget, checkpoints=checkpoints, after_epoch=after_epoch,
+                                 after_part=after_part)
+    except KeyboardInterrupt as stop:
+        stop.folder = folder  # where `--resume` continues
+        raise
+    except runs.WRITE_ERRORS as err:
+        raise UserError(f"{folder}: could not write the sweep ({runs.reason(err)}); every epoch up to the last "
+                        "checkpoint is kept: make room (or fix the folder) and continue with --resume") from None
     write_metrics()
     ranked = sort_rows(rows(), sweep.metric, sweep.direction)
     points = point_rows(ranked, sweep.metric, sweep.direction)

@@ -348,3 +348,26 @@ def test_the_table_shows_each_column_once_and_points_over_seeds(tmp_path, mnist_
     assert csv_header[:5] == ["point", "n", "mean", "ci_low", "ci_high"]
     best = runs.open_run(folder / "best")
     assert best.summary["member"] in points[0]["members"] and "closest to that mean" in best.summary["chosen"]
+
+
+def test_sigterm_stops_a_sweep_that_resumes_to_the_end(mnist_root, tmp_path):
+    raw = {"name": "term", "base": "fast", "seeds": 1, "lanes": 2,
+           "set": ["training.subset=4000", "training.epochs=30", "training.validation_split=0.2"],
+           "search": {"method": "grid", "params": {"optimizer.learning_rate": [1e-3, 3e-3]}}}
+    (tmp_path / "s.toml").write_text(tomli_w.dumps(raw))
+    env = {**os.environ, "MNISTLAB_DATA": str(mnist_root)}
+    cmd = [sys.executable, "-m", "mnistlab", "sweep", str(tmp_path / "s.toml"), "-q", "--sweeps-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.glob("*/checkpoints/part-*.safetensors")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "--resume" in err and "Traceback" not in err
+    (folder,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert not (folder / search.RESULTS_JSON).exists()
+    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    epochs = [json.loads(line)["epoch"] for line in (folder / search.METRICS).read_text().splitlines()]
+    assert sorted(epochs) == sorted(list(range(1, 31)) * 2)  # every epoch once: none lost, none doubled

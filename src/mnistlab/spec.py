@@ -539,12 +539,24 @@ class TrainingSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _validation_split(cls, data: Any) -> Any:
-        # Keras spells it `validation_split=0.1`; accept that spelling too.
+        # Keras spells it `validation_split=0.1`; accept that spelling too, but not both at once.
         if isinstance(data, dict) and "validation_split" in data:
             data = dict(data)
             split = data.pop("validation_split")
-            data["validation"] = {**dict(data.get("validation") or {}), "fraction": split}
+            given = dict(data.get("validation") or {})
+            if "fraction" in given and given["fraction"] != split:
+                raise ValueError(f"validation_split = {split} and validation.fraction = {given['fraction']} are one "
+                                 "setting spelt twice: give one of them")
+            data["validation"] = {**given, "fraction": split}
         return data
+
+
+def check_name(name: str) -> str:
+    """A name becomes a folder name (runs/<time>-<name>, studies/<name>): one plain path component."""
+    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or len(name) > 200:
+        raise ValueError(f"name {name!r} becomes a folder name: give 1-200 characters without '/', '\\' "
+                         "or NUL, not '.' or '..' (e.g. \"lr-sweep\")")
+    return name
 
 
 class RunSpec(_Strict):
@@ -553,6 +565,11 @@ class RunSpec(_Strict):
     model: ModelSpec
     optimizer: OptimizerSpec = OptimizerSpec()
     training: TrainingSpec = TrainingSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return check_name(v)
 
     @model_validator(mode="after")
     def _shapes_fit(self) -> "RunSpec":
@@ -707,6 +724,12 @@ def with_values(spec: RunSpec, values: dict[str, Any], source: str = "--set") ->
     # Only what was given, not the filled-in defaults: switching `optimizer.name` from
     # adam to sgd must not carry Adam's beta_1 along.
     data = spec.model_dump(mode="json", exclude_unset=True)
+    values = {k.strip(): v for k, v in values.items()}
+    if "training.validation_split" in values:  # Keras' spelling of training.validation.fraction
+        other = [k for k in values if k in ("training.validation", "training.validation.fraction")]
+        if other:
+            raise UserError(f"{source}: training.validation_split and {other[0]} set the same thing: give one")
+        values["training.validation.fraction"] = values.pop("training.validation_split")
     for key, value in values.items():
         _set_path(data, key.strip().split("."), value, f"{key}={value!r}")
     return from_dict(data, source)

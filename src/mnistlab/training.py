@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from mnistlab import data, engine, populations, runs
+from mnistlab import data, engine, errors, populations, runs
 from mnistlab.spec import RunSpec
 
 
@@ -35,7 +35,9 @@ def train(spec: RunSpec, *, data_dir: str | Path | None = None, runs_dir: str | 
     """Train `spec` and record it under `runs_dir` (None: record nothing)."""
     started = time.perf_counter()
     arrays = arrays if arrays is not None else data.load(spec.dataset, data_dir)
-    populations.split(spec, arrays)  # a split that cannot be made fails before the run folder exists
+    # A split that cannot be made, or a network the machine cannot hold, fails before the run folder exists.
+    populations.split(spec, arrays)
+    populations.check_fits(spec, arrays.train_images.shape[1:])
     member = populations.Member(0, spec)
     writer = runs.RunWriter.create(Path(runs_dir), spec) if runs_dir is not None else None
     kept: dict[str, Any] = {}
@@ -56,20 +58,41 @@ def train(spec: RunSpec, *, data_dir: str | Path | None = None, runs_dir: str | 
 
     report = populations.Report()
     metric = "val_loss" if spec.training.validation.fraction > 0 else "loss"  # what `best_epoch` follows
+    failure = None
     try:
         report = populations.run([member], lambda _: arrays, metric=metric, lanes=1, on_epoch=log, on_done=done,
                                  on_progress=on_progress)
-    except KeyboardInterrupt:
-        pass  # the member is marked interrupted and keeps its finished epochs
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as `errors.Terminated`
+        # The member is marked interrupted and keeps its finished epochs.
+        kept["stop"] = "SIGTERM" if isinstance(stop, errors.Terminated) else "SIGINT"
+    except runs.WRITE_ERRORS as err:  # the run folder stopped taking writes (full disk, removed, ...)
+        failure = err
 
     extra: dict[str, Any] = {"compile_seconds": report.compile_seconds, "data_source": str(arrays.source)}
+    if "stop" in kept:
+        extra["interrupted_by"] = kept["stop"]
     if "test" in kept:
         extra["test"] = kept["test"]
         extra["evaluations"] = [{"split": "test", **kept["test"]}]
     extra["wall_seconds"] = time.perf_counter() - started
     summary = populations.summary(member, **extra)
     if writer:
-        if kept.get("params") is not None and populations.finite(kept["params"]):
-            writer.save_weights(kept["params"])
-        writer.finish(summary)
+        _record(writer, member, kept.get("params"), summary, failure)
     return TrainResult(member.status, member.history, summary, writer.path if writer else None, member)
+
+
+def _record(writer: runs.RunWriter, member: populations.Member, params, summary: dict[str, Any],
+            failure: BaseException | None) -> None:
+    """The weights first, then the summary that vouches for them (with their sha256). A folder
+    that cannot be written (full disk, read-only, permissions) is a UserError naming it and
+    where the trained result was kept instead."""
+    params = params if params is not None and populations.finite(params) else None
+    try:
+        if failure is not None:
+            raise failure
+        if params is not None:
+            summary["weights_sha256"] = writer.save_weights(params)
+        writer.finish(summary)
+    except runs.WRITE_ERRORS as err:
+        kept = runs.rescue(writer.spec, member.history, params, summary)
+        raise errors.UserError(f"{writer.path}: could not write the run ({runs.reason(err)}); {kept}") from None

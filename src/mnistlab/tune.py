@@ -60,7 +60,7 @@ import numpy as np
 
 from mnistlab import data, populations, runs, search
 from mnistlab import spec as spec_lib
-from mnistlab.errors import UserError
+from mnistlab.errors import UserError, interrupt_code
 
 # What a study folder holds (`mnistlab report` reads study.json, trials.json and metrics.jsonl).
 SPACE, DATABASE, STUDY, TRIALS_JSON, TRIALS_CSV, METRICS, FINAL = (
@@ -346,10 +346,13 @@ def open_storage(url: str, settings: TuneSettings, callback: bool = True):
                     return optuna.storages.RDBStorage(
                         url, engine_kwargs=kwargs, heartbeat_interval=settings.heartbeat_interval,
                         grace_period=settings.grace_period, heartbeat_stale_trial_callback=retry if callback else None)
-                except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError,
+                        sqlalchemy.exc.OperationalError) as err:
                     # Workers started together race to create Optuna's tables in a new
-                    # database; the loser finds them made on its next try.
-                    if attempt == 2:
+                    # database; the loser finds them made on its next try. (SQLite says
+                    # "table ... already exists" as an OperationalError, like a lost connection.)
+                    racing = not isinstance(err, sqlalchemy.exc.OperationalError) or "already exists" in str(err)
+                    if attempt == 2 or not racing:
                         raise
                     time.sleep(1 + attempt)
         except sqlalchemy.exc.NoSuchModuleError:
@@ -543,6 +546,7 @@ class TuneResult:
     summary: dict[str, Any]
     interrupted: bool = False
     timed_out: bool = False
+    exit_code: int = 0  # 130 after Ctrl-C, 143 after SIGTERM
 
 
 class _OutOfTime(Exception):
@@ -586,6 +590,7 @@ def run(tune: TuneSpec, trials: int, *, study_dir: str | Path | None = None, sto
     ctx = _Worker(tune, settings, study, folder, populations.loader(data_dir, arrays), base, on_event, memory_budget,
                   opened, deadline)
     interrupted = timed_out = False
+    exit_code = 0
     with warnings.catch_warnings(), Heartbeats(rdb, settings.heartbeat_interval) as beats:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
@@ -629,6 +634,7 @@ def run(tune: TuneSpec, trials: int, *, study_dir: str | Path | None = None, sto
             # Ctrl-C or the budget: the trials in training are failed and queued again with
             # the same parameters; re-running the command trains them.
             interrupted, timed_out = isinstance(stop, KeyboardInterrupt), isinstance(stop, _OutOfTime)
+            exit_code = interrupt_code(stop) if interrupted else 0
             if timed_out:
                 _emit(on_event, {"event": "message", "text": f"--timeout {timeout:g} s reached: trials "
                                  f"{', '.join(map(str, opened))} stopped and queued again"})
@@ -646,7 +652,7 @@ def run(tune: TuneSpec, trials: int, *, study_dir: str | Path | None = None, sto
     summary = write_outputs(study, folder, tune, settings, url, trials, with_importances=True)
     _prune_trial_folders(study, folder)
     _emit(on_event, {"event": "done", "seconds": time.perf_counter() - started})
-    return TuneResult(folder, url, counts(study), summary, interrupted, timed_out)
+    return TuneResult(folder, url, counts(study), summary, interrupted, timed_out, exit_code)
 
 
 def _open(tune: TuneSpec, settings: TuneSettings, study_dir, storage: str | None, retry: bool):

@@ -476,3 +476,41 @@ def test_a_trial_of_k_seeds_trains_them_together_and_is_their_mean(mnist, tmp_pa
             value, abs=2 / 500)
     # The intermediate values Optuna saw (what its pruner judges) are the means over seeds too.
     assert trial.intermediate_values[3] == pytest.approx(trial.value)
+
+
+def test_sigterm_fails_and_requeues_the_trials_in_training(mnist_root, tmp_path):
+    raw = space("term", set_=[*BASE, "training.epochs=200"], settings={"batch": 2})
+    (tmp_path / "space.toml").write_text(tomli_w.dumps(raw))
+    worker = mnistlab("tune", tmp_path / "space.toml", "--trials", 2, "--study-dir", tmp_path,
+                      env={"MNISTLAB_DATA": str(mnist_root)})
+    url = tune.default_storage(tmp_path)
+    deadline = time.time() + 120
+    while not any(t.intermediate_values for t in (trials_of(url, "term") if (tmp_path / "study.db").exists()
+                                                    and _has_study(url, "term") else [])):
+        assert time.time() < deadline and worker.poll() is None, worker.communicate()
+        time.sleep(0.2)
+    worker.send_signal(signal.SIGTERM)
+    out, err = worker.communicate(timeout=120)
+    assert worker.returncode == 143, err + out
+    trials = trials_of(url, "term")
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(failed) == 2 and all(t.user_attrs["failure"] == "interrupted" for t in failed)
+    assert sorted(json.dumps(t.params, sort_keys=True) for t in waiting) == sorted(
+        json.dumps(t.params, sort_keys=True) for t in failed)  # queued again, same parameters
+
+
+def _has_study(url, name):
+    return name in [s.study_name for s in optuna.get_all_study_summaries(url, include_best_trial=False)]
+
+
+def test_two_workers_started_together_on_a_new_sqlite_study_both_run(mnist_root, tmp_path):
+    raw = space("race", settings={"batch": 1})
+    (tmp_path / "space.toml").write_text(tomli_w.dumps(raw))
+    common = ["tune", tmp_path / "space.toml", "--trials", 4, "--study-dir", tmp_path / "study"]
+    workers = [mnistlab(*common, env={"MNISTLAB_DATA": str(mnist_root)}) for _ in range(2)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    for w, (out, err) in zip(workers, outputs):
+        assert w.returncode == 0, err + out
+    trials = trials_of(tune.default_storage(tmp_path / "study"), "race")
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 4 and len(trials) == 4
