@@ -300,7 +300,8 @@ def _find_local(info: DatasetInfo, data_dir) -> tuple[Path | None, list[str]]:
             for role, (fname, _) in info.files.items():
                 _verify(info, role, folder / fname)
             return folder, looked
-        state = f"missing {', '.join(missing)}" if folder.is_dir() else "no such folder"
+        wrong = [f"{f} is a folder, not a file" if (folder / f).is_dir() else f"missing {f}" for f in missing]
+        state = ", ".join(wrong) if folder.is_dir() else "no such folder"
         looked.append(f"{folder} ({why}): {state}")
     if not os.environ.get("MNISTLAB_DATA"):
         looked.append("$MNISTLAB_DATA: not set")

@@ -141,6 +141,19 @@ def test_real_mnist(monkeypatch, tmp_path, mnist_root):
     assert data.locate_status("mnist") == SHARED / "mnist"
 
 
+def test_a_folder_where_a_data_file_should_be_is_named_as_such(monkeypatch, tmp_path, mnist_root):
+    folder = tmp_path / "data" / "mnist"
+    folder.mkdir(parents=True)
+    names = [name for name, _ in data.get_info("mnist").files.values()]
+    for name in names[1:]:
+        (folder / name).symlink_to(mnist_root / "mnist" / name)
+    (folder / names[0]).mkdir()  # e.g. an archive unpacked in place of the file
+    monkeypatch.setenv("MNISTLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MNISTLAB_DATA", raising=False)  # only the folder given: no other copy to fall back on
+    with pytest.raises(UserError, match=f"{names[0]} is a folder, not a file"):
+        data.load("mnist", tmp_path / "data", mirrors=())
+
+
 # ------------------------------------------------------------------------ download
 
 

@@ -371,3 +371,28 @@ def test_sigterm_stops_a_sweep_that_resumes_to_the_end(mnist_root, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     epochs = [json.loads(line)["epoch"] for line in (folder / search.METRICS).read_text().splitlines()]
     assert sorted(epochs) == sorted(list(range(1, 31)) * 2)  # every epoch once: none lost, none doubled
+
+
+def test_a_full_disk_stops_a_sweep_with_exit_2_and_resume_advice(mnist_root, tmp_path):
+    import subprocess as sp
+
+    point = tmp_path / "small"
+    point.mkdir()
+    mounted = sp.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(point)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs ({mounted.stderr.strip()}): this test needs root, as CI has")
+    try:
+        # Two members of the 784-1000-10 network: a checkpoint of both (weights and Adam's
+        # moments, 2 x 9.5 MB) cannot fit in 3 MB.
+        raw = {"name": "full", "base": "seed", "seeds": 1, "lanes": 1,
+               "set": ["training.subset=1000", "training.epochs=2", "training.validation_split=0.2"],
+               "search": {"method": "grid", "params": {"optimizer.learning_rate": [1e-3, 3e-3]}}}
+        (tmp_path / "s.toml").write_text(tomli_w.dumps(raw))
+        done = sp.run([sys.executable, "-m", "mnistlab", "sweep", str(tmp_path / "s.toml"), "-q", "--sweeps-dir",
+                       str(point)], capture_output=True, text=True,
+                      env={**os.environ, "MNISTLAB_DATA": str(mnist_root), "COLUMNS": "300"})
+        said = " ".join(done.stderr.split())
+        assert done.returncode == 2, done.stderr
+        assert "could not write the sweep" in said and "--resume" in said and "Traceback" not in said
+    finally:
+        sp.run(["umount", "-l", str(point)], check=False)

@@ -268,6 +268,50 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+HEADER_TIMEOUT = 10.0  # seconds a client has to send a request's headers
+
+
+def _protocol():
+    """Uvicorn's HTTP protocol with a limit on the time to send a request's headers.
+
+    Uvicorn has none of its own: a client trickling one header byte at a time holds its
+    connection open for ever (its keep-alive timer only runs between requests). Written
+    here because it is a dozen lines on uvicorn's own protocol class.
+    """
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class HeaderTimeout(HttpToolsProtocol):
+        _header_timer = None
+
+        def _arm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._too_slow)
+
+        def _too_slow(self) -> None:
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:  # a further request on a kept-alive connection
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._header_timer.cancel()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+    return HeaderTimeout
+
+
 def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
           on_ready: Callable[[str, Predictor], Any] | None = None, **limits) -> None:
     """Load `run`, compile, listen on host:port and serve until interrupted."""
@@ -278,7 +322,7 @@ def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
     app = create_app(predictor, **limits)
     sock = bind(host, port)
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=5,
-                            lifespan="on")
+                            lifespan="on", http=_protocol())
     if on_ready:
         on_ready(url_of(sock), predictor)
     uvicorn.Server(config).run(sockets=[sock])

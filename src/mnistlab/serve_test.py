@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import zlib
 
 import httpx
@@ -115,6 +116,7 @@ def test_health_and_model_description(api, trained_run, predictor):
     health = api.get("/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
     described = api.get("/api/model").json()
+    assert described["run"] == trained_run.name  # its name, never the server's path
     assert described["classes"] == [str(k) for k in range(10)]
     assert [l["units"] for l in described["layers"] if l["type"] == "dense"] == [256, 10]
     assert described["test_accuracy"] == pytest.approx(predictor.summary["test"]["accuracy"])
@@ -508,3 +510,27 @@ def test_bad_uploads_show_an_error(page, tmp_path, name, content, words):
     error.wait_for(state="visible", timeout=10_000)
     assert name in error.text_content() and words in error.text_content()
     assert page.locator("#label").text_content() == "–"  # no stale answer next to the error
+
+
+def test_a_client_that_trickles_its_headers_is_cut_off(server):
+    # Slow headers (one byte a second, never finished): the server closes the connection
+    # after serve.HEADER_TIMEOUT seconds instead of holding it for ever. Bounded: 3x that.
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=2) as conn:
+        conn.settimeout(None)  # blocking; each read below asks not to wait
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        start = time.monotonic()
+        closed = False
+        while time.monotonic() - start < 3 * serve.HEADER_TIMEOUT:
+            try:
+                conn.sendall(b"X")
+                if conn.recv(1, socket.MSG_DONTWAIT) == b"":
+                    closed = True
+                    break
+            except BlockingIOError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            time.sleep(1)
+        assert closed and serve.HEADER_TIMEOUT <= time.monotonic() - start + 1

@@ -514,3 +514,21 @@ def test_two_workers_started_together_on_a_new_sqlite_study_both_run(mnist_root,
         assert w.returncode == 0, err + out
     trials = trials_of(tune.default_storage(tmp_path / "study"), "race")
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 4 and len(trials) == 4
+
+
+def test_two_workers_started_together_on_a_new_postgresql_database_both_run(postgres, mnist_root, tmp_path):
+    import psycopg
+
+    server, _ = postgres.rsplit("/", 1)
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE race")  # no tables yet: the workers race to make them
+    url = f"{server}/race"
+    raw = space("race-pg", settings={"batch": 1})
+    (tmp_path / "space.toml").write_text(tomli_w.dumps(raw))
+    workers = [mnistlab("tune", tmp_path / "space.toml", "--trials", 4, "--storage", url, "--study-dir",
+                        tmp_path / name, env={"MNISTLAB_DATA": str(mnist_root)}) for name in ("a", "b")]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    for w, (out, err) in zip(workers, outputs):
+        assert w.returncode == 0, err + out
+    trials = trials_of(url, "race-pg")
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 4 and len(trials) == 4
