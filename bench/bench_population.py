@@ -45,6 +45,8 @@ def bench(name: str, base: spec_lib.RunSpec, arrays, count: int, widths: list[in
     specs = members(base, count, epochs=3)
     chosen = engine.choose_lanes(base, arrays.train_images, arrays.train_labels, count)
     widths = sorted(set(widths) | {chosen})
+    concurrency = {w: engine.choose_concurrency(base, arrays.train_images, arrays.train_labels, w, count)
+                   for w in widths}
     single, seconds = [], {w: [] for w in widths}
     for _ in range(repeats):
         single.append(epoch_seconds(specs[:1], arrays, 1))
@@ -53,8 +55,9 @@ def bench(name: str, base: spec_lib.RunSpec, arrays, count: int, widths: list[in
     rows = {"single_epoch_s": min(single), "single_runs": single, "chosen_lanes": chosen, "widths": {}}
     for width in widths:
         best = min(seconds[width])
-        rows["widths"][width] = {"epoch_s": best, "runs": seconds[width], "ratio_to_singles": best / (count * min(single))}
-        print(f"[bench] {name} width {width}: {best:.2f} s for {count} members "
+        rows["widths"][width] = {"epoch_s": best, "runs": seconds[width], "concurrency": concurrency[width],
+                                 "ratio_to_singles": best / (count * min(single))}
+        print(f"[bench] {name} width {width} ({concurrency[width]} slice(s) at once): {best:.2f} s for {count} members "
               f"({best / (count * min(single)):.3f} x {count} single runs)", flush=True)
     return rows
 
@@ -77,13 +80,13 @@ def main() -> None:
     for name in args.networks.split(","):
         label, base = networks[name]
         results[name] = bench(label, base, arrays, args.members, widths, args.repeats)
-    print("\n| network | single run s/epoch | lanes chosen | width | population s/epoch | ÷ 16 single runs |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("\n| network | single run s/epoch | lanes chosen | width | slices at once | population s/epoch | ÷ 16 single runs |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in args.networks.split(","):
         r = results[name]
         for width, w in r["widths"].items():
             mark = " (chosen)" if width == r["chosen_lanes"] else ""
-            print(f"| {name} | {r['single_epoch_s']:.2f} | {r['chosen_lanes']} | {width}{mark} | "
+            print(f"| {name} | {r['single_epoch_s']:.2f} | {r['chosen_lanes']} | {width}{mark} | {w['concurrency']} | "
                   f"{w['epoch_s']:.2f} | {w['ratio_to_singles']:.3f} |")
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)

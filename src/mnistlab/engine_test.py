@@ -216,6 +216,22 @@ def test_populations_of_different_sizes_do_not_share_an_epoch_order():
     assert int(np.asarray(second.states[0].step)[0]) == 8  # 60 samples in batches of 8
 
 
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_slices_trained_at_the_same_time_give_the_same_numbers(lanes):
+    images, labels = tiny_data(n=200)
+    specs = [dropout_spec(seed=s) for s in range(4)]
+    results = {}
+    for concurrency in (1, 2):
+        population = engine.Population(specs, images, labels, images[:50], labels[:50], lanes=lanes,
+                                       concurrency=concurrency)
+        epochs = [population.train_epoch() for _ in range(3)]
+        results[concurrency] = ([population.member_params(i) for i in range(4)], epochs[-1].metrics)
+    assert results[1][1] == results[2][1]  # every figure of every member, bit for bit
+    for one, two in zip(results[1][0], results[2][0]):
+        for name in one:
+            np.testing.assert_array_equal(one[name], two[name])
+
+
 def test_a_checkpoint_resumes_at_another_width():
     images, labels = tiny_data(n=200)
     specs = [dropout_spec(seed=s) for s in (0, 1, 2)]

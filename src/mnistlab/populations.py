@@ -335,7 +335,7 @@ def timed_epoch(population: engine.Population, on_progress=None) -> tuple[engine
     running = np.flatnonzero(population.active)
     ends: dict[int, float] = {}
     start = time.perf_counter()
-    single = population.width == 1
+    single = population.width == 1 and population.concurrency == 1
     result = population.train_epoch(on_progress, (lambda k: ends.setdefault(k, time.perf_counter())) if single else None)
     seconds = np.full(population.size, np.nan)
     if single and ends:
@@ -478,8 +478,10 @@ def _train_part(part: Part, report: Report, *, metric, patience, lanes, checkpoi
     part.lanes = (lanes or (checkpoints.lanes(part.key) if checkpoints else None)
                   or engine.choose_lanes(first, part.x_train, part.y_train, len(part.members)))
     report.lanes[part.key] = part.lanes
+    concurrency = engine.choose_concurrency(first, part.x_train, part.y_train, part.lanes, len(part.members))
     part.population = population = engine.Population(
-        [m.spec for m in part.members], part.x_train, part.y_train, part.x_val, part.y_val, lanes=part.lanes)
+        [m.spec for m in part.members], part.x_train, part.y_train, part.x_val, part.y_val, lanes=part.lanes,
+        concurrency=concurrency)
     for m in part.members:
         m.train_samples, m.validation_samples = len(part.y_train), len(part.y_val)
     if checkpoints is not None:
