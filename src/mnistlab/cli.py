@@ -571,8 +571,12 @@ def ablate(
             say(f"  done in {e['seconds']:.0f} s: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
 
     say(f"ablate, budget {budget}: {len(selected)} claims, {seeds or plan.seeds} seeds ({plan.expected})")
-    results, kept = study.run(plan, seeds=seeds, only=only, data_dir=str(data_dir) if data_dir else None,
-                              on_event=on_event)
+    try:
+        results, kept = study.run(plan, seeds=seeds, only=only, data_dir=str(data_dir) if data_dir else None,
+                                  on_event=on_event)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: an ablation keeps no partial results
+        err.print("interrupted: an ablation is written whole at its end; nothing was written", highlight=False)
+        raise typer.Exit(interrupt_code(stop)) from None
     folder = runs.new_run_dir(out_dir, f"ablate-{budget}")
     study.write_results(folder, results, kept)
     page = study_report.build(results, kept)

@@ -242,3 +242,21 @@ def test_report_rendering_of_blocks():
     html = study_report.to_html(page)
     assert '<strong class="v-supported">supported</strong>' in html
     assert "<code>code</code> &amp; &lt;tag&gt;" in html
+
+
+def test_sigterm_stops_an_ablation_with_exit_143_and_writes_nothing(mnist_root, tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "ablate", "--budget", "test", "--out-dir",
+                             str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MNISTLAB_DATA": str(mnist_root)})
+    deadline = time.monotonic() + 120
+    line = ""
+    while "group" not in line:  # a claim's first population is training
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        line = proc.stdout.readline()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "interrupted" in err and "Traceback" not in err and not (tmp_path / "out").exists()
