@@ -466,6 +466,8 @@ def run(members: list[Member], load: Callable[[str], data.Arrays], *, metric: st
             after_part(part)
         if checkpoints is not None:
             checkpoints.finish(part)
+        # The next part gets the device's memory: this one's states and data are let go.
+        part.population = part.x_train = part.y_train = part.x_val = part.y_val = None
     return report
 
 
