@@ -412,14 +412,20 @@ def run_sweep(sweep: SweepSpec, *, data_dir: str | Path | None = None, sweeps_di
         report = populations.run(members, load, metric=sweep.metric, patience=sweep.patience, lanes=sweep.lanes,
                                  memory_budget=memory_budget, checkpoints=checkpoints, after_epoch=after_epoch,
                                  after_part=after_part)
+        write_metrics()
+        return _record(sweep, folder, members, rows(), report, checkpoints, time.perf_counter() - started)
     except KeyboardInterrupt as stop:
         stop.folder = folder  # where `--resume` continues
         raise
     except runs.WRITE_ERRORS as err:
         raise UserError(f"{folder}: could not write the sweep ({runs.reason(err)}); every epoch up to the last "
                         "checkpoint is kept: make room (or fix the folder) and continue with --resume") from None
-    write_metrics()
-    ranked = sort_rows(rows(), sweep.metric, sweep.direction)
+
+
+def _record(sweep: SweepSpec, folder: Path, members: list[populations.Member], rows: list[dict[str, Any]],
+            report: populations.Report, checkpoints: populations.Checkpoints, seconds: float) -> SweepResult:
+    """The finished sweep's files: best/, members and points ranked, the summary; marked finished."""
+    ranked = sort_rows(rows, sweep.metric, sweep.direction)
     points = point_rows(ranked, sweep.metric, sweep.direction)
     best = representative(points[0], ranked, sweep.metric)
     chosen = next(m for m in members if m.index == best)
@@ -428,11 +434,11 @@ def run_sweep(sweep: SweepSpec, *, data_dir: str | Path | None = None, sweeps_di
                           chosen=(f"of the point with the best mean {sweep.metric} over its {points[0]['n']} seed(s), "
                                   "the member whose value is closest to that mean"))
     progress = checkpoints.progress
-    progress["seconds"] = progress.get("seconds", 0.0) + time.perf_counter() - started
+    progress["seconds"] = progress.get("seconds", 0.0) + seconds
     count = lambda status: sum(r["status"] == status for r in ranked)  # noqa: E731
     summary = {
         "name": sweep.name, "metric": sweep.metric, "direction": sweep.direction, "members": len(members),
-        "points": len(points), "seeds": sweep.seeds, "groups": len(set(group_of.values())),
+        "points": len(points), "seeds": sweep.seeds, "groups": len({r["group"] for r in ranked}),
         "completed": count(populations.COMPLETED), "diverged": count(populations.DIVERGED),
         "stopped": count(populations.STOPPED), "best_point": points[0], "best_member": best,
         "best": next(r for r in ranked if r["member"] == best), "messages": report.messages,
