@@ -625,8 +625,9 @@ def choose_lanes(spec: RunSpec, images: np.ndarray, labels: np.ndarray, members:
 
     Times a short run of the real step, gathering from the whole data set, at widths 1, 2,
     4, ... (up to the population, at most 64) and keeps the width with the most member-steps
-    per second; a width is timed three times and its fastest run counts, and the search stops early only once a width is far
-    (40%) slower than the best, since a wider program can win after a slower one. On a CPU
+    per second; a width is timed three times and its fastest run counts (`_probe_seconds`),
+    and the search stops early only once a width is far (40%) slower than the best, since a
+    wider program can win after a slower one. On a CPU
     a narrow program often wins (the weights and optimizer moments of many members no
     longer fit in cache: measured, 16 side by side were 1.9x slower per member for the
     seed network); small networks and accelerators gain from width. The answer is
@@ -639,13 +640,8 @@ def choose_lanes(spec: RunSpec, images: np.ndarray, labels: np.ndarray, members:
         return _LANES[key]
     best, best_rate, width = 1, 0.0, 1
     while width <= min(members, 64):
-        # At least two members, so the probe runs the population program.
-        probe = [spec.model_copy(update={"training": spec.training.model_copy(update={"seed": s})})
-                 for s in range(max(2, width))]
-        population = Population(probe, images, labels, lanes=width, chunks_per_epoch=1, max_steps=steps)
-        population.train_epoch()  # compiles, warms the caches
-        seconds = min(population.train_epoch().seconds for _ in range(3))
-        rate = len(probe) / seconds
+        count = max(2, width)  # at least two members, so the probe runs the population program
+        rate = count / _probe_seconds(spec, images, labels, count, width, 1, steps)
         if rate > best_rate:
             best, best_rate = width, rate
         elif rate < 0.6 * best_rate:
@@ -674,14 +670,19 @@ def choose_concurrency(spec: RunSpec, images: np.ndarray, labels: np.ndarray, wi
         return 1
     key = (structure(spec), width, jax.devices()[0].device_kind)
     if key not in _CONCURRENCY:
-        probe = [spec.model_copy(update={"training": spec.training.model_copy(update={"seed": s})})
-                 for s in range(2 * width)]
-        seconds = {}
-        for concurrency in (1, 2):
-            population = Population(probe, images, labels, lanes=width, chunks_per_epoch=1, max_steps=steps,
-                                    concurrency=concurrency)
-            population.compile_all()  # here, not in two threads at once
-            population.train_epoch()  # warms the caches
-            seconds[concurrency] = min(population.train_epoch().seconds for _ in range(3))
-        _CONCURRENCY[key] = 2 if seconds[2] < 0.95 * seconds[1] else 1
+        one, two = (_probe_seconds(spec, images, labels, 2 * width, width, c, steps) for c in (1, 2))
+        _CONCURRENCY[key] = 2 if two < 0.95 * one else 1
     return _CONCURRENCY[key]
+
+
+def _probe_seconds(spec: RunSpec, images: np.ndarray, labels: np.ndarray, members: int, width: int,
+                   concurrency: int, steps: int) -> float:
+    """The fastest of three short epochs (`steps` batches from the whole data set) of `members`
+    seeds of `spec`, `width` side by side, `concurrency` slices at once; compiled and warmed first."""
+    probe = [spec.model_copy(update={"training": spec.training.model_copy(update={"seed": s})})
+             for s in range(members)]
+    population = Population(probe, images, labels, lanes=width, chunks_per_epoch=1, max_steps=steps,
+                            concurrency=concurrency)
+    population.compile_all()  # here, not in two threads at once
+    population.train_epoch()  # warms the caches
+    return min(population.train_epoch().seconds for _ in range(3))

@@ -390,13 +390,22 @@ def run_sweep(sweep: SweepSpec, *, data_dir: str | Path | None = None, sweeps_di
     group_of = {m.index: g for g, group in enumerate(populations.groups(members)) for m in group}
     rows = lambda: [member_row(m, sweep.metric, group_of[m.index]) for m in members]  # noqa: E731
 
-    def write_metrics() -> None:  # from the members' histories, so always what the checkpoints hold
-        lines = [{"member": m.index, "point": m.tags["point"], "group": group_of[m.index], **r}
-                 for m in members for r in m.history]
-        runs.atomic_write(folder / METRICS, "".join(json.dumps(line) + "\n" for line in lines))
+    written: dict[int, int] = {}  # member -> its epochs in metrics.jsonl
+
+    def line(m: populations.Member, record: dict[str, Any]) -> str:
+        return json.dumps({"member": m.index, "point": m.tags["point"], "group": group_of[m.index], **record}) + "\n"
+
+    def write_metrics() -> None:
+        # Whole, from the members' histories, at the start (a resumed sweep's checkpoints
+        # may hold an epoch the file lacks) and at the end; in between, appended per epoch.
+        runs.atomic_write(folder / METRICS, "".join(line(m, r) for m in members for r in m.history))
+        written.update({m.index: m.epochs for m in members})
 
     def after_epoch(part: populations.Part, result) -> None:
-        write_metrics()
+        # After the checkpoint: the file never holds an epoch the checkpoints do not.
+        with open(folder / METRICS, "a") as f:
+            f.write("".join(line(m, r) for m in part.members for r in m.history[written[m.index]:]))
+        written.update({m.index: m.epochs for m in part.members})
         if on_epoch:
             values = [m.best_value for m in members if m.best_value is not None and math.isfinite(m.best_value)]
             pick = max if sweep.direction == "maximize" else min
@@ -409,6 +418,8 @@ def run_sweep(sweep: SweepSpec, *, data_dir: str | Path | None = None, sweeps_di
         _keep_weights(folder, part, rows(), sweep)
 
     try:
+        checkpoints.restore(members)  # for the file below (run restores them too: a few small headers)
+        write_metrics()
         report = populations.run(members, load, metric=sweep.metric, patience=sweep.patience, lanes=sweep.lanes,
                                  memory_budget=memory_budget, checkpoints=checkpoints, after_epoch=after_epoch,
                                  after_part=after_part)
