@@ -318,3 +318,109 @@ def test_inference_uses_the_moving_statistics():
     # Were batch statistics used at inference, one image's prediction would depend on the others'.
     alone = model.logits(spec.model, {k: jnp.asarray(v) for k, v in params.items()}, {}, jnp.asarray(images[:1]))
     np.testing.assert_allclose(alone, np.asarray(z)[:1], rtol=1e-5, atol=1e-6)
+
+
+# --- what moves from step to step: the epoch's order, the dropout masks, the rate --------
+
+
+def softmax_regression(batch_size, seed=0, learning_rate=0.5):
+    return RunSpec(model=ModelSpec(layers=[Dense(units=3, activation="softmax")]),
+                   optimizer=OptimizerSpec(name="sgd", learning_rate=learning_rate),
+                   training=TrainingSpec(batch_size=batch_size, epochs=2, seed=seed))
+
+
+def sgd_epoch_by_hand(params, images, labels, order, batch_size, lr):
+    """One epoch of plain SGD on softmax regression, in float64, visiting samples in `order`."""
+    w, b = params["dense/kernel"].astype(np.float64), params["dense/bias"].astype(np.float64)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        x = images[idx].astype(np.float64) / 255
+        z = x @ w + b
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        p[np.arange(len(idx)), labels[idx]] -= 1  # d(mean cross-entropy)/dz, times the batch size
+        w, b = w - lr * x.T @ p / len(idx), b - lr * p.sum(0) / len(idx)
+    return {"dense/kernel": w, "dense/bias": b}
+
+
+@pytest.mark.parametrize("n, batch_size", [(12, 4), (14, 4)])
+def test_every_epoch_visits_the_samples_in_its_own_order(n, batch_size):
+    # Order matters to SGD with small batches, so the weights after each epoch tell which
+    # order it used. Each epoch's order is the permutation jax.random draws from the run's
+    # shuffle key (the first half of the seed's split) folded with the epoch number.
+    images, labels = tiny_data(n=n)
+    seed = 3
+    pop = engine.Population([softmax_regression(batch_size, seed)], images, labels)
+    expected = {k: np.asarray(v, np.float64) for k, v in pop.member_params(0).items()}
+    shuffle_key = jax.random.split(jax.random.PRNGKey(seed), 2)[0]
+    orders = [np.asarray(jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)) for epoch in (1, 2)]
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[0], np.arange(n))
+    for order in orders:
+        pop.train_epoch()
+        expected = sgd_epoch_by_hand(expected, images, labels, order, batch_size, 0.5)
+        for name, value in pop.member_params(0).items():
+            np.testing.assert_allclose(value, expected[name], rtol=1e-5, atol=1e-6)
+    # and the order is the order: visiting in any other changes the weights
+    other = sgd_epoch_by_hand(expected, images, labels, orders[0], batch_size, 0.5)
+    assert not np.allclose(other["dense/kernel"], sgd_epoch_by_hand(
+        expected, images, labels, orders[1], batch_size, 0.5)["dense/kernel"], rtol=1e-5, atol=1e-6)
+
+
+def test_without_shuffling_every_epoch_visits_the_samples_in_their_order():
+    images, labels = tiny_data(n=14)
+    spec = softmax_regression(4)
+    spec = spec.model_copy(update={"training": spec.training.model_copy(update={"shuffle": False})})
+    pop = engine.Population([spec], images, labels)
+    expected = {k: np.asarray(v, np.float64) for k, v in pop.member_params(0).items()}
+    for _ in range(2):
+        pop.train_epoch()
+        expected = sgd_epoch_by_hand(expected, images, labels, np.arange(14), 4, 0.5)
+        for name, value in pop.member_params(0).items():
+            np.testing.assert_allclose(value, expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_every_step_draws_its_own_dropout_mask():
+    # With a learning rate of 1e-30 the weights never move (1e-30 * g is far below a float32
+    # ulp of any weight), and without shuffling every step sees the same samples, so a step's
+    # loss changes only with its dropout mask. `max_steps=1` trains just the first batch of
+    # each epoch: its epochs are single steps (global steps 0, 1, 2).
+    images, labels = tiny_data(n=16)
+    spec = dropout_spec(shuffle=False, batch_size=8).model_copy(
+        update={"optimizer": OptimizerSpec(name="sgd", learning_rate=1e-30)})
+    one_step = engine.Population([spec], images, labels, max_steps=1)
+    before = one_step.member_params(0)
+    losses = [one_step.train_epoch().metrics["loss"][0] for _ in range(3)]
+    for name, value in one_step.member_params(0).items():  # (the zero biases move by 1e-30 * g)
+        np.testing.assert_allclose(value, before[name], rtol=1e-7, atol=1e-20)
+    assert len(set(losses)) == 3, losses  # a new mask every step
+    # The same model without dropout: the same loss every step (the weights did stay put).
+    no_dropout = spec.model_copy(update={"model": ModelSpec(layers=[spec.model.layers[1], spec.model.layers[3]])})
+    still = engine.Population([no_dropout], images, labels, max_steps=1)
+    assert len({still.train_epoch().metrics["loss"][0] for _ in range(3)}) == 1
+    # Steps 0 and 1 inside one epoch draw the masks of the single-step epochs 1 and 2: the
+    # mask follows the global step, not the epoch or the position in a chunk.
+    for chunks in (1, 2):
+        twice = engine.Population([spec], np.concatenate([images[:8]] * 2), np.concatenate([labels[:8]] * 2),
+                                  chunks_per_epoch=chunks)
+        assert twice.steps_per_epoch() == 2
+        assert twice.train_epoch().metrics["loss"][0] == pytest.approx((losses[0] + losses[1]) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("schedule, decay", [
+    ({"name": "exponential", "decay_rate": 0.5, "decay_steps": 3}, 0.0),
+    ({"name": "inverse_time", "decay_rate": 0.5, "decay_steps": 2, "staircase": True}, 0.1),
+    ({"name": "cosine", "decay_steps": 9, "warmup_steps": 4}, 0.0),
+])
+def test_the_learning_rate_reported_for_an_epoch_is_that_of_its_last_step(schedule, decay):
+    from mnistlab.optim_test import keras_lr  # the Keras formulas, transcribed once
+
+    images, labels = tiny_data(n=40)
+    spec = tiny_spec(batch_size=8).model_copy(update={"optimizer": OptimizerSpec(
+        name="sgd", learning_rate=0.1, decay=decay, schedule=schedule)})
+    for chunks in (1, 2):
+        pop = engine.Population([spec], images, labels, chunks_per_epoch=chunks)
+        steps = pop.steps_per_epoch()
+        assert steps == 5
+        reported = [pop.train_epoch().metrics["learning_rate"][0] for _ in range(3)]
+        by_hand = [keras_lr(epoch * steps - 1, 0.1, decay=decay, **schedule) for epoch in (1, 2, 3)]
+        np.testing.assert_allclose(reported, by_hand, rtol=1e-6)

@@ -46,13 +46,23 @@ def test_learning_curves_draw_the_records_and_mark_the_gap():
     assert "gap 0.1100" in [t.get_text() for t in acc_ax.texts]   # accuracy - val_accuracy
     np.testing.assert_allclose(lr_ax.get_lines()[0].get_ydata(), [r["learning_rate"] for r in RECORDS])
     assert loss_ax.get_xlabel() == "epoch" and loss_ax.get_ylabel() == "loss"
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "training", "validation", "gap", "lowest val_loss (epoch 3)", "val_loss rising"]
     assert figures.png_bytes(fig).startswith(PNG)
 
 
 def test_learning_curves_without_validation_still_draw():
     fig = figures.learning_curves([{k: r[k] for k in ("epoch", "loss", "accuracy", "learning_rate")} for r in RECORDS])
-    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["training"]
-    figures.png_bytes(fig)
+    loss_ax, acc_ax, lr_ax = fig.axes[:3]
+    for ax, key in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        (line,) = ax.get_lines()  # training only: no validation, no best epoch, no gap
+        assert line.get_label() == "training"
+        np.testing.assert_allclose(line.get_xdata(), [r["epoch"] for r in RECORDS])
+        np.testing.assert_allclose(line.get_ydata(), [r[key] for r in RECORDS])
+        assert not [t for t in ax.texts if t.get_text().startswith("gap")]
+    np.testing.assert_allclose(lr_ax.get_lines()[0].get_ydata(), [r["learning_rate"] for r in RECORDS])
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["training"]
+    assert figures.png_bytes(fig).startswith(PNG)
 
 
 def test_precision_recall_by_hand():

@@ -230,6 +230,34 @@ def test_a_stratified_holdout_puts_the_seed_in_the_data_key():
     assert populations.data_key(spec) != populations.data_key(other)
 
 
+def as_rows(images, labels) -> list[tuple[bytes, int]]:
+    return sorted((image.tobytes(), int(label)) for image, label in zip(images, labels))
+
+
+@pytest.mark.parametrize("subset, fraction", [(1000, 0.1), (2000, 0.25)])
+def test_the_split_holds_out_what_the_specification_says(subset, fraction, load):
+    arrays = load("mnist")
+    images, labels = arrays.train_images[:subset], arrays.train_labels[:subset]
+    last = spec_lib.with_values(spec_lib.from_dict(DENSE), {
+        "training.subset": subset, "training.validation.fraction": fraction})
+    stratified = spec_lib.with_values(last, {"training.validation.method": "stratified"})
+    at = math.floor(subset * (1 - fraction))  # Keras' validation_split: the last fraction, unshuffled
+    x, y, x_val, y_val = populations.split(last, arrays)
+    np.testing.assert_array_equal(x_val, images[at:])
+    np.testing.assert_array_equal(y_val, labels[at:])
+    np.testing.assert_array_equal(x, images[:at])
+    np.testing.assert_array_equal(y, labels[:at])
+    # Stratified: every class holds out its own share (rounded), summing to the fraction.
+    per_class = np.bincount(labels, minlength=10) * fraction
+    assert np.abs(np.bincount(labels[at:], minlength=10) - per_class).max() >= 1  # "last" is not stratified here
+    x, y, x_val, y_val = populations.split(stratified, arrays)
+    held = np.bincount(y_val, minlength=10)
+    assert held.sum() == round(subset * fraction) and np.abs(held - per_class).max() < 1
+    # Each image once, on one side, with its own label.
+    assert as_rows(np.concatenate([x, x_val]), np.concatenate([y, y_val])) == as_rows(images, labels)
+    assert len(y_val) == len(x_val) == held.sum() and len(y) == subset - held.sum()
+
+
 # ------------------------------------------------------------------ the property
 
 

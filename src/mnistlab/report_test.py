@@ -23,7 +23,6 @@ import mnistlab
 from mnistlab import data, figures, model, report, runs, search
 from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError
-from mnistlab.populations import split
 
 QUICK = ["training.subset=10000", "training.epochs=2", "training.validation_split=0.2"]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -286,10 +285,10 @@ def test_forward_walk_matches_the_model(trained, mnist):
     assert hidden[0].dead_fraction == np.mean(h.max(0) <= 0)
 
 
-def test_run_numbers_equal_independent_predictions(trained, mnist, mnist_root):
+def test_run_numbers_equal_independent_predictions(trained, mnist, mnist_root, keras_validation):
     d = report.collect_run(trained, mnist_root)
     run = runs.open_run(trained)
-    _, _, x_val, y_val = split(run.spec, mnist)
+    x_val, y_val = keras_validation(run.spec, mnist)
     probs, _ = numpy_probabilities(trained, x_val)
     pred = probs.argmax(1)
     counts = np.zeros((10, 10), int)
@@ -385,9 +384,9 @@ def test_layer_table_writes_settings_shapes_and_weight_counts():
     assert report.shape_path(spec, (28, 28)) == "28x28x1 → 64 → 10"
 
 
-def test_conv_run_numbers_equal_independent_predictions(cnn_data, cnn_trained, mnist):
+def test_conv_run_numbers_equal_independent_predictions(cnn_data, cnn_trained, mnist, keras_validation):
     run = runs.open_run(cnn_trained)
-    _, _, x_val, y_val = split(run.spec, mnist)
+    x_val, y_val = keras_validation(run.spec, mnist)
     probs, _, _ = numpy_cnn(cnn_trained, x_val)
     np.testing.assert_allclose(cnn_data.validation.probabilities, probs, atol=1e-5)
     counts = np.zeros((10, 10), int)
@@ -414,7 +413,7 @@ def test_run_report_embeds_every_figure(run_report):
     assert "<script" not in run_report.html and "<link" not in run_report.html
 
 
-def test_run_report_contains_the_numbers_of_the_run(run_report, trained, mnist, mnist_root):
+def test_run_report_contains_the_numbers_of_the_run(run_report, trained, mnist, mnist_root, keras_validation):
     html = run_report.html
     run = runs.open_run(trained)
     final, test = run.summary["final"], run.summary["test"]
@@ -423,7 +422,7 @@ def test_run_report_contains_the_numbers_of_the_run(run_report, trained, mnist, 
     assert f"{100 * final['val_accuracy']:.2f}%" in html and f"{100 * test['accuracy']:.2f}%" in html
     for record in run.metrics:
         assert f"<td>{record['epoch']}</td><td>{record['loss']:.4f}</td>" in html
-    _, _, x_val, y_val = split(run.spec, mnist)
+    x_val, y_val = keras_validation(run.spec, mnist)
     probs, h = numpy_probabilities(trained, x_val)
     pred = probs.argmax(1)
     precision = np.mean(y_val[pred == 7] == 7)
@@ -522,9 +521,10 @@ def test_conv_filters_drawn_are_the_kernel(cnn_report, cnn_data, cnn_trained):
     assert {f.key: f for f in cnn_report.figures}["weights"].png == figures.png_bytes(fig)
 
 
-def test_conv_feature_maps_drawn_are_the_convolution_of_the_image(cnn_report, cnn_data, cnn_trained, mnist):
+def test_conv_feature_maps_drawn_are_the_convolution_of_the_image(cnn_report, cnn_data, cnn_trained, mnist,
+                                                                  keras_validation):
     run = runs.open_run(cnn_trained)
-    _, _, x_val, y_val = split(run.spec, mnist)
+    x_val, y_val = keras_validation(run.spec, mnist)
     _, maps1, _ = numpy_cnn(cnn_trained, x_val[:1])
     fig = report.plot(cnn_data, "feature-maps")
     ax_image, ax_maps = fig.axes[:2]
@@ -534,7 +534,7 @@ def test_conv_feature_maps_drawn_are_the_convolution_of_the_image(cnn_report, cn
     assert {f.key: f for f in cnn_report.figures}["feature-maps"].png == figures.png_bytes(fig)
 
 
-def test_conv_report_describes_the_layers(cnn_report, cnn_trained, mnist):
+def test_conv_report_describes_the_layers(cnn_report, cnn_trained, mnist, keras_validation):
     html = cnn_report.html
     run = runs.open_run(cnn_trained)
     w = run.params()
@@ -554,7 +554,7 @@ def test_conv_report_describes_the_layers(cnn_report, cnn_trained, mnist):
     assert sum(v.size for v in w.values()) == conv1 + conv2 + bn + dense
     assert f"{conv1 + conv2 + bn + dense:,}" in html
     assert "28x28x1 → 26x26x32 → 11x11x64 → 10" in html
-    _, _, x_val, _ = split(run.spec, mnist)
+    x_val, _ = keras_validation(run.spec, mnist)
     _, maps1, maps2 = numpy_cnn(cnn_trained, x_val)
     dead1, dead2 = int(np.sum(maps1.max(axis=(0, 1, 2)) <= 0)), int(np.sum(maps2.max(axis=(0, 1, 2)) <= 0))
     assert f"<td>conv2d</td><td>3x3x1x32</td><td class=\"text\">relu</td>" in html

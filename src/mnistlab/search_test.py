@@ -135,6 +135,46 @@ def test_choose_lanes_measures_a_width_within_bounds(mnist):
     spec = search.candidates(sweep_spec())[0].spec
     width = engine.choose_lanes(spec, mnist.train_images, mnist.train_labels, 4, steps=8)
     assert width in (1, 2, 4)
+    seconds = engine._probe_seconds(spec, mnist.train_images, mnist.train_labels, 2, 2, 1, 8)
+    assert 0 < seconds < 60
+
+
+def probe_at(rates: dict[int, float], probed: list):
+    """A stand-in for `_probe_seconds` where width w trains rates[w] member-steps a second."""
+    def probe(spec, images, labels, members, width, concurrency, steps):
+        probed.append(width)
+        return members / rates[width]
+    return probe
+
+
+@pytest.mark.parametrize("members, rates, probed, chosen", [
+    # the widest is not always the best: the most member-steps a second wins
+    (16, {1: 10, 2: 18, 4: 12, 8: 25, 16: 14}, [1, 2, 4, 8, 16], 8),
+    # a width more than 40% slower than the best ends the search
+    (16, {1: 10, 2: 5.9}, [1, 2], 1),
+    (16, {1: 10, 2: 6.1, 4: 3}, [1, 2, 4], 1),
+    # widths double up to the population, which is probed last
+    (6, {1: 10, 2: 11, 4: 12, 6: 13}, [1, 2, 4, 6], 6),
+    (1, {}, [], 1),
+])
+def test_choose_lanes_keeps_the_fastest_width_it_measured(members, rates, probed, chosen, monkeypatch):
+    spec = search.candidates(sweep_spec())[0].spec
+    seen: list[int] = []
+    monkeypatch.setattr(engine, "_LANES", {})
+    monkeypatch.setattr(engine, "_probe_seconds", probe_at(rates, seen))
+    assert engine.choose_lanes(spec, None, None, members) == chosen
+    assert seen == probed
+    assert engine.choose_lanes(spec, None, None, members) == chosen and seen == probed  # remembered
+
+
+@pytest.mark.parametrize("one, two, chosen", [(1.0, 0.94, 2), (1.0, 0.96, 1), (1.0, 1.5, 1)])
+def test_choose_concurrency_trains_two_slices_at_once_only_when_measured_faster(one, two, chosen, monkeypatch):
+    spec = search.candidates(sweep_spec())[0].spec
+    monkeypatch.setattr(engine, "_CONCURRENCY", {})
+    monkeypatch.setattr(engine.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(engine, "_probe_seconds", lambda *args: {1: one, 2: two}[args[5]])
+    assert engine.choose_concurrency(spec, None, None, width=4, members=8) == chosen
+    assert engine.choose_concurrency(spec, None, None, width=4, members=4) == 1  # one slice: nothing to overlap
 
 
 @pytest.fixture(scope="module")

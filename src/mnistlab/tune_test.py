@@ -27,7 +27,6 @@ from optuna.trial import TrialState
 
 from mnistlab import data, engine, runs, search, tune
 from mnistlab.errors import UserError
-from mnistlab.populations import split
 from mnistlab.training import train
 
 # Small, real trials: 2000 MNIST images (1500 train / 500 validation), a 784-32-10 network.
@@ -190,7 +189,7 @@ def test_pruning_follows_the_median_rule_inside_populations(pruned_study):
     assert any(epochs[p.number] < epochs[o] for p in pruned for b in batches if p.number in b for o in b)
 
 
-def test_best_trial_is_a_run_folder_with_its_weights(pruned_study, no_test):
+def test_best_trial_is_a_run_folder_with_its_weights(pruned_study, no_test, keras_validation):
     _, result, _ = pruned_study
     summary = json.loads((result.path / "study.json").read_text())
     best = result.path / "best"
@@ -198,7 +197,7 @@ def test_best_trial_is_a_run_folder_with_its_weights(pruned_study, no_test):
     run = runs.open_run(best)
     assert run.summary["trial"] == summary["best_trial"]
     # The weights, evaluated afresh on the validation split, give the value Optuna was told.
-    _, _, x_val, y_val = split(run.spec, no_test)
+    x_val, y_val = keras_validation(run.spec, no_test)
     assert engine.evaluate(run.spec, run.params(), x_val, y_val)["accuracy"] == pytest.approx(
         summary["best_value"], abs=1e-6)
     assert [p.name for p in (result.path / "trials").iterdir()] == [str(summary["best_trial"])]
