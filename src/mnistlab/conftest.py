@@ -1,7 +1,8 @@
-"""Shared test fixtures: where the real MNIST files are."""
+"""Shared test fixtures: where the real MNIST files are. And mutmut's mutant runs."""
 
 import math
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,40 @@ def _keras_validation(spec, arrays):
 @pytest.fixture(scope="session")
 def keras_validation():
     return _keras_validation
+
+
+# ------------------------------------------------------------------ mutation testing
+#
+# mutmut 3 (`make mutation`) runs each mutant's tests in a process forked after other tests
+# ran: it sets $MUTANT_UNDER_TEST to the mutant's name ("mnistlab.optim.x_build__mutmut_3")
+# and calls pytest.main again. Whatever the earlier tests compiled would be reused, and the
+# mutated Python, which runs only while JAX traces, would never run: the mutant survives.
+
+
+def _mutant_under_test() -> str:
+    name = os.environ.get("MUTANT_UNDER_TEST", "")
+    return name if "__mutmut_" in name else ""
+
+
+def pytest_sessionstart(session):
+    """Under a mutant, start as a fresh process would: nothing compiled, nothing cached."""
+    if not _mutant_under_test():
+        return
+    import jax
+    from jax._src import xla_bridge
+
+    from mnistlab import data, engine
+
+    if xla_bridge.backends_are_initialized():
+        # mutmut's process_isolation = "fork": forked from the process that ran the stats,
+        # whose XLA threads did not come along. Measured: the mutant's first test hangs.
+        warnings.warn("JAX ran in this process before the mutant's tests; forked, it deadlocks: "
+                      'keep process_isolation = "forkserver" in [tool.mutmut] (pyproject.toml)')
+    jax.clear_caches()  # jit's traces and compiled executables
+    for cache in (engine._PROGRAMS, engine.COMPILATIONS, engine._LANES, engine._CONCURRENCY):
+        cache.clear()  # compiled programs, and the measured lanes / concurrency choices
+    data._digest.cache_clear()
+    # A subprocess a test starts imports mnistlab from the mutated copy too, not from the
+    # src/ that the editable install's .pth names; it inherits $MUTANT_UNDER_TEST.
+    here = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))

@@ -110,7 +110,8 @@ def test_read_idx_truncated_gzip_says_after_gunzip(tmp_path):
         data.read_idx(path)
 
 
-@pytest.mark.parametrize("payload", [b"not gzip at all", gzip.compress(GOOD)[:-10]])
+@pytest.mark.parametrize("payload", [b"not gzip at all", gzip.compress(GOOD, mtime=0)[:-10]],
+                         ids=["not-gzip", "cut-short"])
 def test_read_idx_corrupt_gzip(tmp_path, payload):
     path = tmp_path / "bad-idx3-ubyte.gz"
     path.write_bytes(payload)

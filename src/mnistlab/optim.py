@@ -158,7 +158,7 @@ class ScaleByKerasAdamState(NamedTuple):
     nu_max: optax.Updates | None  # amsgrad's running max of v, else None
 
 
-def scale_by_keras_adam(b1, b2, eps, amsgrad: bool = False) -> optax.GradientTransformation:
+def scale_by_keras_adam(b1, b2, eps, amsgrad: bool) -> optax.GradientTransformation:
     """Keras' Adam direction, to be scaled by -lr (keras/src/optimizers/adam.py).
 
         m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g*g;  (amsgrad: v = vhat = max(vhat, v))
@@ -196,7 +196,7 @@ def _one_minus_power(b, t):
     float32 0.999**2 carries a rounding error of up to 6e-8, which is 3e-5 of
     1 - 0.999**2; this way the error stays near 1e-7 relative.
     """
-    return -jnp.expm1(t.astype(jnp.float32) * jnp.log1p(b - 1))
+    return -jnp.expm1(t * jnp.log1p(b - 1))  # int32 t times float32: float32
 
 
 # ------------------------------------------------------------------ the optimizers

@@ -189,6 +189,16 @@ def test_adam_amsgrad_uses_the_running_max_of_v():
     assert rel_diff(ours, keras_adam([0.01] * 5, grads, b2=0.9)) > 0.1
 
 
+def test_adam_counts_steps_past_float32_integers():
+    # The step count t is an integer: a float32 count would stop at 2**24 (16.8M steps,
+    # 45 epochs of MNIST at batch 1) and freeze the bias correction's t.
+    tx = optim.scale_by_keras_adam(0.9, 0.999, 1e-7, amsgrad=False)
+    state = tx.init({"w": jnp.zeros(3)})
+    state = state._replace(count=state.count + 2**24)
+    _, state = tx.update({"w": jnp.ones(3)}, state)
+    assert int(state.count) == 2**24 + 1
+
+
 def test_adam_bias_correction_on_top_of_legacy_decay():
     lrs = [0.01 / (1 + 0.3 * t) for t in STEPS]
     close(run(OptimizerSpec(name="adam", learning_rate=0.01, decay=0.3)), keras_adam(lrs, G))

@@ -1,0 +1,82 @@
+"""`make mutation`: mutmut over the core modules, resumable, then a score per module.
+
+mutmut 3 re-tests every mutant named on its command line, and with no names it takes the
+untested mutants of every module at once. This names the untested mutants of the modules
+asked for (all core modules by default), so an interrupted run picks up where it stopped
+and one module can be run alone; `--again` re-tests the survivors too (after a test was
+added to kill them). Then it prints the table that docs/testing.md records.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+from mutmut.stats import status_by_exit_code
+
+MUTANTS = Path("mutants/src/mnistlab")
+
+
+def core_modules() -> list[str]:
+    """The modules [tool.mutmut] mutates: src/mnistlab/optim.py -> optim."""
+    config = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["mutmut"]
+    return [Path(path).stem for path in config["only_mutate"]]
+
+
+def statuses(module: str) -> dict[str, str]:
+    """mutant name -> mutmut's status ("killed", "survived", "not checked", ...)."""
+    meta = MUTANTS / f"{module}.py.meta"
+    if not meta.exists():
+        return {}
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    return {name: status_by_exit_code[code] for name, code in codes.items()}
+
+
+def to_test(module: str, again: bool) -> list[str]:
+    found = statuses(module)
+    if not found:
+        return [f"mnistlab.{module}.*"]  # not generated yet: mutmut generates them, then runs all
+    wanted = {"not checked", "survived"} if again else {"not checked"}
+    return [name for name, status in found.items() if status in wanted]
+
+
+def table(modules: list[str]) -> str:
+    rows = ["| module | mutants | killed | timeout | survived | no tests | not checked | killed of tested |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for module in modules:
+        count = Counter(statuses(module).values())
+        caught = count["killed"] + count["timeout"]
+        tested = caught + count["survived"]
+        score = f"{100 * caught / tested:.1f}%" if tested else "-"
+        rows.append(f"| {module} | {sum(count.values())} | {count['killed']} | {count['timeout']} | "
+                    f"{count['survived']} | {count['no tests']} | {count['not checked']} | {score} |")
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help="core modules, e.g. optim stats (default: all)")
+    parser.add_argument("--again", action="store_true", help="re-test the survivors too")
+    parser.add_argument("--table", action="store_true", help="only print the scores")
+    args = parser.parse_args()
+    core = core_modules()
+    modules = args.modules or core
+    unknown = sorted(set(modules) - set(core))
+    if unknown:
+        print(f"not a core module: {', '.join(unknown)}; choose from {', '.join(core)}", file=sys.stderr)
+        return 2
+    names = [] if args.table else [name for module in modules for name in to_test(module, args.again)]
+    if names:
+        subprocess.run([sys.executable, "-m", "mutmut", "run", *names], check=True)
+    print(table(modules))
+    survivors = [name for module in modules for name, status in statuses(module).items() if status == "survived"]
+    if survivors:
+        print("\nsurvivors (`.venv/bin/mutmut show NAME` for the diff):\n  " + "\n  ".join(survivors))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
