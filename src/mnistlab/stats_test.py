@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from mnistlab import stats
@@ -23,6 +24,17 @@ def test_mean_ci_of_three_values():
     assert (i.mean, i.sd, i.n) == (pytest.approx(2.0), pytest.approx(1.0), 3)
     assert i.low == pytest.approx(2.0 - half, abs=1e-8) and i.high == pytest.approx(2.0 + half, abs=1e-8)
     assert i.half_width == pytest.approx(half)
+
+
+def test_mean_ci_of_float32_figures_is_computed_in_float64():
+    # Accuracies arrive as float32 scalars; their mean and sd are figures of the float64 values.
+    values = [np.float32(v) for v in (0.9712, 0.9690, 0.9733, 0.9701, 0.9688)]
+    exact = [float(v) for v in values]
+    mean = sum(exact) / 5
+    sd = math.sqrt(sum((v - mean) ** 2 for v in exact) / 4)
+    i = stats.mean_ci(values)
+    assert i.mean == pytest.approx(mean, rel=1e-14) and i.sd == pytest.approx(sd, rel=1e-12)
+    assert i.as_dict() == {"mean": i.mean, "low": i.low, "high": i.high, "n": 5, "sd": i.sd}
 
 
 def test_mean_ci_drops_non_finite_and_needs_two_values_for_an_interval():
@@ -53,8 +65,17 @@ def test_paired_difference_by_hand():
 def test_paired_difference_keeps_only_seeds_where_both_are_finite():
     d = stats.paired_difference([1.0, math.nan, 3.0, 4.0], [0.0, 0.0, 1.0, math.inf])
     assert d.n == 2 and d.mean == pytest.approx(1.5)  # (1 - 0) and (3 - 1)
-    with pytest.raises(ValueError):
+    # None (a member that never reported) on either side drops that seed
+    d = stats.paired_difference([1.0, None, 3.0, 5.0, None], [0.0, 0.0, None, 4.5, None])
+    assert d.n == 2 and d.mean == pytest.approx(0.75)  # (1 - 0) and (5 - 4.5)
+    with pytest.raises(ValueError, match="equal lengths, got 1 and 2"):
         stats.paired_difference([1.0], [1.0, 2.0])
+
+
+def test_paired_difference_at_another_level():
+    # d = 1, 2, 3: mean 2, sd 1; the 90% interval uses t(0.95, 2) = 2.919986 (table)
+    d = stats.paired_difference([2.0, 4.0, 6.0], [1.0, 2.0, 3.0], level=0.90)
+    assert d.high - d.mean == pytest.approx(2.919986 / math.sqrt(3), abs=1e-6)
 
 
 def test_verdict_inconclusive_when_the_interval_straddles_zero():
@@ -87,13 +108,30 @@ def test_verdict_edge_cases():
     assert stats.verdict(stats.mean_ci([0.0, 0.0, 0.0]), "higher") == INCONCLUSIVE  # identical arms
     assert stats.verdict(stats.mean_ci([1.0, 1.0, 1.0]), "higher") == SUPPORTED  # sd 0, all above
     assert stats.verdict(stats.mean_ci([5.0]), "higher") == INCONCLUSIVE  # one seed: no interval
+    assert stats.verdict(stats.mean_ci([1.0, 1.0]), "higher") == SUPPORTED  # two seeds are enough
     assert stats.verdict(Interval(math.nan, math.nan, math.nan, 0, math.nan)) == INCONCLUSIVE
-    with pytest.raises(ValueError):
+    # an interval that overflowed is no evidence, even with one end on a side
+    assert stats.verdict(Interval(-5.0, -math.inf, -1.0, 3, math.inf), "higher") == INCONCLUSIVE
+    assert stats.verdict(Interval(5.0, 1.0, math.inf, 3, math.inf), "higher") == INCONCLUSIVE
+    with pytest.raises(ValueError, match="better must be 'higher' or 'lower', got 'up'"):
         stats.verdict(stats.mean_ci([1.0, 2.0]), "up")
+
+
+def test_verdict_with_a_tolerance_for_lower_is_better():
+    # epochs: the variant takes 0.2 to 0.3 more (worse), within a tolerance of 0.5 -> supported;
+    # within 0.25 -> the interval straddles the boundary; within 0.1 -> not supported.
+    worse = Interval(0.25, 0.2, 0.3, 3, 0.02)
+    assert stats.verdict(worse, "lower", tolerance=0.5) == SUPPORTED
+    assert stats.verdict(worse, "lower", tolerance=0.25) == INCONCLUSIVE
+    assert stats.verdict(worse, "lower", tolerance=0.1) == NOT_SUPPORTED
+    # signed [-0.6, 0.2] straddles -0.5: inconclusive, not "not supported"
+    assert stats.verdict(Interval(-0.2, -0.6, 0.2, 3, 0.1), "higher", tolerance=0.5) == INCONCLUSIVE
 
 
 def test_fmt_interval():
     assert stats.fmt_interval(Interval(0.97, 0.96, 0.98, 3, 0.01), digits=2, scale=100, unit="%") == \
         "97.00% [96.00%, 98.00%]"
     assert stats.fmt_interval(stats.mean_ci([0.5])) == "0.5000 (1 seed)"
+    assert stats.fmt_interval(Interval(0.6, 0.5, 0.7, 2, 0.1)) == "0.6000 [0.5000, 0.7000]"  # two seeds
     assert stats.fmt_interval(stats.mean_ci([])) == "n/a"
+    assert stats.fmt_interval(Interval(math.nan, math.nan, math.nan, 3, math.nan)) == "n/a"
