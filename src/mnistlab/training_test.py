@@ -70,10 +70,13 @@ def test_a_run_records_what_it_trained(mnist, tmp_path):
 
 
 def test_without_test_the_test_set_is_never_read(mnist):
-    # Arrays whose test set cannot be read: touching it would raise.
-    blind = dataclasses.replace(mnist, test_images=None, test_labels=None)
-    result = mnistlab.train(spec(validation={"fraction": 0.0}), runs_dir=None, arrays=blind)
+    # The arrays given are what trains (1,200 images, no subset asked), and their test set
+    # cannot be read: touching it would raise.
+    blind = dataclasses.replace(mnist, train_images=mnist.train_images[:1200], train_labels=mnist.train_labels[:1200],
+                                test_images=None, test_labels=None)
+    result = mnistlab.train(spec(subset=None, validation={"fraction": 0.0}), runs_dir=None, arrays=blind)
     assert result.status == "completed" and result.run_dir is None
+    assert result.summary["train_samples"] == 1200
     assert "test" not in result.summary and "evaluations" not in result.summary
     assert result.summary["validation_samples"] == 0 and "val_loss" not in result.history[-1]
     losses = [r["loss"] for r in result.history]
@@ -98,6 +101,21 @@ def test_an_interrupted_run_keeps_its_finished_epochs(stop, said, mnist, tmp_pat
         np.testing.assert_array_equal(run.params()[name], value)
     timeless = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]  # noqa: E731
     assert run.metrics == result.history and timeless(run.metrics) == timeless(two.metrics)
+
+
+def test_runs_are_recorded_under_runs_by_default(mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = mnistlab.train(spec(epochs=1), arrays=mnist)
+    assert result.run_dir.resolve().parent == tmp_path / "runs" and runs.open_run(result.run_dir).status == "completed"
+
+
+def test_without_arrays_the_dataset_is_read_from_data_dir(mnist_root, tmp_path, monkeypatch):
+    # Nowhere else to find it: MNISTLAB_DATA and the cache empty, the only mirror refusing.
+    monkeypatch.setenv("MNISTLAB_DATA", str(tmp_path))
+    monkeypatch.setenv("MNISTLAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("MNISTLAB_MIRRORS", "http://127.0.0.1:9/")
+    result = mnistlab.train(spec(epochs=1), data_dir=mnist_root, runs_dir=None)
+    assert result.status == "completed" and result.summary["data_source"] == str(mnist_root / "mnist")
 
 
 def test_a_diverged_run_writes_no_weights(mnist, tmp_path):
