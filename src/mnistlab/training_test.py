@@ -69,6 +69,17 @@ def test_a_run_records_what_it_trained(mnist, tmp_path):
     assert s["weights_sha256"] == runs.tensors_digest(run.params())
 
 
+def test_the_best_epoch_follows_val_loss_when_there_is_validation(mnist):
+    # 100 images, 8 epochs: the training loss falls every epoch, the validation loss turns.
+    overfitting = spec_lib.with_values(spec(subset=200, epochs=8, batch_size=20, validation={"fraction": 0.5}),
+                                       {"optimizer.learning_rate": 0.03})
+    result = mnistlab.train(overfitting, runs_dir=None, arrays=mnist)
+    val_losses, losses = [r["val_loss"] for r in result.history], [r["loss"] for r in result.history]
+    best = 1 + val_losses.index(min(val_losses))
+    assert best < 1 + losses.index(min(losses)) == 8
+    assert result.summary["best_epoch"] == best
+
+
 def test_without_test_the_test_set_is_never_read(mnist):
     # The arrays given are what trains (1,200 images, no subset asked), and their test set
     # cannot be read: touching it would raise.
