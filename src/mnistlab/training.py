@@ -60,7 +60,7 @@ def train(spec: RunSpec, *, data_dir: str | Path | None = None, runs_dir: str | 
     metric = "val_loss" if spec.training.validation.fraction > 0 else "loss"  # what `best_epoch` follows
     failure = None
     try:
-        report = populations.run([member], lambda _: arrays, metric=metric, lanes=1, on_epoch=log, on_done=done,
+        report = populations.run([member], lambda _: arrays, metric=metric, on_epoch=log, on_done=done,
                                  on_progress=on_progress)
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as `errors.Terminated`
         # The member is marked interrupted and keeps its finished epochs.

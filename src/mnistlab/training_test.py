@@ -46,10 +46,15 @@ def numpy_test_figures(params, images, labels) -> tuple[float, float]:
 
 
 def test_a_run_records_what_it_trained(mnist, tmp_path):
-    heard = []
-    result = mnistlab.train(spec(), runs_dir=tmp_path, test=True, arrays=mnist, on_epoch=heard.append)
+    heard, progress = [], []
+    result = mnistlab.train(spec(), runs_dir=tmp_path, test=True, arrays=mnist, on_epoch=heard.append,
+                            on_progress=progress.append)
     assert result.status == "completed" and [r["epoch"] for r in result.history] == [1, 2]
     assert heard == result.history  # every finished epoch, as it finished
+    # and progress within each: 1,500 images in batches of 50 are 30 steps an epoch
+    for epoch in (1, 2):
+        steps = [(p.steps_done, p.steps_total) for p in progress if p.epoch == epoch]
+        assert steps[-1] == (30, 30) and all(a < b for (a, _), (b, _) in zip(steps, steps[1:]))
     run = runs.open_run(result.run_dir)
     assert run.metrics == result.history and run.summary == json.loads(json.dumps(result.summary))
     s = run.summary
@@ -158,4 +163,21 @@ def test_a_run_folder_that_stops_taking_writes_keeps_the_result_elsewhere(mnist,
     (failed,) = tmp_path.iterdir()
     assert str(failed) in str(err.value)
     assert kept.status == "completed" and [r["epoch"] for r in kept.metrics] == [1, 2]
+    assert kept.summary["weights_sha256"] == runs.tensors_digest(kept.params())
+
+
+def test_a_run_folder_that_fails_while_training_stops_it_and_keeps_the_result(mnist, tmp_path, monkeypatch):
+    write = runs.atomic_write
+
+    def metrics_refused(path, text):
+        if path.name == runs.METRICS and tmp_path in path.parents:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return write(path, text)
+
+    monkeypatch.setattr(runs, "atomic_write", metrics_refused)
+    with pytest.raises(UserError, match=r"could not write the run \(Read-only file system\); the trained "
+                                        r"result is kept in ") as err:
+        mnistlab.train(spec(epochs=3), runs_dir=tmp_path, arrays=mnist)
+    kept = runs.open_run(err.value.args[0].split("kept in ")[1].split(" ")[0])
+    assert [r["epoch"] for r in kept.metrics] == [1]  # the first epoch's record was refused: training stopped
     assert kept.summary["weights_sha256"] == runs.tensors_digest(kept.params())
