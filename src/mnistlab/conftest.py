@@ -36,10 +36,10 @@ def keras_validation():
 
 # ------------------------------------------------------------------ mutation testing
 #
-# mutmut 3 (`make mutation`) runs each mutant's tests in a process forked after other tests
-# ran: it sets $MUTANT_UNDER_TEST to the mutant's name ("mnistlab.optim.x_build__mutmut_3")
-# and calls pytest.main again. Whatever the earlier tests compiled would be reused, and the
-# mutated Python, which runs only while JAX traces, would never run: the mutant survives.
+# mutmut 3 (`make mutation`, docs/testing.md) runs each mutant's tests in a forked process
+# with $MUTANT_UNDER_TEST naming the mutant ("mnistlab.optim.x_build__mutmut_3"). Had that
+# process compiled a program before, the program would be reused and the mutated Python,
+# which runs only while JAX traces, would never run: the mutant would survive.
 
 
 def _mutant_under_test() -> str:
