@@ -228,9 +228,10 @@ def test_rmsprop_epsilon_inside_the_root():
     close(run(OptimizerSpec(name="rmsprop"), grads=tiny), keras_rmsprop([0.001] * 5, tiny))
 
 
-def test_adagrad():
-    spec = OptimizerSpec(name="adagrad", learning_rate=0.1, initial_accumulator_value=0.2)
-    close(run(spec), keras_adagrad([0.1] * 5, G, initial=0.2))
+@pytest.mark.parametrize("epsilon", [1e-7, 0.5])
+def test_adagrad(epsilon):
+    spec = OptimizerSpec(name="adagrad", learning_rate=0.1, initial_accumulator_value=0.2, epsilon=epsilon)
+    close(run(spec), keras_adagrad([0.1] * 5, G, initial=0.2, eps=epsilon))
 
 
 # ------------------------------------------------------------------ learning rates
