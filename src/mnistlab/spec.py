@@ -595,15 +595,11 @@ class RunSpec(_Strict):
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged-union")))
-        # Drop the union tag Pydantic inserts in paths ('layers.0.dense.units').
-        for tag in LAYER_TYPES:
-            where = where.replace(f".{tag}.", ".")
+        where = _path(e["loc"])
         if e["type"] == "extra_forbidden":
             field = str(e["loc"][-1])
-            model = _model_at(e["loc"])
-            hint = suggest(field, tuple(model.model_fields)) if model else ""
-            lines.append(f"{where}: unknown setting '{field}'" + (f": {hint}" if hint else ""))
+            known = tuple(_model_at(e["loc"]).model_fields)
+            lines.append(f"{where}: unknown setting '{field}': {suggest(field, known)}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")
@@ -612,18 +608,23 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return f"{source}: invalid specification:\n  " + "\n  ".join(lines)
 
 
+def _path(loc: tuple) -> str:
+    """'model.layers.0.units' for Pydantic's ('model', 'layers', 0, 'dense', 'units'): the
+    union tag after a layer's index goes ('activation' is also a field of Dense)."""
+    return ".".join(str(p) for i, p in enumerate(loc)
+                    if not (i and isinstance(loc[i - 1], int) and p in LAYER_CLASSES))
+
+
 def _model_at(loc: tuple) -> type[BaseModel] | None:
-    """The Pydantic model that owns the field at `loc` (for 'did you mean' on unknown keys)."""
+    """The Pydantic model that owns the field at `loc` (for 'did you mean' on unknown keys;
+    an unknown key is always a key of a model: lists and plain values take none)."""
     model: type[BaseModel] | None = RunSpec
     for part in loc[:-1]:
         if part in LAYER_CLASSES:  # the union tag of a layer
             model = LAYER_CLASSES[part]
-        elif isinstance(part, int) or model is None:
-            continue
-        elif (field := model.model_fields.get(str(part))) is None:
-            return None
-        else:
-            candidates = getattr(field.annotation, "__args__", (field.annotation,))
+        elif model is not None:  # None after a list field, until its item's layer tag
+            annotation = model.model_fields[part].annotation
+            candidates = getattr(annotation, "__args__", (annotation,))  # `Regularizer | None`
             model = next((a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)), None)
     return model
 
@@ -674,12 +675,9 @@ _PRESETS = resources.files("mnistlab") / "presets"
 
 def presets() -> dict[str, str]:
     """Preset name -> its one-line description (the TOML file's first comment)."""
-    out = {}
-    for entry in sorted(_PRESETS.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".toml"):
-            first = entry.read_text().splitlines()[0]
-            out[entry.name.removesuffix(".toml")] = first.lstrip("# ").strip()
-    return out
+    names = sorted(entry.name.removesuffix(".toml") for entry in _PRESETS.iterdir() if entry.name.endswith(".toml"))
+    return {name: _PRESETS.joinpath(f"{name}.toml").read_text().splitlines()[0].removeprefix("#").strip()
+            for name in names}
 
 
 def preset(name: str) -> RunSpec:
