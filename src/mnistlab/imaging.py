@@ -94,8 +94,6 @@ def decode(source: bytes | Path, *, name: str | None = None, max_pixels: int = M
         if width * height > max_pixels:
             raise ImageError("too_large", f"{label}: {width}x{height} is {width * height:,} pixels, more "
                              f"than the {max_pixels:,} allowed. Scale it down first.")
-        if width == 0 or height == 0:
-            raise ImageError("empty", f"{label}: the image has no pixels ({width}x{height}).")
         try:
             if draft and img.format == "JPEG" and min(width, height) > 8 * SIZE:
                 img.draft("L", (4 * SIZE, 4 * SIZE))
@@ -108,27 +106,21 @@ def decode(source: bytes | Path, *, name: str | None = None, max_pixels: int = M
 
 
 def _grey(img) -> np.ndarray:
-    """Pillow image (any mode) -> (H, W) uint8 grey, transparency flattened."""
-    mode = img.mode
-    if mode.startswith("I") or mode == "F":
+    """Pillow image (any mode the four formats give) -> (H, W) uint8 grey, transparency flattened."""
+    if img.mode.startswith("I"):
         # 16-bit PNGs: Pillow's own conversion to "L" clips at 255 rather than scaling.
-        top = 255.0 if mode == "F" else 65535.0
-        return np.clip(np.asarray(img, np.float64) * (255.0 / top), 0, 255).round().astype(np.uint8)
-    if mode in ("RGBA", "LA") and img.getchannel("A").getextrema()[0] == 255:
-        return np.asarray(img.convert("L"), np.uint8)  # opaque, as the page's canvas: the fast path
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        rgba = np.asarray(img.convert("RGBA"), np.float64)
-        alpha = rgba[..., 3] / 255.0
-        lum = rgba[..., 0] * 0.299 + rgba[..., 1] * 0.587 + rgba[..., 2] * 0.114
-        if alpha.min() < 1.0:
-            # Ink on transparency: put it on white if the ink is dark, on black if light,
-            # so a black-on-transparent and a white-on-transparent digit both survive.
-            covered = alpha.sum()
-            ink_level = (lum * alpha).sum() / covered if covered > 0 else 0.0
-            background = 255.0 if ink_level < 128 else 0.0
-            lum = lum * alpha + background * (1.0 - alpha)
-        return np.clip(lum, 0, 255).round().astype(np.uint8)
-    return np.asarray(img.convert("L"), np.uint8)
+        return np.round(np.asarray(img) * (255 / 65535)).astype(np.uint8)
+    if not img.has_transparency_data:
+        return np.asarray(img.convert("L"))
+    rgba = img.convert("RGBA")
+    grey = np.asarray(rgba.convert("L"))  # ITU-R 601 luma of the colour, alpha aside
+    alpha = np.asarray(rgba.getchannel("A")) / 255
+    # Ink on transparency: put it on white if the ink is dark, on black if light, so a
+    # black-on-transparent and a white-on-transparent digit both survive (and nothing
+    # drawn at all is blank paper). Opaque pixels keep their grey.
+    dark_ink = (grey * alpha).sum() < 128 * alpha.sum() or not alpha.any()
+    background = 255 if dark_ink else 0
+    return np.round(grey * alpha + background * (1 - alpha)).astype(np.uint8)
 
 
 def border(grey: np.ndarray) -> np.ndarray:
@@ -151,14 +143,14 @@ def levels(grey: np.ndarray, background: float, *, name: str = "image") -> float
     contrast = float(grey.max()) - background
     if contrast < MIN_CONTRAST:
         raise ImageError("no_ink", f"{name}: no digit found: the image is a flat colour (ink and "
-                         f"background differ by {max(contrast, 0):.0f} of 255 grey levels). "
+                         f"background differ by {contrast:.0f} of 255 grey levels). "
                          "Give a picture with a visible digit.")
     return contrast
 
 
 def stretch(grey: np.ndarray, background: float, contrast: float) -> np.ndarray:
-    """Grey levels -> ink in [0, 1]: the background 0, the strongest ink 1."""
-    return np.clip((grey.astype(np.float32) - background) / contrast, 0.0, 1.0)
+    """Grey levels -> ink in [0, 1]: the background 0, the strongest ink (background + contrast) 1."""
+    return np.maximum((grey.astype(np.float32) - background) / contrast, 0.0)
 
 
 def ink(grey: np.ndarray, *, name: str = "image") -> np.ndarray:
@@ -187,16 +179,15 @@ def fit(ink_: np.ndarray, box: int = BOX) -> np.ndarray:
     h, w = ink_.shape
     scale = box / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))  # Pillow: (width, height)
-    resized = Image.fromarray(ink_.astype(np.float32)).resize(size, Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
+    resized = Image.fromarray(ink_).resize(size, Image.Resampling.BILINEAR)  # float: Pillow's mode "F"
+    return np.asarray(resized)  # weights >= 0 summing to 1: still in [0, 1]
 
 
 def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
     """(row, column) of the intensity-weighted mean pixel position."""
     total = float(image.sum())
     h, w = image.shape
-    return (float(image.sum(axis=1) @ np.arange(h, dtype=np.float64)) / total,
-            float(image.sum(axis=0) @ np.arange(w, dtype=np.float64)) / total)
+    return float(image.sum(axis=1) @ np.arange(h)) / total, float(image.sum(axis=0) @ np.arange(w)) / total
 
 
 def centre(digit: np.ndarray, size: int = SIZE) -> np.ndarray:
@@ -210,7 +201,7 @@ def centre(digit: np.ndarray, size: int = SIZE) -> np.ndarray:
     cy, cx = centre_of_mass(digit)
     top = int(np.clip(round(size / 2 - cy), 0, size - h))
     left = int(np.clip(round(size / 2 - cx), 0, size - w))
-    field = np.zeros((size, size), np.float32)
+    field = np.zeros((size, size), digit.dtype)
     field[top:top + h, left:left + w] = digit
     return field
 

@@ -7,6 +7,7 @@ import zlib
 import numpy as np
 import pytest
 import PIL.ImageFile
+import PIL.JpegImagePlugin
 from PIL import Image
 
 from mnistlab import imaging
@@ -205,15 +206,6 @@ def test_mnist_digits_keep_their_shape_through_a_png_canvas_round_trip(mnist_tes
     assert min(scores) > 0.8 and np.mean(scores) > 0.93
 
 
-def test_a_digit_with_its_mass_at_one_edge_is_never_cut_off():
-    digit = np.zeros((20, 20), np.float32)
-    digit[:, 0] = 1.0
-    digit[10, 19] = 0.01  # the box is 20 wide but nearly all the mass is in column 0
-    field = imaging.centre(digit)
-    assert field.sum() == pytest.approx(digit.sum())  # everything kept
-    assert field[:, 8].sum() == pytest.approx(20.0)  # moved as far right as it fits: left edge at 8
-
-
 @pytest.mark.parametrize("image", [
     np.full((50, 50), 255, np.uint8),  # blank white
     np.zeros((50, 50), np.uint8),  # blank black
@@ -247,3 +239,202 @@ def mnist_test(mnist_root):
     from mnistlab import data
 
     return data.load("mnist", mnist_root)
+
+
+# ------------------------------------------------- every message, boundary and rule, exactly
+
+def jpeg(side: int) -> bytes:
+    return encode(Image.new("L", (side, side), 0), "JPEG")
+
+
+PNG = encode(Image.fromarray(GRADIENT), "PNG")
+
+
+@pytest.mark.parametrize("data, code, message", [
+    (b"", "empty", "image: no data. Send a PNG, JPEG, BMP or GIF image."),
+    (b"hello", "not_image", "image: not an image that mnistlab reads: give a PNG, JPEG, BMP or GIF file."),
+    (PNG[:20], "unreadable", "image: cannot read it (Truncated File Read)."),
+    (b"BM" + bytes(20), "unreadable", "image: cannot read it (Unsupported BMP header type (0))."),
+    (PNG[:60], "unreadable", "image: the PNG data is corrupt or truncated (image file is truncated). "
+                             "Save the image again."),
+    (png_with_header(6000, 3000), "too_large", "image: 6000x3000 is 18,000,000 pixels, more than the "
+                                               "16,000,000 allowed. Scale it down first."),
+    (png_with_header(100_000, 100_000), "too_large", "image: the image declares more than 16,000,000 pixels "
+                                                     "(a decompression bomb?). Scale it down first."),
+    (png_with_header(0, 5), "not_image", "image: not an image that mnistlab reads: give a PNG, JPEG, BMP or GIF file."),
+])
+def test_every_decoding_error_has_its_code_and_whole_message(data, code, message):
+    with pytest.raises(imaging.ImageError) as e:
+        imaging.decode(data)
+    assert (e.value.code, str(e.value)) == (code, message)
+
+
+def test_a_file_decodes_as_its_bytes_and_its_errors_name_it(tmp_path):
+    path = tmp_path / "gradient.png"
+    path.write_bytes(PNG)
+    np.testing.assert_array_equal(imaging.decode(path), GRADIENT)
+    missing = tmp_path / "missing.png"
+    with pytest.raises(imaging.ImageError) as e:
+        imaging.decode(missing)
+    assert str(e.value) == f"{missing}: cannot read it (No such file or directory). Check the path and its permissions."
+    with pytest.raises(imaging.ImageError) as e:
+        imaging.load(missing, name="seven")
+    assert str(e.value).startswith("seven: cannot read it")
+    blank = tmp_path / "blank.png"
+    blank.write_bytes(imaging.to_png(np.zeros((30, 30), np.uint8)))
+    with pytest.raises(imaging.ImageError, match=f"^{blank}: no digit found"):
+        imaging.load(blank)
+    with pytest.raises(imaging.ImageError, match=f"^{blank}: 30x30 is 900 pixels, more than the 899 allowed"):
+        imaging.load(blank, max_pixels=899)
+
+
+@pytest.mark.parametrize("side, drafted", [(224, 224), (225, 113), (2400, 300)])
+def test_a_jpeg_larger_than_8x28_decodes_at_the_smallest_scale_keeping_4x28(side, drafted):
+    # libjpeg scales by 1/2, 1/4 or 1/8: the smallest scale keeping >= 112 pixels a side.
+    assert imaging.decode(jpeg(side)).shape == (drafted, drafted)
+    assert imaging.decode(jpeg(side), draft=False).shape == (side, side)
+
+
+def test_load_drafts_a_large_jpeg_but_takes_raw_input_at_full_size(monkeypatch):
+    drafts = []
+    real = PIL.JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(PIL.JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, mode, size: drafts.append((mode, size)) or real(self, mode, size))
+    photo = np.zeros((600, 600), np.uint8)
+    photo[200:400, 280:320] = 255
+    imaging.load(encode(Image.fromarray(photo), "JPEG"))
+    assert drafts == [("L", (112, 112))]
+    with pytest.raises(imaging.ImageError, match=r"^image: raw input must be 28x28 pixels, this image is 600x600"):
+        imaging.load(encode(Image.fromarray(photo), "JPEG"), raw_input=True)
+    assert len(drafts) == 1
+
+
+def test_sixteen_bit_levels_are_rounded_after_scaling_by_255_over_65535():
+    deep = np.array([[51529, 128, 129]], np.uint16)  # 200.502, 0.498, 0.502 grey levels
+    got = imaging.decode(encode(Image.fromarray(deep), "PNG"))
+    np.testing.assert_array_equal(got, [[201, 0, 1]])
+    assert got.dtype == np.uint8
+
+
+def rgba_png(rgba: np.ndarray) -> bytes:
+    return encode(Image.fromarray(rgba.astype(np.uint8), "RGBA"), "PNG")
+
+
+@pytest.mark.parametrize("ink", [0, 50])
+def test_partly_transparent_ink_is_blended_onto_its_background(ink):
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., :3] = ink  # dark ink, fully transparent...
+    rgba[0, 0, 3], rgba[0, 1, 3], rgba[0, 2, 3] = 255, 51, 100  # ...but for three pixels
+    got = imaging.decode(rgba_png(rgba))
+    # dark ink goes on white: grey = ink * a + 255 * (1 - a), a = alpha / 255
+    assert got.dtype == np.uint8
+    expected = [round(ink * a / 255 + 255 * (1 - a / 255)) for a in (255, 51, 100, 0)]
+    assert [got[0, 0], got[0, 1], got[0, 2], got[3, 3]] == expected
+
+
+def test_coloured_ink_on_transparency_keeps_its_luma():
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[1, 1] = (200, 100, 50, 255)
+    got = imaging.decode(rgba_png(rgba))
+    assert got[1, 1] == round(0.299 * 200 + 0.587 * 100 + 0.114 * 50) and got[0, 0] == 255  # 124: dark ink
+
+
+@pytest.mark.parametrize("level, background", [(127, 255), (128, 0)])
+def test_ink_from_mid_grey_up_goes_on_black(level, background):
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[1:3, 1:3] = (level, level, level, 255)  # four opaque pixels: the mean ink, not the sum, decides
+    assert imaging.decode(rgba_png(rgba))[0, 0] == background
+
+
+def test_nothing_drawn_on_transparency_is_blank_white_paper():
+    assert (imaging.decode(rgba_png(np.zeros((4, 4, 4)))) == 255).all()
+
+
+def test_the_border_is_the_outermost_ring_of_pixels():
+    grey = np.arange(20).reshape(4, 5)
+    # 0 1 2 3 4 / 5 6 7 8 9 / 10 11 12 13 14 / 15 16 17 18 19: all but 6, 7, 8, 11, 12, 13
+    assert sorted(imaging.border(grey)) == [0, 1, 2, 3, 4, 5, 9, 10, 14, 15, 16, 17, 18, 19]
+
+
+@pytest.mark.parametrize("low, high, inverted", [(127, 128, False), (128, 128, True), (128, 129, True), (127, 127, False)])
+def test_a_border_lighter_than_127_5_means_dark_ink_on_light(low, high, inverted):
+    grey = np.full((4, 4), low, np.uint8)
+    grey[0, :] = grey[1:3, 0] = high  # border: 6 pixels at `high`, 6 at `low`
+    grey[1:3, 1:3] = 0 if inverted else 255
+    got, background = imaging.light_on_dark(grey)
+    median = (low + high) / 2
+    np.testing.assert_array_equal(got, 255 - grey if inverted else grey)
+    assert background == (255 - median if inverted else median)
+
+
+def test_ink_needs_32_grey_levels_above_the_background():
+    grey = np.zeros((5, 5), np.uint8)
+    grey[2, 2] = 32
+    assert imaging.levels(grey, 0.0) == 32.0
+    grey[2, 2] = 31
+    with pytest.raises(imaging.ImageError) as e:
+        imaging.levels(grey, 0.0)
+    assert str(e.value) == ("image: no digit found: the image is a flat colour (ink and background differ by 31 "
+                            "of 255 grey levels). Give a picture with a visible digit.")
+    for preprocess in (imaging.ink, imaging.mnist_preprocess):
+        with pytest.raises(imaging.ImageError, match="^image: no digit found"):
+            preprocess(grey)
+        with pytest.raises(imaging.ImageError, match="^seven.png: no digit found"):
+            preprocess(grey, name="seven.png")
+
+
+def test_stretch_maps_the_background_to_0_and_background_plus_contrast_to_1():
+    got = imaging.stretch(np.array([[10, 50, 70, 90]], np.uint8), 50.0, 40.0)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, [[0.0, 0.0, 0.5, 1.0]])  # darker than the background: 0
+
+
+def test_the_bounding_box_holds_the_pixels_strictly_above_the_threshold():
+    image = np.zeros((6, 6))
+    image[1, 2] = image[3, 4] = 0.5
+    image[5, 0] = 0.2  # at the threshold: outside
+    assert imaging.bounding_box(image, 0.2) == (1, 4, 2, 5)
+
+
+def test_fit_keeps_a_faint_edge_row_and_a_one_pixel_line():
+    # Shrinking 60 -> 20 with Pillow's bilinear widened to a triangle of radius 3 input
+    # pixels: output row 0 (centred on input row 1) weighs input rows 0..3 by 2/3, 1, 2/3,
+    # 1/3 (normalised by 8/3); row 4's 1.0 gets weight 0. Bicubic's negative lobe would
+    # take row 0 below zero and the box would lose its edge.
+    ink = np.zeros((60, 60), np.float32)
+    ink[0] = 0.05
+    ink[4:] = 1.0
+    got = imaging.fit(ink)
+    assert got.shape == (20, 20)
+    np.testing.assert_allclose(got[0], 0.05 * (2 / 3) / (8 / 3), rtol=1e-6)
+    assert imaging.fit(np.ones((100, 1), np.float32)).shape == (20, 1)  # never 0 pixels wide
+    assert imaging.fit(np.ones((1, 100), np.float32)).shape == (1, 20)
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_a_digit_is_clamped_inside_the_field_on_both_sides_of_both_axes(transpose):
+    def place(digit):
+        return imaging.centre(digit.T).T if transpose else imaging.centre(digit)
+
+    far = np.zeros((20, 20), np.float32)
+    far[19, :] = 1.0  # all the mass on the last row: it would go above the top
+    np.testing.assert_array_equal(place(far)[:20, 4:24], far)
+    assert place(far).dtype == np.float32  # the digit's
+    near = np.zeros((20, 20), np.float32)
+    near[0, :] = 1.0  # all the mass on the first row: it would go below the bottom
+    np.testing.assert_array_equal(place(near)[8:, 4:24], near)
+
+
+def test_faint_specks_do_not_widen_the_box():
+    digit = rectangle(60, 40)
+    speck = digit.copy()
+    speck[190, 290] = 0.19 * 255  # under 20% of the contrast, far from the digit
+    np.testing.assert_array_equal(imaging.mnist_preprocess(speck), imaging.mnist_preprocess(digit))
+
+
+def test_raw_and_png_take_any_integer_array():
+    x = np.random.default_rng(2).integers(0, 256, (28, 28))  # int64
+    assert imaging.raw(x).dtype == np.uint8
+    with pytest.raises(imaging.ImageError, match="^image: raw input must be 28x28 pixels, this image is 3x2"):
+        imaging.raw(np.zeros((2, 3)))
+    np.testing.assert_array_equal(imaging.decode(imaging.to_png(x)), x)
