@@ -203,7 +203,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         what = {1: "labels", 3: "pixels"}.get(ndim, "data")
         raise UserError(f"{path}: {problem}: header says {shape} = {expected} bytes of "
                         f"{what}, file holds {held}{gz}. {_FIX_FILE}")
-    return np.frombuffer(raw, np.uint8, count=expected, offset=offset).reshape(dims)
+    return np.frombuffer(raw, np.uint8, offset=offset).reshape(dims)
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -246,10 +246,8 @@ def cache_dir(name: str) -> Path:
 
 def _places(name: str, data_dir: str | os.PathLike | None) -> list[tuple[Path, str]]:
     """Local folders to search, in order, each with the reason it is searched."""
-    places = []
-    if data_dir is not None:  # A parent holding <name>/, or the folder itself.
-        places += [(Path(data_dir).expanduser() / name, "--data-dir"),
-                   (Path(data_dir).expanduser(), "--data-dir")]
+    given = [] if data_dir is None else [Path(data_dir).expanduser() / name, Path(data_dir).expanduser()]
+    places = [(folder, "--data-dir") for folder in given]  # a parent holding <name>/, or the folder itself
     if os.environ.get("MNISTLAB_DATA"):
         places.append((Path(os.environ["MNISTLAB_DATA"]).expanduser() / name,
                        "$MNISTLAB_DATA"))
@@ -429,7 +427,7 @@ def holdout(labels: np.ndarray, fraction: float, *,
     if not 0.0 <= fraction < 1.0:
         raise UserError(f"validation fraction must be in [0, 1), got {fraction!r}.")
     if method == "last":
-        split_at = int(math.floor(n * (1.0 - fraction))) if fraction else n
+        split_at = math.floor(n * (1.0 - fraction))  # n * 1.0 is n: nothing held out at 0
         val = np.arange(split_at, n, dtype=np.int64)
     elif method == "stratified":
         val = _stratified(labels, fraction, seed)
@@ -438,7 +436,7 @@ def holdout(labels: np.ndarray, fraction: float, *,
     if fraction and (len(val) == 0 or len(val) == n):
         raise UserError(f"{n} samples are too few to hold out a fraction of {fraction} "
                         "with both sides non-empty: use a larger fraction or more data.")
-    train = np.setdiff1d(np.arange(n, dtype=np.int64), val, assume_unique=True)
+    train = np.setdiff1d(np.arange(n, dtype=np.int64), val)
     return train, val
 
 
@@ -452,4 +450,4 @@ def _stratified(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     chosen = [rng.choice(np.flatnonzero(labels == c), size=k, replace=False)
               for c, k in zip(classes, take)]
-    return np.sort(np.concatenate([np.empty(0, np.int64), *chosen])).astype(np.int64)
+    return np.sort(np.concatenate(chosen))  # flatnonzero's int64 indices

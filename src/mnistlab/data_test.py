@@ -1,10 +1,12 @@
 """Tests for mnistlab.data: IDX parsing, lookup order, downloads, holdout splits."""
 
+import dataclasses
 import functools
 import gzip
 import hashlib
 import http.server
 import math
+import os
 import socket
 import struct
 import threading
@@ -84,23 +86,31 @@ def test_read_idx_valid(tmp_path, compress):
 GOOD = idx_bytes(np.zeros((2, 3, 4), np.uint8))  # 16-byte header + 24 bytes
 
 
+FIX = "Delete it and let mnistlab download it again, or point --data-dir at a good copy."
+
+
 @pytest.mark.parametrize("name, payload, expected", [
-    ("magic", b"\x01\x00" + GOOD[2:], ["not an IDX file", "0x01000803"]),
-    ("dtype", idx_bytes(np.zeros((2, 3, 4)), dtype_code=0x0C), ["type code 0x0c", "int32"]),
-    ("truncated", GOOD[:-4], ["truncated", "2x3x4 = 24 bytes of pixels", "holds 20"]),
-    ("trailing", GOOD + b"\x00\x00", ["2 trailing bytes", "2x3x4 = 24", "holds 26"]),
-    ("zero_dim", idx_bytes(np.zeros((0, 3, 4), np.uint8)), ["shape 0x3x4", "zero dimension"]),
-    ("short_header", GOOD[:10], ["truncated or bad IDX header", "16 header bytes"]),
+    ("magic", b"\x01\x00" + GOOD[2:],
+     f"not an IDX file: magic number 0x01000803 must start with two zero bytes (0x0000080N for uint8). {FIX}"),
+    ("dtype", idx_bytes(np.zeros((2, 3, 4)), dtype_code=0x0C),
+     "IDX data type code 0x0c (int32); mnistlab reads only 0x08 (uint8) files, the type MNIST ships."),
+    ("unknown_dtype", idx_bytes(np.zeros((2, 3, 4)), dtype_code=0x07),
+     "IDX data type code 0x07 (unknown); mnistlab reads only 0x08 (uint8) files, the type MNIST ships."),
+    ("short", GOOD[:3], f"truncated: 3 bytes, too short for an IDX header. {FIX}"),
+    ("header_only", GOOD[:4], f"truncated or bad IDX header: 3 dimensions need 16 header bytes, file holds 4. {FIX}"),
+    ("truncated", GOOD[:-4], f"truncated: header says 2x3x4 = 24 bytes of pixels, file holds 20. {FIX}"),
+    ("trailing", GOOD + b"\x00\x00", f"2 trailing bytes: header says 2x3x4 = 24 bytes of pixels, file holds 26. {FIX}"),
+    ("labels", idx_bytes(np.zeros(5, np.uint8))[:-1], f"truncated: header says 5 = 5 bytes of labels, file holds 4. {FIX}"),
+    ("matrix", idx_bytes(np.zeros((2, 3), np.uint8))[:-1], f"truncated: header says 2x3 = 6 bytes of data, file holds 5. {FIX}"),
+    ("zero_dim", idx_bytes(np.zeros((0, 3, 4), np.uint8)),
+     f"IDX header says shape 0x3x4: a zero dimension, so no data. {FIX}"),
 ])
 def test_read_idx_rejects(tmp_path, name, payload, expected):
     path = tmp_path / f"{name}-idx3-ubyte"
     path.write_bytes(payload)
     with pytest.raises(UserError) as err:
         data.read_idx(path)
-    message = str(err.value)
-    assert str(path) in message
-    for words in expected:
-        assert words in message
+    assert str(err.value) == f"{path}: {expected}"
 
 
 def test_read_idx_truncated_gzip_says_after_gunzip(tmp_path):
@@ -151,8 +161,24 @@ def test_a_folder_where_a_data_file_should_be_is_named_as_such(monkeypatch, tmp_
     (folder / names[0]).mkdir()  # e.g. an archive unpacked in place of the file
     monkeypatch.setenv("MNISTLAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("MNISTLAB_DATA", raising=False)  # only the folder given: no other copy to fall back on
-    with pytest.raises(UserError, match=f"{names[0]} is a folder, not a file"):
+    with pytest.raises(UserError) as err:
         data.load("mnist", tmp_path / "data", mirrors=())
+    assert f"\n  {folder} (--data-dir): {names[0]} is a folder, not a file\n" in str(err.value)
+    assert f"\n  {tmp_path / 'data'} (--data-dir): {', '.join(f'missing {n}' for n in names)}\n" in str(err.value)
+
+
+def test_the_folder_mnistlab_data_names_is_listed_where_it_was_looked_in(env, monkeypatch):
+    monkeypatch.setenv("MNISTLAB_DATA", str(env / "shared"))
+    with pytest.raises(UserError) as err:
+        data.load("tiny")
+    assert f"Looked in:\n  {env / 'shared' / 'tiny'} ($MNISTLAB_DATA): no such folder\n  {env / 'cache'}" in str(err.value)
+    assert "$MNISTLAB_DATA: not set" not in str(err.value)
+
+
+def test_downloads_go_to_the_user_cache_by_default(monkeypatch, tmp_path):
+    monkeypatch.delenv("MNISTLAB_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the user cache on Linux (XDG base directories)
+    assert data.cache_dir("mnist") == tmp_path / "mnistlab" / "mnist"
 
 
 # ------------------------------------------------------------------------ download
@@ -262,15 +288,65 @@ def test_all_mirrors_fail_gives_one_message_listing_everything(env, server):
     data_dir.mkdir()
     with pytest.raises(UserError) as err:
         data.load("tiny", data_dir, mirrors=[f"{base}/empty/", dead])
-    message = str(err.value)
+    files = ", ".join(data.IDX_NAMES)
+    missing = ", ".join(f"missing {name}" for name in data.IDX_NAMES)
     first = data.IDX_NAMES[0]
-    for place in [data_dir / "tiny", data_dir, env / "cache" / "tiny", env / "system" / "tiny"]:
-        assert str(place) in message
-    assert f"{base}/empty/{first}: HTTP 404" in message
-    assert f"{dead}{first}: " in message
-    for fix in ["--data-dir", "MNISTLAB_DATA", "network"]:
-        assert fix in message
+    assert str(err.value) == (
+        "Dataset 'tiny' is not on this machine, and downloading it failed.\n"
+        "Looked in:\n"
+        f"  {data_dir / 'tiny'} (--data-dir): no such folder\n"
+        f"  {data_dir} (--data-dir): {missing}\n"
+        f"  {env / 'cache' / 'tiny'} (cache): no such folder\n"
+        f"  {env / 'system' / 'tiny'} (Debian package): no such folder\n"
+        "  $MNISTLAB_DATA: not set\n"
+        "Tried to download:\n"
+        f"  {base}/empty/{first}: HTTP 404\n"
+        f"  {dead}{first}: cannot connect\n"
+        f"Fix: pass --data-dir FOLDER (holding {files}, or a parent holding tiny/), set MNISTLAB_DATA to a "
+        "folder holding tiny/, or connect to the network and run again.")
     assert cached_files(env) == []
+
+
+def test_no_mirror_at_all_is_said_so(env):
+    # tiny's registry entry names no mirror, and the environment none either
+    with pytest.raises(UserError, match="\nTried to download:\n  no mirrors configured\nFix:"):
+        data.load("tiny")
+
+
+def test_a_missing_idx_file_is_named(tmp_path):
+    with pytest.raises(UserError) as err:
+        data.read_idx(tmp_path / "gone-idx1-ubyte")
+    assert str(err.value) == f"{tmp_path / 'gone-idx1-ubyte'}: no such file. Check the path, or let mnistlab download the dataset."
+
+
+def test_without_mirrors_or_environment_the_registry_s_mirrors_are_used(env):
+    info = tiny_info(mirrors=("https://a.example/", "https://b.example/"))
+    assert data._mirrors(info, None) == ("https://a.example/", "https://b.example/")
+
+
+def test_a_download_error_of_another_kind_is_named_and_cut_at_120_characters():
+    assert data._why(PermissionError("x" * 200)) == "PermissionError: " + "x" * 120
+
+
+def test_locate_status_looks_in_the_given_folder_first(env):
+    write_files(env / "mine" / "tiny")
+    assert data.locate_status("tiny", env / "mine") == env / "mine" / "tiny"
+
+
+def doubled(base: data.Arrays) -> data.Arrays:
+    """A derived dataset for the test below: every image twice as wide."""
+    wide = {split: np.concatenate([getattr(base, split)] * 2, axis=-1) for split in ("train_images", "test_images")}
+    return dataclasses.replace(base, **wide)
+
+
+def test_a_derived_dataset_is_built_from_its_base_found_where_load_was_told(env, server, monkeypatch):
+    monkeypatch.setitem(data.DERIVED, "tiny-wide", data.Derived("tiny", f"{__name__}:doubled", "test"))
+    base, _ = server
+    wide = data.load("tiny-wide", mirrors=[f"{base}/good/"])  # downloaded from the mirror given
+    assert wide.source == env / "cache" / "tiny"
+    np.testing.assert_array_equal(wide.train_images, np.concatenate([TINY_ARRAYS["train_images"]] * 2, axis=-1))
+    write_files(env / "mine" / "tiny")
+    assert data.load("tiny-wide", env / "mine", mirrors=()).source == env / "mine" / "tiny"
 
 
 # ---------------------------------------------------------------- lookup & checks
@@ -307,6 +383,45 @@ def test_wrong_hash_in_local_folder_is_refused(env):
     assert str(bad) in str(err.value) and "wrong hash" in str(err.value)
 
 
+@pytest.mark.parametrize("change", ["size, same mtime", "one byte, same size"])
+def test_a_file_changed_in_place_is_hashed_again(env, change):
+    folder = write_files(env / "mine")
+    data.load("tiny", folder, mirrors=())  # its hashes are now remembered
+    path = folder / NAMES["test_labels"]
+    before = path.stat()
+    if change == "size, same mtime":
+        path.write_bytes(path.read_bytes() + b"\0")
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    else:
+        payload = bytearray(path.read_bytes())
+        payload[len(payload) // 2] ^= 0xFF
+        path.write_bytes(payload)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(UserError, match="wrong hash"):
+        data.load("tiny", folder, mirrors=())
+
+
+def test_loaded_arrays_carry_their_dataset_s_description(env):
+    folder = write_files(env / "mine")
+    assert data.load("tiny", folder, mirrors=()).info == data.DATASETS["tiny"]
+
+
+def test_a_copy_the_registry_also_accepts_is_read(env, monkeypatch):
+    # Debian's re-gzipped Fashion-MNIST: other bytes, the same IDX data, accepted by hash
+    regzipped = dict(TINY_FILES, test_labels=gzip.compress(idx_bytes(TINY_ARRAYS["test_labels"]), mtime=1))
+    info = dataclasses.replace(tiny_info(), also_accept={"test_labels": (sha256(regzipped["test_labels"]),)})
+    monkeypatch.setitem(data.DATASETS, "tiny", info)
+    folder = write_files(env / "mine", regzipped)
+    np.testing.assert_array_equal(data.load("tiny", folder, mirrors=()).test_labels, TINY_ARRAYS["test_labels"])
+
+
+def test_an_md5_in_the_registry_is_checked_as_md5(env, monkeypatch):
+    md5 = {role: (NAMES[role], "md5:" + hashlib.md5(TINY_FILES[role]).hexdigest()) for role in data.ROLES}
+    monkeypatch.setitem(data.DATASETS, "tiny", dataclasses.replace(tiny_info(), files=md5))
+    folder = write_files(env / "mine")
+    assert data.load("tiny", folder, mirrors=()).source == folder
+
+
 def test_other_datasets_file_is_named(env, monkeypatch):
     folder = write_files(env / "mine")
     other = data.DatasetInfo(name="other", description="", files={
@@ -317,26 +432,38 @@ def test_other_datasets_file_is_named(env, monkeypatch):
         data.load("other", folder, mirrors=())
 
 
-@pytest.mark.parametrize("role, array, words", [
-    ("train_labels", np.array([0, 1, 2, 0, 1, 3], np.uint8), "label 3 found"),
-    ("test_labels", np.array([0, 1], np.uint8), "2 labels for 3 images"),
-    ("test_images", np.zeros((3, 28, 27), np.uint8), "images of shape (28, 27)"),
+@pytest.mark.parametrize("role, array, message", [
+    ("train_labels", np.array([0, 1, 2, 0, 1, 3], np.uint8),
+     f"train-labels-idx1-ubyte.gz: label 3 found, tiny has 3 classes (0..2). {FIX}"),
+    ("test_labels", np.array([0, 1], np.uint8),
+     f"t10k-labels-idx1-ubyte.gz: 2 labels for 3 images in t10k-images-idx3-ubyte.gz; the counts must match. {FIX}"),
+    ("test_images", np.zeros((3, 28, 27), np.uint8),
+     f"t10k-images-idx3-ubyte.gz: images of shape (28, 27), tiny has (28, 28). {FIX}"),
 ])
-def test_cross_checks(env, monkeypatch, role, array, words):
+def test_cross_checks(env, monkeypatch, role, array, message):
     files = dict(TINY_FILES, **{role: gzip.compress(idx_bytes(array), mtime=0)})
     monkeypatch.setitem(data.DATASETS, "tiny", tiny_info(files))
     folder = write_files(env / "mine", files)
     with pytest.raises(UserError) as err:
         data.load("tiny", folder, mirrors=())
-    assert words in str(err.value) and str(folder) in str(err.value)
+    assert str(err.value) == f"{folder}/{message}"
 
 
-def test_unknown_name_suggests():
+@pytest.mark.parametrize("name, hint", [
+    ("fashon-mnist", " Did you mean 'fashion-mnist'?"),
+    ("mnist_fashion", " Did you mean 'mnist'?"),  # similarity 0.56: over the cutoff of 0.5
+    ("cifar", ""),
+])
+def test_unknown_name_suggests(name, hint):
     with pytest.raises(UserError) as err:
-        data.load("fashon-mnist")
-    message = str(err.value)
-    assert "Did you mean 'fashion-mnist'?" in message
-    assert "fashion-mnist, kmnist, mnist" in message
+        data.load(name)
+    assert str(err.value) == f"Unknown dataset {name!r}.{hint} Known datasets: fashion-mnist, kmnist, mnist, mnist-multi."
+
+
+def test_a_derived_dataset_describes_itself():
+    from mnistlab import multilabel
+
+    assert data.get_info("mnist-multi") is multilabel.INFO
 
 
 def test_registry_is_complete():
@@ -385,6 +512,31 @@ def test_holdout_stratified_proportions():
     again = data.holdout(labels, 0.1, method="stratified", seed=3)[1]
     other = data.holdout(labels, 0.1, method="stratified", seed=4)[1]
     assert again.tolist() == val.tolist() and other.tolist() != val.tolist()
+
+
+def test_holdout_defaults_to_keras_split_and_seed_0():
+    labels = np.repeat(np.arange(4), 5)
+    np.testing.assert_array_equal(data.holdout(labels, 0.2)[1], np.arange(16, 20))
+    for got, expected in zip(data.holdout(labels, 0.4, method="stratified"),
+                             data.holdout(labels, 0.4, method="stratified", seed=0)):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_holdout_may_hold_out_one_sample_but_not_none_or_all():
+    np.testing.assert_array_equal(data.holdout(np.zeros(10), 0.1)[1], [9])
+    with pytest.raises(UserError) as err:
+        data.holdout(np.zeros(10), 0.01, method="stratified")  # round(0.1) = 0 samples
+    assert str(err.value) == ("10 samples are too few to hold out a fraction of 0.01 with both sides non-empty: "
+                              "use a larger fraction or more data.")
+    with pytest.raises(UserError) as err:
+        data.holdout(np.zeros(10), 0.1, method="random")
+    assert str(err.value) == "holdout method must be 'last' or 'stratified', got 'random'."
+
+
+def test_holdout_stratified_takes_each_sample_at_most_once():
+    labels = np.repeat(np.arange(10), 10)
+    _, val = data.holdout(labels, 0.5, method="stratified", seed=3)
+    assert len(np.unique(val)) == len(val) == 50
 
 
 def test_holdout_stratified_rounding():
