@@ -50,9 +50,8 @@ INPUT_TYPES = ("uint8", "float32")
 OPSET = 17
 IR_VERSION = 8  # readable by every onnxruntime since 1.10
 
-# Where a tensor's features are: "flat" (N, features) or "nchw" (N, C, H, W), ONNX's
-# layout for images. The channel axis is 1 in both.
-FLAT, NCHW = "flat", "nchw"
+# A tensor in the graph is flat (N, features) or, between the input and Flatten, ONNX's
+# (N, C, H, W): the channel axis is 1 in both.
 NHWC_TO_NCHW, NCHW_TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
 
 
@@ -105,6 +104,7 @@ class _Graph:
     def ints(self, name: str, value) -> str:
         from onnx import numpy_helper
 
+        # int64 written out: NumPy 1 on Windows makes Python ints int32, which Reshape refuses.
         self.inits.append(numpy_helper.from_array(np.asarray(value, np.int64), name))
         return name
 
@@ -128,7 +128,7 @@ def _activation(g: _Graph, x: str, name: str, fn: str) -> str:
     if fn == "leaky_relu":
         return g.node("LeakyRelu", [x], f"{name}/leaky_relu", alpha=0.2)  # Keras 3's slope
     if fn == "elu":
-        return g.node("Elu", [x], f"{name}/elu", alpha=1.0)
+        return g.node("Elu", [x], f"{name}/elu")  # ONNX's default alpha 1.0, Keras' too
     if fn == "gelu":  # exact (erf) form, as Keras 3 and model.py
         scaled = g.node("Mul", [x, g.const(f"{name}/gelu/inv_sqrt2", 1 / math.sqrt(2))], f"{name}/gelu/scaled")
         erf = g.node("Erf", [scaled], f"{name}/gelu/erf")
@@ -138,20 +138,20 @@ def _activation(g: _Graph, x: str, name: str, fn: str) -> str:
     raise AssertionError(f"activation {fn} is validated by spec but has no ONNX form here")
 
 
-def _input(g: _Graph, image_shape: tuple[int, ...], spatial: bool, rescale: float) -> tuple[str, str]:
+def _input(g: _Graph, image_shape: tuple[int, ...], spatial: bool, rescale: float) -> str:
     """The scaled pixels: flat vectors for a dense model, NCHW images for one with image layers."""
     from onnx import TensorProto
 
     if not spatial:
-        x = g.node("Flatten", ["image"], "flat", axis=1)
+        x = g.node("Flatten", ["image"], "flat")  # ONNX's default axis 1: (N, pixels)
         x = g.node("Cast", [x], "flat_float", to=TensorProto.FLOAT)
-        return g.node("Mul", [x, g.const("input_rescale", rescale)], "rescaled"), FLAT
+        return g.node("Mul", [x, g.const("input_rescale", rescale)], "rescaled")
     x = g.node("Cast", ["image"], "image_float", to=TensorProto.FLOAT)
     x = g.node("Mul", [x, g.const("input_rescale", rescale)], "rescaled")
     # (N, H, W) or (N, H, W, C) -> (N, H, W, C) as model.forward; 0 keeps N whatever it is.
     hwc = image_shape if len(image_shape) == 3 else (*image_shape, 1)
     x = g.node("Reshape", [x, g.ints("nhwc_shape", [0, *hwc])], "nhwc")
-    return g.node("Transpose", [x], "nchw", perm=NHWC_TO_NCHW), NCHW
+    return g.node("Transpose", [x], "nchw", perm=NHWC_TO_NCHW)
 
 
 def _dense(g: _Graph, x: str, name: str, layer, params) -> str:
@@ -167,8 +167,9 @@ def _conv(g: _Graph, x: str, name: str, layer, params, hw: tuple[int, ...]) -> s
     inputs = [x, g.const(f"{name}/kernel", kernel)]
     if layer.use_bias:
         inputs.append(g.const(f"{name}/bias", params[f"{name}/bias"]))
-    x = g.node("Conv", inputs, f"{name}/conv", kernel_shape=list(layer.kernel_size),
-               strides=list(layer.strides), pads=onnx_pads(hw, layer.kernel_size, layer.strides, layer.padding))
+    # kernel_shape is left out: ONNX takes it from the kernel.
+    x = g.node("Conv", inputs, f"{name}/conv", strides=list(layer.strides),
+               pads=onnx_pads(hw, layer.kernel_size, layer.strides, layer.padding))
     return _activation(g, x, name, layer.activation)
 
 
@@ -177,8 +178,9 @@ def _pool(g: _Graph, x: str, name: str, layer, hw: tuple[int, ...]) -> str:
                  pads=onnx_pads(hw, layer.pool_size, layer.strides, layer.padding))
     if layer.type == "max_pooling2d":
         return g.node("MaxPool", [x], f"{name}/max_pool", **attrs)  # padding never wins a max
-    # Keras averages a border window over the pixels it covers, not over the padding too.
-    return g.node("AveragePool", [x], f"{name}/average_pool", count_include_pad=0, **attrs)
+    # Keras averages a border window over the pixels it covers, not over the padding too:
+    # ONNX's default (count_include_pad = 0).
+    return g.node("AveragePool", [x], f"{name}/average_pool", **attrs)
 
 
 def _batch_norm(g: _Graph, x: str, name: str, layer, params) -> str:
@@ -201,33 +203,33 @@ def _flatten(g: _Graph, x: str, name: str) -> str:
     # normalization over the flattened features, dropout, another activation), which a
     # row permutation tied to "the next Dense" would not. It costs one copy of a small tensor.
     x = g.node("Transpose", [x], f"{name}/nhwc", perm=NCHW_TO_NHWC)
-    return g.node("Flatten", [x], f"{name}/flatten", axis=1)
+    return g.node("Flatten", [x], f"{name}/flatten")  # ONNX's default axis 1: (N, C)
 
 
 def _global_average(g: _Graph, x: str, name: str) -> str:
     x = g.node("GlobalAveragePool", [x], f"{name}/mean")  # (N, C, 1, 1)
-    return g.node("Flatten", [x], f"{name}/flatten", axis=1)
+    return g.node("Flatten", [x], f"{name}/flatten")  # ONNX's default axis 1: (N, C)
 
 
-def _layer(g: _Graph, x: str, layout: str, name: str, layer, params, before: tuple[int, ...]) -> tuple[str, str]:
-    """One layer's nodes: (its output, the output's layout). `before`: its input's Keras shape."""
+def _layer(g: _Graph, x: str, name: str, layer, params, before: tuple[int, ...]) -> str:
+    """One layer's nodes; returns its output. `before`: its input's Keras shape."""
     kind = layer.type
     if kind == "dense":
-        return _dense(g, x, name, layer, params), FLAT
+        return _dense(g, x, name, layer, params)
     if kind == "conv2d":
-        return _conv(g, x, name, layer, params, before), NCHW
+        return _conv(g, x, name, layer, params, before)
     if kind in ("max_pooling2d", "average_pooling2d"):
-        return _pool(g, x, name, layer, before), NCHW
+        return _pool(g, x, name, layer, before)
     if kind == "batch_normalization":
-        return _batch_norm(g, x, name, layer, params), layout
+        return _batch_norm(g, x, name, layer, params)
     if kind == "activation":
-        return _activation(g, x, name, layer.activation), layout
+        return _activation(g, x, name, layer.activation)
     if kind == "flatten":
-        return _flatten(g, x, name), FLAT
+        return _flatten(g, x, name)
     if kind == "global_average_pooling2d":
-        return _global_average(g, x, name), FLAT
+        return _global_average(g, x, name)
     if kind == "dropout" or isinstance(layer, AUGMENTATIONS):
-        return x, layout  # identity at inference
+        return x  # identity at inference
     raise AssertionError(f"layer type {kind} is validated by spec but has no ONNX form here")
 
 
@@ -244,9 +246,9 @@ def onnx_model(spec: RunSpec, params: dict[str, np.ndarray], *, input_type: str 
     runs.check_params(spec, params, "the weights", image_shape)
     g = _Graph()
     spatial = any(isinstance(layer, SPATIAL) for layer in layers)
-    x, layout = _input(g, image_shape, spatial, spec.model.input_rescale)
+    x = _input(g, image_shape, spatial, spec.model.input_rescale)
     for name, layer, before in zip(names, layers, output_shapes(layers, image_shape)):
-        x, layout = _layer(g, x, layout, name, layer, params, before)
+        x = _layer(g, x, name, layer, params, before)
     # model.logits leaves the final softmax/sigmoid to `probabilities`, which applies it
     # once; the spec's own final activation is that same function, applied above.
     g.nodes.append(helper.make_node("Identity", [x], ["probabilities"], name="probabilities"))
@@ -285,7 +287,6 @@ def write(run: runs.Run, out: Path, fmt: str | None = None, *, input_type: str =
         import io
 
         buf = io.BytesIO()
-        arrays = {k: np.ascontiguousarray(v, np.float32) for k, v in params.items()}
-        np.savez(buf, **arrays, **{"mnistlab.spec": np.array(json.dumps(run.spec.resolved()))})
+        np.savez(buf, **params, **{"mnistlab.spec": np.array(json.dumps(run.spec.resolved()))})
         runs.atomic_write(out, buf.getvalue())
     return fmt

@@ -35,6 +35,13 @@ def test_onnx_matches_mnistlab_on_the_whole_mnist_test_set(trained_run, mnist, t
     assert inp.name == "image" and dims == ["N", 28, 28]
     assert inp.type.tensor_type.elem_type == (onnx.TensorProto.UINT8 if input_type == "uint8" else onnx.TensorProto.FLOAT)
     assert outp.name == "probabilities"
+    assert [d.dim_param or d.dim_value for d in outp.type.tensor_type.shape.dim] == ["N", 10]
+    assert (proto.producer_name, proto.ir_version) == ("mnistlab", 8)  # IR 8: onnxruntime >= 1.10 reads it
+    assert [(o.domain, o.version) for o in proto.opset_import] == [("", 17)]
+    assert {p.key: p.value for p in proto.metadata_props} == {
+        "mnistlab.spec": json.dumps(runs.open_run(trained_run).spec.resolved()),
+        "input": f"{input_type} pixels 0..255, shape (N, 28, 28)", "output": "softmax probabilities (N, 10)"}
+    assert all(node.name == node.output[0] for node in proto.graph.node)  # Netron shows each layer by name
 
     images = mnist.test_images  # all 10,000
     feed = images if input_type == "uint8" else images.astype(np.float32)
@@ -149,6 +156,12 @@ def test_same_padding_is_tensorflows(size, window, stride, pads):
     assert export.same_pads(size, window, stride) == pads
 
 
+def test_same_pads_of_an_oblong_window_follow_each_axis():
+    # ONNX's order: [top, left, bottom, right]; height 28 with 3 rows, width 28 with 6 columns at stride 2
+    assert export.onnx_pads((28, 28, 1), (3, 6), (1, 2), "same") == [1, 2, 1, 2]
+    assert export.onnx_pads((28, 28, 1), (3, 6), (1, 2), "valid") == [0, 0, 0, 0]
+
+
 @pytest.mark.parametrize("tail", list(CONV_TAILS))
 @pytest.mark.parametrize("output", ["softmax", "sigmoid"])
 def test_every_image_layer_has_the_same_arithmetic(mnist, tail, output):
@@ -163,6 +176,9 @@ def test_every_image_layer_has_the_same_arithmetic(mnist, tail, output):
     assert {n.op_type for n in proto.graph.node} >= {
         "Conv", "MaxPool", "AveragePool", "BatchNormalization", "Softmax",
         "Flatten" if tail == "flatten" else "GlobalAveragePool"}
+    layers = set(model.layer_names(spec.model))
+    inputs = {"image_float", "rescaled", "nhwc", "nchw", "probabilities"}
+    assert all(n.name in inputs or n.name.split("/")[0] in layers for n in proto.graph.node)
     got = session(proto).run(None, {"image": images})[0]
     assert got.shape == (500, 10)
     assert np.abs(got - expected).max() <= 1e-5
@@ -170,6 +186,47 @@ def test_every_image_layer_has_the_same_arithmetic(mnist, tail, output):
     # 0.02 to 0.13 per class), and batch normalization's weights change them (by 0.5 to 0.7).
     assert got.std(axis=0).min() > 1e-2
     assert np.abs(np.asarray(model.probabilities(spec.model, start, images)) - expected).max() > 0.1
+
+
+def test_the_graph_reads_as_the_keras_model_one_named_group_per_layer():
+    spec = spec_lib.preset("seed")
+    proto = export.onnx_model(spec, model.init(spec.model, seed=1, input_shape=(28, 28)))
+    assert [(n.op_type, n.name, list(n.input)) for n in proto.graph.node] == [
+        ("Flatten", "flat", ["image"]),
+        ("Cast", "flat_float", ["flat"]),
+        ("Mul", "rescaled", ["flat_float", "input_rescale"]),
+        ("MatMul", "dense/matmul", ["rescaled", "dense/kernel"]),
+        ("Add", "dense/bias_add", ["dense/matmul", "dense/bias"]),
+        ("Relu", "activation/relu", ["dense/bias_add"]),
+        ("MatMul", "dense_1/matmul", ["activation/relu", "dense_1/kernel"]),
+        ("Add", "dense_1/bias_add", ["dense_1/matmul", "dense_1/bias"]),
+        ("Softmax", "activation_1/softmax", ["dense_1/bias_add"]),
+        ("Identity", "probabilities", ["activation_1/softmax"])]
+
+
+def test_weights_of_another_network_are_refused():
+    spec = spec_lib.preset("seed")
+    other = model.init(spec_lib.with_overrides(spec, ["model.layers.0.units=5"]).model, seed=1, input_shape=(28, 28))
+    with pytest.raises(UserError, match=r"^the weights: the weights do not fit the network its config.toml "
+                                        r"describes \(dense/kernel is \(784, 5\), not \(784, 1000\)"):
+        export.onnx_model(spec, other)
+
+
+def test_a_colour_network_exports_with_its_three_channels():
+    spec = spec_lib.from_dict({"name": "colour", "model": {"layers": [
+        {"type": "conv2d", "filters": 2, "kernel_size": 3, "activation": "elu"}, {"type": "flatten"},
+        {"type": "dense", "units": 3, "activation": "softmax"}]}})
+    params = model.init(spec.model, seed=1, input_shape=(6, 6, 3))
+    images = np.random.default_rng(0).integers(0, 256, (4, 6, 6, 3), dtype=np.uint8)
+    proto = export.onnx_model(spec, params, image_shape=(6, 6, 3))
+    assert [(n.op_type, n.name) for n in proto.graph.node] == [
+        ("Cast", "image_float"), ("Mul", "rescaled"), ("Reshape", "nhwc"), ("Transpose", "nchw"),
+        ("Conv", "conv2d/conv"), ("Elu", "conv2d/elu"), ("Transpose", "flatten/nhwc"), ("Flatten", "flatten/flatten"),
+        ("MatMul", "dense/matmul"), ("Add", "dense/bias_add"), ("Softmax", "dense/softmax"),
+        ("Identity", "probabilities")]
+    assert [i.name for i in proto.graph.initializer][:2] == ["input_rescale", "nhwc_shape"]
+    got = session(proto).run(None, {"image": images})[0]
+    np.testing.assert_allclose(got, model.probabilities(spec.model, params, images), atol=1e-6)
 
 
 def test_flatten_keeps_kerass_channels_last_order(mnist):
@@ -251,7 +308,8 @@ def test_weight_files_hold_the_parameters_and_the_spec(trained_run, tmp_path, ca
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--out", "{tmp}/model.bin"], "cannot tell the format from the suffix '.bin'"),
+    (["--out", "{tmp}/model.bin"], "cannot tell the format from the suffix '.bin'. Pass --format (onnx, "
+                                   "safetensors, npz) or name the file *.onnx, *.safetensors or *.npz."),
     (["--out", "{tmp}/model.onnx", "--format", "tflite"], "--format 'tflite': expected one of onnx, safetensors, npz"),
     (["--out", "{tmp}/model.onnx", "--input-type", "int16"], "--input-type 'int16': expected one of uint8, float32"),
     (["--out", "{tmp}/no/such/folder/model.onnx"], "does not exist. Create it first"),
@@ -269,3 +327,12 @@ def test_force_overwrites(trained_run, tmp_path, capsys, monkeypatch):
     (tmp_path / "m.onnx").write_bytes(b"old")
     code, _, _ = run_cli(["export", trained_run, "--out", tmp_path / "m.onnx", "--force"], capsys, monkeypatch)
     assert code == 0 and onnx.load(tmp_path / "m.onnx").graph.output[0].name == "probabilities"
+
+
+def test_write_from_python_takes_uint8_pixels_and_keeps_an_existing_file(trained_run, tmp_path):
+    run = runs.open_run(trained_run)
+    out = tmp_path / "m.onnx"
+    assert export.write(run, out) == "onnx"
+    assert onnx.load(out).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    with pytest.raises(UserError, match="the file exists"):
+        export.write(run, out)
