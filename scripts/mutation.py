@@ -3,8 +3,8 @@
 mutmut 3 re-tests every mutant named on its command line, and with no names it takes the
 untested mutants of every module at once. This names the untested mutants of the modules
 asked for (all core modules by default), so an interrupted run picks up where it stopped
-and one module can be run alone; `--again` re-tests the survivors too (after a test was
-added to kill them). Then it prints the table that docs/testing.md records.
+and one module can be run alone; `--again` re-tests the survivors and the mutants no test
+reached too (after a test was added for them). Then it prints the table that docs/testing.md records.
 """
 
 import argparse
@@ -39,7 +39,7 @@ def to_test(module: str, again: bool) -> list[str]:
     found = statuses(module)
     if not found:
         return [f"mnistlab.{module}.*"]  # not generated yet: mutmut generates them, then runs all
-    wanted = {"not checked", "survived"} if again else {"not checked"}
+    wanted = {"not checked", "survived", "no tests"} if again else {"not checked"}
     return [name for name, status in found.items() if status in wanted]
 
 
@@ -59,7 +59,7 @@ def table(modules: list[str]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help="core modules, e.g. optim stats (default: all)")
-    parser.add_argument("--again", action="store_true", help="re-test the survivors too")
+    parser.add_argument("--again", action="store_true", help="re-test the survivors and the mutants no test reached too")
     parser.add_argument("--table", action="store_true", help="only print the scores")
     args = parser.parse_args()
     core = core_modules()
