@@ -57,17 +57,20 @@ class Structure(NamedTuple):
 
 
 def structure(spec: OptimizerSpec) -> Structure:
-    """What changes the program; specs with equal structures can share one compiled step."""
+    """What changes the program; specs with equal structures share one compiled step, and
+    specs with different structures compile different programs (optim_test checks both)."""
     s = spec.schedule
     has_momentum = bool(spec.momentum) if spec.name in ("sgd", "rmsprop") else None
+    # "step" is exponential decay with staircase: one program for both spellings.
+    schedule = "exponential" if s.name == "step" else s.name
     return Structure(
         name=spec.name,
         nesterov=bool(spec.nesterov) if spec.name == "sgd" and has_momentum else None,
         amsgrad=bool(spec.amsgrad) if spec.name in ("adam", "adamw") else None,
         has_momentum=has_momentum,
-        schedule=s.name,
-        staircase=s.staircase if s.name in ("exponential", "inverse_time") else None,
-        decay_steps=s.decay_steps if s.name != "constant" else None,
+        schedule=schedule,
+        staircase=s.staircase or s.name == "step" if schedule in ("exponential", "inverse_time") else None,
+        decay_steps=s.decay_steps if schedule != "constant" else None,
         warmup_steps=s.warmup_steps,
     )
 
@@ -101,32 +104,32 @@ def _schedule(spec: OptimizerSpec, hp: Mapping[str, Any]) -> Callable[[jax.Array
                     warmup_target=lr), applied here to every schedule.
     - decay:        the result / (1 + decay * step)  (keras/optimizers.py, Keras 2).
     """
-    s = spec.schedule
-    lr = _f32(hp["learning_rate"])
-    decay = _f32(hp["decay"])
+    st = structure(spec)  # only the structure, as in `build`
+    lr = jnp.float32(hp["learning_rate"])
+    decay = jnp.float32(hp["decay"])
 
     # exponential / inverse_time by hand: optax.exponential_decay tests `decay_rate == 0`
     # in Python, which fails when decay_rate is traced (a population's member axis);
     # Optax has no inverse-time schedule.
     def fraction(t):
-        p = t / s.decay_steps
-        return jnp.floor(p) if s.staircase or s.name == "step" else p
+        p = t / st.decay_steps
+        return jnp.floor(p) if st.staircase else p
 
-    if s.name == "constant":
-        sched = lambda t: lr * jnp.ones_like(t)
-    elif s.name in ("exponential", "step"):
-        sched = lambda t: lr * jnp.power(_f32(hp["schedule.decay_rate"]), fraction(t))
-    elif s.name == "inverse_time":
-        sched = lambda t: lr / (1 + _f32(hp["schedule.decay_rate"]) * fraction(t))
-    elif s.name == "cosine":  # Optax's formula is Keras' (schedules/learning_rate_schedule.py)
-        sched = optax.cosine_decay_schedule(lr, s.decay_steps, alpha=_f32(hp["schedule.alpha"]))
+    if st.schedule == "constant":
+        sched = lambda t: jnp.full_like(t, lr)
+    elif st.schedule == "exponential":
+        sched = lambda t: lr * jnp.power(jnp.float32(hp["schedule.decay_rate"]), fraction(t))
+    elif st.schedule == "inverse_time":
+        sched = lambda t: lr / (1 + jnp.float32(hp["schedule.decay_rate"]) * fraction(t))
+    elif st.schedule == "cosine":  # Optax's formula is Keras' (schedules/learning_rate_schedule.py)
+        sched = optax.cosine_decay_schedule(lr, st.decay_steps, alpha=jnp.float32(hp["schedule.alpha"]))
     else:
-        raise ValueError(f"unknown schedule '{s.name}'")
+        raise ValueError(f"unknown schedule '{st.schedule}'")
 
-    if s.warmup_steps > 0:
+    if st.warmup_steps:
         # Warm-up by hand: optax.linear_schedule computes lr - lr * (1 - t / warmup_steps),
         # which loses float32 digits near t = 0; Keras computes lr * t / warmup_steps.
-        w = s.warmup_steps
+        w = st.warmup_steps
         sched = optax.join_schedules([lambda t: lr * t / w, sched], [w])
 
     def rate(step):
@@ -142,10 +145,6 @@ def learning_rate(spec: OptimizerSpec, hp: Mapping[str, Any], step) -> jax.Array
     After schedule, warm-up and `decay`; before Adam's bias correction (as Keras reports it).
     """
     return _schedule(spec, hp)(step)
-
-
-def _f32(x) -> jax.Array:
-    return jnp.asarray(x, jnp.float32)
 
 
 # ------------------------------------------------------------------ Keras' Adam
@@ -176,7 +175,7 @@ def scale_by_keras_adam(b1, b2, eps, amsgrad: bool) -> optax.GradientTransformat
 
     def update(updates, state, params=None):
         del params
-        beta_1, beta_2, epsilon = _f32(b1), _f32(b2), _f32(eps)
+        beta_1, beta_2, epsilon = jnp.float32(b1), jnp.float32(b2), jnp.float32(eps)
         mu = jax.tree.map(lambda g, m: beta_1 * m + (1 - beta_1) * g, updates, state.mu)
         nu = jax.tree.map(lambda g, v: beta_2 * v + (1 - beta_2) * g * g, updates, state.nu)
         nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu) if amsgrad else None
@@ -219,7 +218,7 @@ def build(spec: OptimizerSpec, hp: Mapping[str, Any]) -> optax.GradientTransform
     - adagrad: a = initial_accumulator_value + sum of g*g; w -= lr*g/sqrt(a + eps).
     """
     st = structure(spec)
-    num = lambda name: _f32(hp[name])
+    num = lambda name: jnp.float32(hp[name])
     lr = optax.scale_by_learning_rate(_schedule(spec, hp))  # -lr(step) * updates
     momentum = [optax.trace(num("momentum"), nesterov=bool(st.nesterov))] if st.has_momentum else []
     if st.name == "sgd":
@@ -229,8 +228,9 @@ def build(spec: OptimizerSpec, hp: Mapping[str, Any]) -> optax.GradientTransform
         decay = [optax.add_decayed_weights(num("weight_decay"))] if st.name == "adamw" else []
         parts = [adam, *decay, lr]
     elif st.name == "rmsprop":
-        # eps_in_sqrt, no bias correction, v from 0: Keras 3's (not Keras 2's) RMSprop.
-        rms = optax.scale_by_rms(num("rho"), num("epsilon"), initial_scale=0.0, eps_in_sqrt=True)
+        # Optax's defaults, v from 0 with eps inside the root and no bias correction, are
+        # Keras 3's (not Keras 2's) RMSprop; optim_test holds them to Keras' formula.
+        rms = optax.scale_by_rms(num("rho"), num("epsilon"))
         parts = [rms, lr, *momentum]
     elif st.name == "adagrad":
         parts = [optax.scale_by_rss(num("initial_accumulator_value"), num("epsilon")), lr]

@@ -257,6 +257,7 @@ SCHEDULES = [
     dict(name="cosine", decay_steps=10, alpha=0.1, warmup_steps=4),
     dict(name="exponential", decay_steps=3, decay_rate=0.5, warmup_steps=5),
     dict(name="constant", warmup_steps=3),
+    dict(name="constant", warmup_steps=1),
 ]
 
 
@@ -337,20 +338,77 @@ def test_population_under_vmap_matches_each_member_alone(shared, a, b):
 # ------------------------------------------------------------------ structure
 
 
-def test_structure_ignores_numbers_and_sees_choices():
-    a = OptimizerSpec(name="sgd", learning_rate=0.1, momentum=0.9, nesterov=True,
-                      schedule=Schedule(name="exponential", decay_steps=5, decay_rate=0.5))
-    b = OptimizerSpec(name="sgd", learning_rate=0.01, momentum=0.5, nesterov=True, decay=0.1,
-                      schedule=Schedule(name="exponential", decay_steps=5, decay_rate=0.9))
-    assert optim.structure(a) == optim.structure(b)
-    assert optim.hyperparameters(a).keys() == optim.hyperparameters(b).keys()
-    assert optim.structure(a) != optim.structure(a.model_copy(update={"nesterov": False}))
-    assert optim.structure(a) != optim.structure(
-        OptimizerSpec(name="sgd", learning_rate=0.1, momentum=0.0))  # no velocity
-    assert optim.structure(a) != optim.structure(a.model_copy(update={
-        "schedule": Schedule(name="exponential", decay_steps=5, decay_rate=0.5, staircase=True)}))
-    assert optim.structure(a) != optim.structure(a.model_copy(update={
-        "schedule": Schedule(name="exponential", decay_steps=6, decay_rate=0.5)}))
+def program(spec: OptimizerSpec) -> str:
+    """The jaxpr of a first update, its numbers traced: what XLA compiles for a member."""
+    def update(hp, g, w):
+        tx = optim.build(spec, hp)
+        return tx.update(g, tx.init(w), w)
+    g, w = jnp.asarray(G[0], jnp.float32), jnp.asarray(W0, jnp.float32)
+    return str(jax.make_jaxpr(update)(optim.hyperparameters(spec), g, w))
+
+
+FAMILIES = [dict(name="sgd"), dict(name="sgd", momentum=0.5), dict(name="sgd", momentum=0.5, nesterov=True),
+            dict(name="adam"), dict(name="adam", amsgrad=True), dict(name="adamw"),
+            dict(name="adamw", amsgrad=True), dict(name="rmsprop"), dict(name="rmsprop", momentum=0.5),
+            dict(name="adagrad")]
+SCHEDULE_CHOICES = [dict(name=name, staircase=staircase, decay_steps=steps, warmup_steps=warmup)
+                    for name in ("constant", "exponential", "inverse_time", "step", "cosine")
+                    for staircase in (False, True) for steps in (3, 5) for warmup in (0, 1, 2)]
+# Every number a spec may hold, changed: never a reason for another program.
+OTHER_NUMBERS = dict(learning_rate=0.123, decay=0.25, momentum=0.9, beta_1=0.5, beta_2=0.75, epsilon=0.01,
+                     weight_decay=0.5, rho=0.6, initial_accumulator_value=0.3)
+
+
+def _renumbered(spec: OptimizerSpec) -> OptimizerSpec:
+    numbers = {k: v for k, v in OTHER_NUMBERS.items()
+               if k in ("learning_rate", "decay") or getattr(spec, k)}  # keeps momentum 0 at 0
+    return spec.model_copy(update={**numbers, "schedule": spec.schedule.model_copy(
+        update={"decay_rate": 0.5, "alpha": 0.2})})
+
+
+def test_equal_structures_are_exactly_the_equal_programs():
+    """`structure` is the compile key of a population: specs it calls equal must compile to
+    one program (else members would train as the first one does), and specs it tells apart
+    should not (else a sweep compiles the same program twice)."""
+    specs = [OptimizerSpec(**family) for family in FAMILIES]
+    specs += [OptimizerSpec(name="sgd", schedule=Schedule(**choice)) for choice in SCHEDULE_CHOICES]
+    specs += [_renumbered(spec) for spec in specs]
+    programs = [program(spec) for spec in specs]
+    structures = [optim.structure(spec) for spec in specs]
+    # Schedules by warm-up (3 choices): constant alone; exponential and inverse_time by
+    # staircase and decay_steps; "step" is exponential's staircase; cosine by decay_steps.
+    # The first constant one is FAMILIES[0].
+    assert len(set(structures)) == len(FAMILIES) + 3 * (1 + 2 * 2 * 2 + 2) - 1
+    for i, (a, pa) in enumerate(zip(structures, programs)):
+        for b, pb in zip(structures[i + 1:], programs[i + 1:]):
+            assert (a == b) == (pa == pb), (a, b)
+
+
+def test_a_name_the_spec_knows_but_optim_does_not_is_refused_by_name():
+    # Guards a spec that grows an optimizer or a schedule before optim does.
+    unknown = OptimizerSpec.model_construct(name="lion", schedule=Schedule())
+    with pytest.raises(ValueError, match=r"^unknown optimizer 'lion'$"):
+        optim.build(unknown, {"learning_rate": 0.1, "decay": 0.0})
+    unknown = OptimizerSpec(name="sgd").model_copy(update={"schedule": Schedule.model_construct(name="linear")})
+    with pytest.raises(ValueError, match=r"^unknown schedule 'linear'$"):
+        optim.learning_rate(unknown, {"learning_rate": 0.1, "decay": 0.0}, 0)
+
+
+def test_numbers_stay_float32_when_a_process_turns_on_float64():
+    # The gradient checks turn on jax_enable_x64 in-process; Python floats in `hp` must
+    # still make a float32 optimizer, as every population's parameters are float32.
+    spec = OptimizerSpec(name="adam", schedule=Schedule(name="cosine", decay_steps=4, warmup_steps=2))
+    jax.config.update("jax_enable_x64", True)
+    try:
+        hp = optim.hyperparameters(spec)
+        w = jnp.asarray(W0, jnp.float32)
+        tx = optim.build(spec, hp)
+        updates, state = tx.update(jnp.asarray(G[0], jnp.float32), tx.init(w), w)
+        rate = optim.learning_rate(spec, hp, 3)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+    assert updates.dtype == rate.dtype == jnp.float32
+    assert {x.dtype for x in jax.tree.leaves(state)} == {jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}
 
 
 def test_hyperparameters_are_the_numbers_the_family_uses():
@@ -378,3 +436,13 @@ def test_state_depends_only_on_structure(name):
     leaves = jax.tree.leaves(sa)
     assert all(x.dtype in (jnp.float32, jnp.int32) for x in leaves)
     assert any(x.dtype == jnp.int32 and x.shape == () for x in leaves)  # a step count
+
+
+@pytest.mark.parametrize("name, amsgrad, slots", [("adam", False, 2), ("adam", True, 3), ("adamw", False, 2),
+                                                   ("sgd", None, 0), ("rmsprop", None, 1), ("adagrad", None, 1)])
+def test_state_holds_only_the_slots_the_optimizer_uses(name, amsgrad, slots):
+    # Each slot is one more copy of the weights in every member's memory (engine.member_bytes).
+    spec = OptimizerSpec(name=name, **({} if amsgrad is None else {"amsgrad": amsgrad}))
+    w = jnp.zeros(3, jnp.float32)
+    state = optim.build(spec, optim.hyperparameters(spec)).init(w)
+    assert sum(x.shape == (3,) for x in jax.tree.leaves(state)) == slots
