@@ -1,5 +1,6 @@
 """mnistlab: the dense networks of the tutorial, with exact Keras semantics, trained fast."""
 
+from mnistlab import engine
 from mnistlab.errors import UserError
 from mnistlab.spec import RunSpec, load, preset, with_overrides
 from mnistlab.training import TrainResult, train
@@ -17,6 +18,8 @@ def sweep(spec, **kwargs):
         spec = search.sweep_from_dict(spec)
     return search.run_sweep(spec, **kwargs)
 
+
+engine.enable_compile_cache()  # from Python as from the command line
 
 __all__ = ["RunSpec", "TrainResult", "UserError", "load", "preset", "sweep", "train", "with_overrides"]
 __version__ = "0.1.0"

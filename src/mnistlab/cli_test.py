@@ -212,10 +212,9 @@ def test_a_read_only_runs_dir_is_refused_before_training(mounted, mnist_root):
     assert done.returncode == 2 and "cannot write there (Read-only file system)" in done.stderr, done.stderr
 
 
-@pytest.mark.parametrize("units", [100_000_000, 1_000_000])
-def test_a_network_the_machine_cannot_hold_is_refused_with_the_estimate(units, mnist_root, tmp_path):
-    done = mnistlab("train", "--preset", "fast", "--set", f"model.layers.0.units={units}", "--runs-dir",
+def test_a_network_the_machine_cannot_hold_is_refused_with_exit_2(mnist_root, tmp_path):
+    # The estimate itself: training_test.
+    done = mnistlab("train", "--preset", "fast", "--set", "model.layers.0.units=100000000", "--runs-dir",
                     str(tmp_path / "runs"), env={"MNISTLAB_DATA": str(mnist_root)})
-    assert done.returncode == 2, done.stderr
-    assert "GiB free, 80% of it usable" in done.stderr and f"model.layers.0 holds {784 * units:,}" in done.stderr
+    assert done.returncode == 2 and "GiB free, 80% of it usable" in done.stderr, done.stderr
     assert not (tmp_path / "runs").exists()

@@ -18,8 +18,9 @@ with a failed file reported in its place instead of stopping the others.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
 
@@ -150,17 +151,21 @@ def describe_layer(name: str, layer) -> dict[str, Any]:
 STDIN = "-"
 
 
-def expand(inputs: Iterable[str]) -> list[tuple[str, Path | None]]:
-    """Command-line inputs -> (name, path) per image; `-` is stdin (path None).
+def expand(inputs: Iterable[str], stdin: BinaryIO | None = None) -> list[tuple[str, Path | bytes]]:
+    """Command-line inputs -> (name, path) per image; `-` is one image read from `stdin`
+    (default: the process's), as bytes.
 
     A folder gives its image files (by suffix: .png .jpg .jpeg .bmp .gif, any case),
     sorted by name, not recursing. A missing path is kept: it fails on its own when read,
     so the other images are still predicted.
     """
-    items: list[tuple[str, Path | None]] = []
+    inputs = list(inputs)
+    if inputs.count(STDIN) > 1:
+        raise UserError("- (stdin) can be given once: it holds one image")
+    items: list[tuple[str, Path | bytes]] = []
     for text in inputs:
         if text == STDIN:
-            items.append(("<stdin>", None))
+            items.append(("<stdin>", (stdin or sys.stdin.buffer).read()))
             continue
         path = Path(text)
         if path.is_dir():

@@ -894,6 +894,31 @@ def write(path: str | Path, out: str | Path | None = None, data_dir: str | Path 
     return out
 
 
+PICTURES = (".png", ".svg", ".pdf")
+
+
+def write_plot(run: str | Path, out: str | Path, what: str = "curves", split: str | None = None,
+               data_dir: str | Path | None = None) -> Path:
+    """`mnistlab plot`: one picture of a run (`plot`) saved as PNG, SVG or PDF at `out`."""
+    out = Path(out)
+    check_plot(what)
+    if out.suffix.lower() not in PICTURES:
+        raise UserError(f"--out {out}: give a .png, .svg or .pdf file name")
+    if split not in (None, "validation", "test"):
+        raise UserError(f"--split {split!r}: expected validation or test")
+    data = collect_run(run, data_dir, predictions=what not in ("curves", "histograms"))
+    fig = plot(data, what, split)
+    if fig is None:
+        why = {"test": "it recorded no test evaluation: run `mnistlab evaluate RUN --split test` first",
+               "validation": "it has no validation set"}.get(split or "", "it has no weights or no evaluation data")
+        if what == "feature-maps" and not any(layer.type == "conv2d" for layer in data.run.spec.model.layers):
+            why = "it has no conv2d layer (feature maps are what a convolution outputs)"
+        raise UserError(f"{run}: cannot draw {what}: {why}")
+    _check_out(out)
+    fig.savefig(out, bbox_inches="tight", pad_inches=0.12)
+    return out
+
+
 def _check_out(out: Path) -> None:
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: the folder {out.parent} does not exist")
@@ -935,6 +960,20 @@ def compare(paths: list[str | Path]) -> dict[str, Any]:
     series = {label: r.metrics for label, r in zip(labels, opened)}
     return {"labels": labels, "paths": [str(r.path) for r in opened], "table": table,
             "differing": differing, "series": series}
+
+
+def write_comparison(paths: list[str | Path], out: str | Path) -> Path:
+    """`mnistlab compare --out`: the page (.html) or the overlaid curves (.png, .svg, .pdf)."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix == ".html":
+        write_html(out, compare_page(paths).html)
+    elif suffix in PICTURES:
+        _check_out(out)
+        figures.overlaid_curves(compare(paths)["series"]).savefig(out, bbox_inches="tight", pad_inches=0.12)
+    else:
+        raise UserError(f"--out {out}: give a .html, .png, .svg or .pdf file name")
+    return out
 
 
 def _unique_labels(names: list[str]) -> list[str]:

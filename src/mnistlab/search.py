@@ -194,6 +194,15 @@ def check_metric(sweep: SweepSpec, members: list[populations.Member], source: st
                         f"`set`, or rank by metric = '{sweep.metric.removeprefix('val_')}'")
 
 
+def plan(sweep: SweepSpec, source: str) -> str:
+    """What the sweep will train, in a line; a metric no member would produce is refused first."""
+    members = candidates(sweep)
+    check_metric(sweep, members, source)
+    epochs = max(m.spec.training.epochs for m in members)
+    return (f"{sweep.name}: {len(members) // sweep.seeds} points x {sweep.seeds} seed(s) = {len(members)} members "
+            f"in {len(populations.groups(members))} group(s), up to {epochs} epochs, ranked by mean {sweep.metric}")
+
+
 MLP_KEYS = ("hidden_layers", "units", "dropout", "input_dropout", "l2", "max_norm", "activation")
 
 

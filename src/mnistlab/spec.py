@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -136,10 +137,14 @@ class MaxNorm(_Strict):
         return {"max_value": data} if isinstance(data, (int, float)) else data
 
 
+# An activation's name, checked against ACTIVATIONS (Dense, Conv2D and Activation take one).
+ActivationName = Annotated[str, AfterValidator(lambda v: _check_name(v, ACTIVATIONS, "activation"))]
+
+
 class Dense(_Strict):
     type: Literal["dense"] = "dense"
     units: int = Field(gt=0)
-    activation: str = "linear"
+    activation: ActivationName = "linear"
     use_bias: bool = True
     kernel_initializer: Initializer = Initializer(name="glorot_uniform")
     bias_initializer: Initializer = Initializer(name="zeros")
@@ -147,20 +152,10 @@ class Dense(_Strict):
     bias_regularizer: Regularizer | None = None
     kernel_constraint: MaxNorm | None = None
 
-    @field_validator("activation")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _check_name(v, ACTIVATIONS, "activation")
-
 
 class Activation(_Strict):
     type: Literal["activation"] = "activation"
-    activation: str
-
-    @field_validator("activation")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _check_name(v, ACTIVATIONS, "activation")
+    activation: ActivationName
 
 
 class Dropout(_Strict):
@@ -192,7 +187,7 @@ class Conv2D(_Strict):
     kernel_size: Pair
     strides: Pair = (1, 1)
     padding: Padding = "valid"
-    activation: str = "linear"
+    activation: ActivationName = "linear"
     use_bias: bool = True
     kernel_initializer: Initializer = Initializer(name="glorot_uniform")
     bias_initializer: Initializer = Initializer(name="zeros")
@@ -203,11 +198,6 @@ class Conv2D(_Strict):
     @classmethod
     def _pairs(cls, data: Any) -> Any:
         return _pair(data, "kernel_size", "strides")
-
-    @field_validator("activation")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _check_name(v, ACTIVATIONS, "activation")
 
 
 class MaxPooling2D(_Strict):

@@ -1,8 +1,8 @@
 """Send a run's epochs to TensorBoard or MLflow as it trains, with those projects' own libraries.
 
-    loggers = tracking.create(["tensorboard", "mlflow:sqlite:///mlflow.db"], spec, runs_dir="runs")
-    result = mnistlab.train(spec, on_epoch=tracking.chain(loggers))
-    tracking.finish(loggers, result.status, result.summary, result.run_dir)
+    result = mnistlab.train(spec, log=["tensorboard", "mlflow:sqlite:///mlflow.db"])
+
+which `training.train` does with `create`, `chain` and `finish` below.
 
 Each logger is an `on_epoch` callback (it gets the same per-epoch record that goes to
 `metrics.jsonl`) with a `finish` method for the end of the run. The run folder stays
@@ -23,8 +23,9 @@ Install with `pip install 'mnistlab[tensorboard]'` / `'mnistlab[mlflow]'`.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import tomli_w
 
@@ -66,9 +67,14 @@ def create(targets: list[str], spec: RunSpec, runs_dir: str | Path | None = "run
     return loggers
 
 
-def chain(loggers: list[Logger], warn: Callable[[str], None] | None = None) -> Callable[[dict[str, Any]], None]:
+def _warn(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def chain(loggers: list[Logger], warn: Callable[[str], None] = _warn) -> Callable[[dict[str, Any]], None]:
     """One `on_epoch` callback feeding every logger. A logger that fails (a tracking server
-    gone away) is reported once through `warn` and dropped: training and the run folder go on."""
+    gone away) is reported once through `warn` (a Python warning by default) and dropped:
+    training and the run folder go on."""
     live = list(loggers)
 
     def on_epoch(record: dict[str, Any]) -> None:
@@ -77,20 +83,39 @@ def chain(loggers: list[Logger], warn: Callable[[str], None] | None = None) -> C
                 logger(record)
             except Exception as e:  # a view failing must not cost the run
                 live.remove(logger)
-                if warn:
-                    warn(f"{type(logger).__name__} stopped logging: {type(e).__name__}: {e}")
+                warn(f"{type(logger).__name__} stopped logging: {type(e).__name__}: {e}")
 
     return on_epoch
 
 
 def finish(loggers: list[Logger], status: str, summary: dict[str, Any], run_dir: Path | None,
-           warn: Callable[[str], None] | None = None) -> None:
+           warn: Callable[[str], None] = _warn) -> None:
     for logger in loggers:
         try:
             logger.finish(status, summary, run_dir)
         except Exception as e:
-            if warn:
-                warn(f"{type(logger).__name__} could not finish: {type(e).__name__}: {e}")
+            warn(f"{type(logger).__name__} could not finish: {type(e).__name__}: {e}")
+
+
+class Session:
+    """The loggers of one run: `on_epoch` feeds them all; leaving the `with` block finishes
+    them with the result given to `done`, or as failed when none was."""
+
+    def __init__(self, targets: Sequence[str], spec: RunSpec, runs_dir: str | Path | None = "runs"):
+        self.loggers = create(list(targets), spec, runs_dir)
+        self.on_epoch = chain(self.loggers)
+        self.result = None
+
+    def done(self, result):
+        self.result = result
+        return result
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *_) -> None:
+        r = self.result
+        finish(self.loggers, *((r.status, r.summary, r.run_dir) if r is not None else ("failed", {}, None)))
 
 
 class TensorBoardLogger:

@@ -8,13 +8,16 @@ import dataclasses
 import errno
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
 import mnistlab
-from mnistlab import data, errors, runs
+from mnistlab import data, errors, runs, training
 from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError
 
@@ -77,6 +80,46 @@ def test_a_run_records_what_it_trained(mnist, tmp_path):
     assert s["weights_sha256"] == runs.tensors_digest(run.params())
 
 
+def test_evaluate_splits_the_data_again_and_records_each_evaluation(mnist, mnist_root, tmp_path, monkeypatch):
+    result = mnistlab.train(spec(epochs=1), runs_dir=tmp_path, arrays=mnist)
+    # Nowhere else to find the dataset: MNISTLAB_DATA and the cache empty, the only mirror refusing.
+    for name, value in (("MNISTLAB_DATA", tmp_path), ("MNISTLAB_CACHE", tmp_path), ("MNISTLAB_MIRRORS", "http://127.0.0.1:9/")):
+        monkeypatch.setenv(name, str(value))
+    validation = training.evaluate(result.run_dir, "validation", mnist_root)
+    assert validation["samples"] == 500
+    assert validation["loss"] == pytest.approx(result.history[-1]["val_loss"], rel=1e-5)
+    assert validation["accuracy"] == result.history[-1]["val_accuracy"]
+    assert training.evaluate(result.run_dir, "train", mnist_root)["samples"] == 1500
+    test = training.evaluate(result.run_dir, data_dir=mnist_root)  # the test split by default
+    run = runs.open_run(result.run_dir)
+    loss, accuracy = numpy_test_figures(run.params(), mnist.test_images, mnist.test_labels)
+    assert test["samples"] == 10_000 and test["loss"] == pytest.approx(loss, rel=1e-4)
+    assert test["accuracy"] == pytest.approx(accuracy, abs=1.5e-4)
+    evaluations = run.summary["evaluations"]
+    assert [e["split"] for e in evaluations] == ["validation", "train", "test"]
+    assert {k: v for k, v in evaluations[-1].items() if k != "split"} == run.summary["test"]
+    assert {k: run.summary["test"][k] for k in test} == test
+    with pytest.raises(UserError, match=r"^--split 'tset': expected test, validation or train$"):
+        training.evaluate(result.run_dir, "tset", mnist_root)
+    unvalidated = mnistlab.train(spec(epochs=1, validation={"fraction": 0.0}), runs_dir=tmp_path, arrays=mnist)
+    with pytest.raises(UserError, match=r"this run has no validation data \(training.validation.fraction = 0\)$"):
+        training.evaluate(unvalidated.run_dir, "validation", mnist_root)
+
+
+def test_a_run_logs_its_epochs_where_log_asks(mnist, tmp_path, monkeypatch):
+    from mnistlab.tracking_test import scalars
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    result = mnistlab.train(spec(), runs_dir=tmp_path / "runs", arrays=mnist, log=["tensorboard"])
+    (logdir,) = (tmp_path / "tensorboard").iterdir()  # beside the runs folder, as `--log tensorboard` says
+    assert scalars(logdir / "validation", "epoch_loss") == [(r["epoch"], r["val_loss"]) for r in result.history]
+    assert not list((tmp_path / "elsewhere").iterdir())
+    with pytest.raises(UserError, match="wandb"):  # a bad target fails before anything is written
+        mnistlab.train(spec(), runs_dir=tmp_path / "more", arrays=mnist, log=["wandb"])
+    assert not (tmp_path / "more").exists()
+
+
 def test_the_best_epoch_follows_val_loss_when_there_is_validation(mnist):
     # 100 images, 8 epochs: the training loss falls every epoch, the validation loss turns.
     overfitting = spec_lib.with_values(spec(subset=200, epochs=8, batch_size=20, validation={"fraction": 0.5}),
@@ -135,6 +178,36 @@ def test_without_arrays_the_dataset_is_read_from_data_dir(mnist_root, tmp_path, 
     monkeypatch.setenv("MNISTLAB_MIRRORS", "http://127.0.0.1:9/")
     result = mnistlab.train(spec(epochs=1), data_dir=mnist_root, runs_dir=None)
     assert result.status == "completed" and result.summary["data_source"] == str(mnist_root / "mnist")
+
+
+def test_a_run_from_python_keeps_its_compiled_programs_for_the_next_process(mnist_root, tmp_path):
+    # `import mnistlab` turns on JAX's persistent cache, as the command line does: the
+    # first process writes its programs, the second finds every one of them there.
+    program = (f"import mnistlab; from mnistlab import spec; "
+               f"mnistlab.train(spec.from_dict({json.dumps(SPEC)}), data_dir={str(mnist_root)!r}, runs_dir=None)")
+    env = {**os.environ, "MNISTLAB_CACHE": str(tmp_path)}
+    env.pop("MNISTLAB_COMPILE_CACHE", None)
+    cached = []
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", program], env=env, check=True, timeout=300)
+        cached.append(sorted(p.name for p in (tmp_path / "xla").iterdir()))
+    assert cached[0] and cached[1] == cached[0]
+    subprocess.run([sys.executable, "-c", program], env={**env, "MNISTLAB_CACHE": str(tmp_path / "off"),
+                                                          "MNISTLAB_COMPILE_CACHE": "0"}, check=True, timeout=300)
+    assert not (tmp_path / "off" / "xla").exists()
+
+
+def test_a_network_the_machine_cannot_hold_is_refused_before_its_folder(mnist, tmp_path):
+    units = 100_000_000  # 78 billion weights: more than any machine's memory
+    huge = spec_lib.from_dict({**SPEC, "model": {"layers": [
+        {"type": "dense", "units": units, "activation": "relu"},
+        {"type": "dense", "units": 10, "activation": "softmax"}]}})
+    with pytest.raises(UserError) as refused:
+        mnistlab.train(huge, runs_dir=tmp_path / "runs", arrays=mnist)
+    weights = 784 * units + units + units * 10 + 10
+    assert "t: one member needs about " in str(refused.value)
+    assert f"({weights:,} weights; model.layers.0 holds {784 * units:,} of them)" in str(refused.value)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_diverged_run_writes_no_weights(mnist, tmp_path):

@@ -51,7 +51,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, get_args
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -89,6 +89,17 @@ class TuneSettings(BaseModel):
     seeds: int = Field(default=1, gt=0)  # a trial trains K seeds in one population; its value is their mean
 
 
+def with_options(settings: TuneSettings, **options: Any) -> TuneSettings:
+    """`settings` with the command line's options (None: not given), checked as the [tune] table is."""
+    given = {key: value for key, value in options.items() if value is not None}
+    try:
+        return TuneSettings.model_validate({**settings.model_dump(), **given})
+    except ValidationError as err:
+        key = err.errors()[0]["loc"][0]
+        known = get_args(TuneSettings.model_fields[key].annotation)
+        raise UserError(f"--{key} {given[key]!r}: {spec_lib.suggest(str(given[key]), known)}") from None
+
+
 @dataclass(frozen=True)
 class TuneSpec:
     sweep: search.SweepSpec
@@ -105,6 +116,13 @@ class TuneSpec:
     @property
     def params(self) -> dict[str, Any]:
         return self.sweep.search.params
+
+    @property
+    def names(self) -> list[str]:
+        """The dotted settings the trials vary (a sweep's: those of its points)."""
+        if self.points is None:
+            return list(self.params)
+        return list(dict.fromkeys(name for point in self.points for name in point))
 
 
 def load_tune(path: str | Path) -> TuneSpec:
@@ -544,6 +562,7 @@ class TuneResult:
     storage: str
     counts: Counts
     summary: dict[str, Any]
+    trials: list[dict[str, Any]]  # trials.json's rows, best first
     interrupted: bool = False
     timed_out: bool = False
     exit_code: int = 0  # 130 after Ctrl-C, 143 after SIGTERM
@@ -579,6 +598,8 @@ def run(tune: TuneSpec, trials: int, *, study_dir: str | Path | None = None, sto
         _emit(on_event, {"event": "message", "text": f"the grid has {grid_size(tune)} points: "
                          f"--trials {trials} lowered to {grid_size(tune)}"})
         trials = grid_size(tune)
+    _emit(on_event, {"event": "start", "trials": trials, "sampler": settings.sampler, "pruner": settings.pruner,
+                     "batch": settings.batch, "folder": str(folder)})
     base = _base(tune)
     arrays = arrays if arrays is not None else data.load(base.dataset, data_dir)  # fails before any trial
     max_epochs = _max_epochs(tune, base)
@@ -652,7 +673,8 @@ def run(tune: TuneSpec, trials: int, *, study_dir: str | Path | None = None, sto
     summary = write_outputs(study, folder, tune, settings, url, trials, with_importances=True)
     _prune_trial_folders(study, folder)
     _emit(on_event, {"event": "done", "seconds": time.perf_counter() - started})
-    return TuneResult(folder, url, counts(study), summary, interrupted, timed_out, exit_code)
+    return TuneResult(folder, url, counts(study), summary, trial_rows(study, tune), interrupted, timed_out,
+                      exit_code)
 
 
 def _open(tune: TuneSpec, settings: TuneSettings, study_dir, storage: str | None, retry: bool):

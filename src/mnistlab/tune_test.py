@@ -151,6 +151,7 @@ def test_study_counts_reports_and_ranks(pruned_study):
         if x.state == TrialState.COMPLETE:
             assert len(mine) == 3 and x.value == pytest.approx(mine[-1]["val_accuracy"])
     rows = json.loads((result.path / "trials.json").read_text())
+    assert result.trials == rows
     complete = sorted((x.value for x in trials if x.state == TrialState.COMPLETE), reverse=True)
     assert [r["value"] for r in rows[:len(complete)]] == complete  # best first
     summary = json.loads((result.path / "study.json").read_text())
@@ -427,6 +428,16 @@ def test_bad_or_unreachable_storage_exits_2(url, message, tmp_path):
     assert message in done.stderr and f"--storage {url}" in done.stderr
     assert "postgresql://USER:PASSWORD@HOST:5432/DB" in done.stderr  # and the fix
     assert not (tmp_path / "study").exists()  # nothing written
+
+
+def test_command_line_options_override_the_tune_table_and_are_checked_as_it_is():
+    table = tune.TuneSettings(sampler="random", batch=2, seed=5)
+    assert tune.with_options(table, sampler=None, pruner="hyperband", batch=None) == tune.TuneSettings(
+        sampler="random", pruner="hyperband", batch=2, seed=5)
+    with pytest.raises(UserError, match=r"^--sampler 'tpee': did you mean 'tpe'\?$"):
+        tune.with_options(table, sampler="tpee")
+    with pytest.raises(UserError, match=r"^--pruner 'asha': expected one of: none, median, halving, hyperband$"):
+        tune.with_options(table, pruner="asha")
 
 
 def test_redact_hides_passwords():

@@ -1,13 +1,13 @@
 """The report of `mnistlab ablate`: Markdown and one self-contained HTML page, same content.
 
 The page is built once as a list of blocks (headings, paragraphs, lists, tables,
-figures, code) from the study's results; `markdown` and `html` render the same blocks,
+figures, code) from the ablation's results; `markdown` and `html` render the same blocks,
 so the two never disagree. Every number and verdict comes from the results dict (which
-`study.run` computed with `stats`); nothing here judges anything. Figures are PNGs:
+`ablate.run` computed with `stats`); nothing here judges anything. Figures are PNGs:
 files beside the Markdown, `data:` URIs inside the HTML, which loads nothing else.
 
-    page = study_report.build(results, members)
-    study_report.write(page, "ablations/x/report.md", "ablations/x/report.html", "figures")
+    page = ablate_report.build(results, members)
+    ablate_report.write(page, "ablations/x/report.md", "ablations/x/report.html", "figures")
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 import numpy as np
 import tomli_w
 from matplotlib.figure import Figure
 
-from mnistlab import figures, runs, stats
-from mnistlab.study import FIGURES, Member
+from mnistlab import ablate, figures, runs, stats
+from mnistlab.ablate import FIGURES, Member
+from mnistlab.errors import UserError
 
 VERDICT_COLOURS = {stats.SUPPORTED: "#2b8a3e", stats.NOT_SUPPORTED: "#c92a2a", stats.INCONCLUSIVE: "#868e96"}
 
@@ -277,7 +278,7 @@ VERDICT_RULE = (
 
 
 def build(results: dict[str, Any], kept: dict[str, list[Member]] | None = None) -> Page:
-    """The report's blocks and figures, from `study.run`'s results (and its members, for pictures)."""
+    """The report's blocks and figures, from `ablate.run`'s results (and its members, for pictures)."""
     budget = results["budget"]
     page = Page(f"Are the tutorial's claims true? (mnistlab ablate, budget {budget['name']})")
     env = results["environment"]
@@ -574,3 +575,43 @@ def write(page: Page, md_path: Path, html_path: Path, figure_dir: str) -> None:
     os.umask(umask)
     for path in written:
         os.chmod(path, 0o644 & ~umask)
+
+
+# ------------------------------------------------------------------ the whole command
+
+
+@dataclass
+class Ablation:
+    """A finished `run_and_report`: its results, members and the files written."""
+
+    results: dict[str, Any]
+    kept: dict[str, list[Member]]
+    folder: Path
+    written: list[Path]  # the reports, in the folder and in `docs`
+
+
+def run_and_report(budget: str = "quick", *, seeds: int | None = None, only: list[str] | None = None,
+                   out_dir: str | Path = "ablations", docs: str | Path | None = None, data_dir: str | None = None,
+                   on_event: Callable[[dict[str, Any]], None] | None = None) -> Ablation:
+    """`mnistlab ablate`: run the claims, then write a new folder `out_dir/<time>-ablate-<budget>`
+    (`ablation.json`, `members.jsonl`, report.md / report.html with their figures) and, with
+    `docs`, the report again as `docs/ablate-<budget>.md / .html`.
+
+    Nothing is written until every claim has run: an interrupted ablation leaves no folder.
+    """
+    if budget not in ablate.BUDGETS:
+        raise UserError(f"--budget {budget!r}: expected one of {', '.join(ablate.BUDGETS)}")
+    plan = ablate.BUDGETS[budget]
+    ablate.claims(plan, only)  # a bad --only fails before any training
+    if docs is not None and not Path(docs).is_dir():
+        raise UserError(f"--docs {docs}: no such folder")
+    results, kept = ablate.run(plan, seeds=seeds, only=only, data_dir=data_dir, on_event=on_event)
+    folder = runs.new_run_dir(Path(out_dir), f"ablate-{budget}")
+    ablate.write_results(folder, results, kept)
+    page = build(results, kept)
+    reports = [(folder / "report.md", folder / "report.html", "figures")]
+    if docs is not None:
+        reports.append((Path(docs) / f"ablate-{budget}.md", Path(docs) / f"ablate-{budget}.html", f"ablate-{budget}"))
+    for md_path, html_path, figure_dir in reports:
+        write(page, md_path, html_path, figure_dir)
+    return Ablation(results, kept, folder, [path for *pages, _ in reports for path in pages])

@@ -8,7 +8,7 @@ accuracy, train-minus-validation gap, epochs to a validation-accuracy target, ..
 stated direction; its verdict comes from `stats.verdict` on the paired 95% interval of
 (variant arm - baseline arm) over seeds, never from text written by hand.
 
-    result = study.run(study.BUDGETS["quick"])          # a JSON-able dict
+    result = ablate.run(ablate.BUDGETS["quick"])          # a JSON-able dict
     result["claims"][0]["comparisons"][0]["verdict"]     # 'supported', ...
 
 Running: a claim's members (variants x seeds) train through the one driver
@@ -26,6 +26,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -40,7 +41,7 @@ from mnistlab.errors import UserError
 
 @dataclass(frozen=True)
 class Budget:
-    """How much computation the study spends; `FULL` is the reference the others reduce."""
+    """How much computation an ablation spends; `FULL` is the reference the others reduce."""
 
     name: str
     seeds: int
@@ -523,7 +524,7 @@ CLAIMS: dict[str, Callable[[Budget], Claim]] = {
 
 
 def claims(budget: Budget, only: list[str] | None = None) -> list[Claim]:
-    """The claims to run: `only` (in the study's order), else the budget's default set."""
+    """The claims to run: `only` (in CLAIMS' order), else the budget's default set."""
     if only:
         unknown = [k for k in only if k not in CLAIMS]
         if unknown:
@@ -571,7 +572,7 @@ def default_lanes() -> int | None:
 
     Measured on this project's 2-core CPU (784-256-10, 15,000 images, batch 128): 0.23 s
     per member-epoch one at a time, 0.32 three side by side, 0.34 six; and every width is
-    one more compilation (~6 s each), which a study with ~25 structures cannot afford.
+    one more compilation (~6 s each), which an ablation with ~25 structures cannot afford.
     """
     return 1 if jax.default_backend() == "cpu" else None
 
@@ -830,7 +831,7 @@ def _cost(spec: spec_lib.RunSpec) -> float:
 def run(budget: Budget, *, seeds: int | None = None, only: list[str] | None = None,
         data_dir: str | None = None, lanes: int | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], dict[str, list[Member]]]:
-    """Run the study; returns (results as JSON-able data, members per claim kept in memory)."""
+    """Run the claims; returns (results as JSON-able data, members per claim kept in memory)."""
     seeds = budget.seeds if seeds is None else seeds
     if seeds < 2:
         raise UserError(f"--seeds {seeds}: a confidence interval needs at least 2 seeds")
@@ -839,6 +840,8 @@ def run(budget: Budget, *, seeds: int | None = None, only: list[str] | None = No
     load = populations.loader(data_dir)
 
     started, wall = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M:%S")
+    if on_event:
+        on_event({"event": "start", "claims": len(selected), "seeds": seeds, "expected": budget.expected})
     out, kept = [], {}
     for claim in selected:
         if on_event:
@@ -901,7 +904,6 @@ def write_results(folder, results: dict[str, Any], kept: dict[str, list[Member]]
     """`ablation.json` (everything the report shows) and `members.jsonl` (every member's
     epochs and figures), written atomically into `folder`."""
     import json
-    from pathlib import Path
 
     from mnistlab import runs
 

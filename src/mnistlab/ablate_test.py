@@ -1,4 +1,4 @@
-"""Tests for mnistlab.study (claims as data, grouping, analysis, the selection-bias
+"""Tests for mnistlab.ablate (claims as data, grouping, analysis, the selection-bias
 protocol) and, end to end through the CLI, `mnistlab ablate` with its report."""
 
 import html
@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from mnistlab import engine, populations, stats, study, study_report
+from mnistlab import ablate, ablate_report, engine, populations, stats
 from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError
 
@@ -23,8 +23,8 @@ T95 = {2: 4.302652730}  # two-sided 95% Student-t quantile, from a table
 
 @pytest.mark.parametrize("budget", ["quick", "full", "test"])
 def test_every_claim_builds_valid_members(budget):
-    b = study.BUDGETS[budget]
-    for claim in study.claims(b, list(study.CLAIMS)):
+    b = ablate.BUDGETS[budget]
+    for claim in ablate.claims(b, list(ablate.CLAIMS)):
         names = {v.name for v in claim.variants}
         assert len(names) == len(claim.variants), f"{claim.key}: duplicate variant names"
         arms = {a.name for a in claim.arms} | ({"chosen on test", "chosen on validation"}
@@ -33,62 +33,62 @@ def test_every_claim_builds_valid_members(budget):
             assert set(arm.variants) <= names
         for c in claim.comparisons:
             assert {c.variant, c.baseline} <= names | arms, (claim.key, c.statement)
-            assert c.figure in study.FIGURES and c.better in ("higher", "lower")
-        assert set(claim.figures) <= set(study.FIGURES)
-        members = study.members(claim, b.seeds)  # every spec validates
+            assert c.figure in ablate.FIGURES and c.better in ("higher", "lower")
+        assert set(claim.figures) <= set(ablate.FIGURES)
+        members = ablate.members(claim, b.seeds)  # every spec validates
         assert len(members) == len(claim.variants) * b.seeds
         assert sorted({m.spec.training.seed for m in members}) == list(range(b.seeds))
 
 
 def _groups(claim):
-    return {populations.group_key(m.spec) for m in study.members(claim, 1)}
+    return {populations.group_key(m.spec) for m in ablate.members(claim, 1)}
 
 
 def test_variants_that_share_a_program_train_as_one_population():
     # Initializers are numbers drawn before training: one program per hidden activation.
-    assert len(_groups(study.CLAIMS["initialization"](study.QUICK))) == 2
+    assert len(_groups(ablate.CLAIMS["initialization"](ablate.QUICK))) == 2
     # Dropout rates (0 included) and learning rates are per-member inputs.
-    assert len(_groups(study.CLAIMS["dropout"](study.QUICK))) == 1
-    assert len(_groups(study.CLAIMS["optimizer"](study.QUICK))) == 4  # sgd, momentum, nesterov, adam
+    assert len(_groups(ablate.CLAIMS["dropout"](ablate.QUICK))) == 1
+    assert len(_groups(ablate.CLAIMS["optimizer"](ablate.QUICK))) == 4  # sgd, momentum, nesterov, adam
     # Penalty strengths share a program once the terms present (l1, l2) are the same.
-    reg = study.CLAIMS["regularization"](study.QUICK)
-    assert len(_groups(reg)) == len({engine.structure(m.spec) for m in study.members(reg, 1)})
+    reg = ablate.CLAIMS["regularization"](ablate.QUICK)
+    assert len(_groups(reg)) == len({engine.structure(m.spec) for m in ablate.members(reg, 1)})
     assert len(reg.variants) == 1 + 3 * 4
 
 
 def test_the_tutorial_claim_trains_the_tutorials_program():
-    claim = study.CLAIMS["tutorial"](study.QUICK)
-    tutorial = study.members(claim, 1)[0].spec
+    claim = ablate.CLAIMS["tutorial"](ablate.QUICK)
+    tutorial = ablate.members(claim, 1)[0].spec
     layer = tutorial.model.layers[0]
     assert tutorial.training.batch_size == 32 and layer.units == 1000
     assert layer.kernel_regularizer.l2 == 0.01 and layer.kernel_initializer.name == "glorot_normal"
-    assert tutorial.optimizer.name == "adam" and tutorial.training.epochs == study.QUICK.tutorial_epochs
+    assert tutorial.optimizer.name == "adam" and tutorial.training.epochs == ablate.QUICK.tutorial_epochs
 
 
 def test_reductions_say_what_the_budget_cut():
-    lines = study.reductions(study.QUICK, ("subset", "epochs", "units"))
+    lines = ablate.reductions(ablate.QUICK, ("subset", "epochs", "units"))
     assert "seeds: 3 (full: 5)" in lines
     assert "epochs: 6 (full: 20)" in lines
     assert "hidden units: 256 (full: 1000)" in lines
     assert any(line.startswith("MNIST training images used") and "20000 (full: 60000)" in line for line in lines)
-    assert study.reductions(study.FULL, ("subset", "epochs")) == []
+    assert ablate.reductions(ablate.FULL, ("subset", "epochs")) == []
 
 
 def test_unknown_claim_is_a_user_error():
     with pytest.raises(UserError, match="did you mean 'dropout'"):
-        study.claims(study.QUICK, ["dropuot"])
+        ablate.claims(ablate.QUICK, ["dropuot"])
 
 
 # ------------------------------------------------------------------ measurements
 
 
 def test_kernel_rank_and_sparsity():
-    assert study.kernel_rank(np.zeros((784, 16))) == 0
+    assert ablate.kernel_rank(np.zeros((784, 16))) == 0
     u, v = np.arange(1, 785, dtype=float)[:, None], np.linspace(1, 2, 16)[None, :]
-    assert study.kernel_rank(u * v) == 1  # every unit the same weights, scaled
-    assert study.kernel_rank(np.eye(20)[:, :16]) == 16
+    assert ablate.kernel_rank(u * v) == 1  # every unit the same weights, scaled
+    assert ablate.kernel_rank(np.eye(20)[:, :16]) == 16
     w = np.array([[1.0, 0.005], [-0.009, 0.5]])
-    assert study.sparsity(w) == pytest.approx(0.5)  # |0.005|, |-0.009| < 0.01 * 1.0
+    assert ablate.sparsity(w) == pytest.approx(0.5)  # |0.005|, |-0.009| < 0.01 * 1.0
 
 
 def test_selection_bias_against_the_exact_expectation():
@@ -98,7 +98,7 @@ def test_selection_bias_against_the_exact_expectation():
     # tie (both 0.5 on A and B): optimism 0. Expected optimism of choosing on test: 2/6.
     # Choosing on validation (always c0): +1 for A = {0,1}, -1 for {2,3}, else 0: 0.
     correct = np.array([[1, 1, 0, 0], [0, 0, 1, 1]], bool)
-    out = study.selection_bias(np.array([0.9, 0.1]), correct, resamples=6000, seed=0)
+    out = ablate.selection_bias(np.array([0.9, 0.1]), correct, resamples=6000, seed=0)
     assert out["chosen on test"]["optimism"] == pytest.approx(1 / 3, abs=0.03)
     assert out["chosen on validation"]["optimism"] == pytest.approx(0.0, abs=0.03)
     # Expected fresh accuracy: test's pick is 0 on B for the two decisive halvings, 0.5 else.
@@ -108,25 +108,25 @@ def test_selection_bias_against_the_exact_expectation():
 
 
 def _member(variant, seed, **figures):
-    spec = spec_lib.with_values(study.CLAIMS["decay"](study.TEST).base, {"training.seed": seed})
-    return study.Member(0, spec, tags={"variant": variant}, figures=figures)
+    spec = spec_lib.with_values(ablate.CLAIMS["decay"](ablate.TEST).base, {"training.seed": seed})
+    return ablate.Member(0, spec, tags={"variant": variant}, figures=figures)
 
 
 def test_analysis_chooses_arms_on_validation_and_judges_on_the_paired_interval():
-    base = study.CLAIMS["decay"](study.TEST).base
-    claim = study.Claim(
+    base = ablate.CLAIMS["decay"](ablate.TEST).base
+    claim = ablate.Claim(
         key="k", title="t", quote="q", base=base,
-        variants=(study.Variant("a 1", {}), study.Variant("a 2", {}), study.Variant("b", {})),
-        arms=(study.Arm("a best", ("a 1", "a 2")),),
-        comparisons=(study.Comparison("a beats b", "a best", "b", "test_accuracy"),
-                     study.Comparison("a 1 is worse than b", "a 1", "b", "test_accuracy", "lower")),
+        variants=(ablate.Variant("a 1", {}), ablate.Variant("a 2", {}), ablate.Variant("b", {})),
+        arms=(ablate.Arm("a best", ("a 1", "a 2")),),
+        comparisons=(ablate.Comparison("a beats b", "a best", "b", "test_accuracy"),
+                     ablate.Comparison("a 1 is worse than b", "a 1", "b", "test_accuracy", "lower")),
         figures=("test_accuracy",), budget_fields=())
     members = []
     for s, (a1, a2, b) in enumerate([(0.90, 0.95, 0.93), (0.91, 0.97, 0.94), (0.92, 0.96, 0.94)]):
         members += [_member("a 1", s, val_accuracy=0.5, test_accuracy=a1),
                     _member("a 2", s, val_accuracy=0.6, test_accuracy=a2),  # higher on validation
                     _member("b", s, val_accuracy=0.4, test_accuracy=b)]
-    out = study.analyse(claim, members, study.TEST, seeds=3)
+    out = ablate.analyse(claim, members, ablate.TEST, seeds=3)
     assert out["arms"][0]["chosen"] == "a 2"
     first, second = out["comparisons"]
     # a 2 - b = 0.02, 0.03, 0.02: mean 0.02333, sd 0.005774, half-width 4.3027 * sd / sqrt(3)
@@ -141,13 +141,13 @@ def test_analysis_chooses_arms_on_validation_and_judges_on_the_paired_interval()
 
 
 def test_a_missing_seed_drops_out_of_the_pairing():
-    claim = study.Claim(key="k", title="t", quote="q", base=study.CLAIMS["decay"](study.TEST).base,
-                        variants=(study.Variant("a", {}), study.Variant("b", {})),
-                        comparisons=(study.Comparison("a beats b", "a", "b", "test_accuracy"),),
+    claim = ablate.Claim(key="k", title="t", quote="q", base=ablate.CLAIMS["decay"](ablate.TEST).base,
+                        variants=(ablate.Variant("a", {}), ablate.Variant("b", {})),
+                        comparisons=(ablate.Comparison("a beats b", "a", "b", "test_accuracy"),),
                         figures=("test_accuracy",), budget_fields=())
     members = [_member("a", 0, test_accuracy=0.9), _member("b", 0, test_accuracy=0.8),
                _member("a", 1, test_accuracy=math.nan), _member("b", 1, test_accuracy=0.8)]
-    c = study.analyse(claim, members, study.TEST, seeds=2)["comparisons"][0]
+    c = ablate.analyse(claim, members, ablate.TEST, seeds=2)["comparisons"][0]
     assert c["difference"]["n"] == 1 and c["verdict"] == stats.INCONCLUSIVE  # one pair: no interval
 
 
@@ -165,6 +165,9 @@ def test_bad_budget_and_claim_are_refused_before_training(tmp_path):
     done = mnistlab("ablate", "--budget", "test", "--only", "regularisation", "--out-dir", str(tmp_path))
     assert done.returncode == 2 and "did you mean 'regularization'" in done.stderr
     assert not list(tmp_path.iterdir())
+    with pytest.raises(UserError, match=r"^--docs .*nowhere: no such folder$"):
+        ablate_report.run_and_report("test", out_dir=tmp_path, docs=tmp_path / "nowhere")
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.fixture(scope="module")
@@ -181,15 +184,15 @@ def ablated(mnist_root, tmp_path_factory):
 
 def test_ablate_writes_results_and_reports(ablated):
     done, folder, docs = ablated
-    for name in (study.RESULTS, study.MEMBERS, "report.md", "report.html"):
+    for name in (ablate.RESULTS, ablate.MEMBERS, "report.md", "report.html"):
         assert (folder / name).is_file()
     assert (docs / "ablate-test.md").is_file() and (docs / "ablate-test.html").is_file()
     md = (docs / "ablate-test.md").read_text()
     for ref in (line.split("](")[1].rstrip(")") for line in md.splitlines() if line.startswith("![")):
         assert (docs / ref).is_file(), ref  # every figure the Markdown shows is there
-    results = json.loads((folder / study.RESULTS).read_text())
+    results = json.loads((folder / ablate.RESULTS).read_text())
     assert [c["key"] for c in results["claims"]] == ["regularization", "output"]
-    members = [json.loads(line) for line in (folder / study.MEMBERS).read_text().splitlines()]
+    members = [json.loads(line) for line in (folder / ablate.MEMBERS).read_text().splitlines()]
     # test budget: regularization none + 3 kinds x 2 strengths, output 4 variants; 2 seeds each
     assert len(members) == sum(c["members"] for c in results["claims"]) == (7 + 4) * 2
     assert {m["claim"] for m in members} == {"regularization", "output"}
@@ -198,7 +201,7 @@ def test_ablate_writes_results_and_reports(ablated):
 
 def test_every_verdict_follows_from_the_recorded_numbers(ablated):
     _, folder, _ = ablated
-    results = json.loads((folder / study.RESULTS).read_text())
+    results = json.loads((folder / ablate.RESULTS).read_text())
     for claim in results["claims"]:
         for c in claim["comparisons"]:
             v = [math.nan if x is None else x for x in c["variant_values"]]
@@ -211,7 +214,7 @@ def test_every_verdict_follows_from_the_recorded_numbers(ablated):
 
 def test_reports_show_each_verdict_with_the_json_numbers(ablated):
     _, folder, docs = ablated
-    results = json.loads((folder / study.RESULTS).read_text())
+    results = json.loads((folder / ablate.RESULTS).read_text())
     md = (folder / "report.md").read_text()
     page = (docs / "ablate-test.html").read_text()
     assert md == (docs / "ablate-test.md").read_text().replace("](ablate-test/", "](figures/")
@@ -220,7 +223,7 @@ def test_reports_show_each_verdict_with_the_json_numbers(ablated):
         for c in claim["comparisons"]:
             # The difference as the report prints it, recomputed from the JSON numbers.
             n = c["difference"]["n"]
-            scale, digits = study.FIGURES[c["figure"]][1:]
+            scale, digits = ablate.FIGURES[c["figure"]][1:]
             text = f"{c['difference']['mean'] * scale:+.{digits}f}"
             if n >= 2:
                 text += f" [{c['difference']['low'] * scale:+.{digits}f}, {c['difference']['high'] * scale:+.{digits}f}]"
@@ -234,12 +237,12 @@ def test_reports_show_each_verdict_with_the_json_numbers(ablated):
 
 
 def test_report_rendering_of_blocks():
-    page = study_report.Page("t")
+    page = ablate_report.Page("t")
     page.add("p", "**supported** and `code` & <tag>")
     page.add("table", ["a", "b|c"], [["1", "x|y"]])
-    md = study_report.markdown(page, "figs")
+    md = ablate_report.markdown(page, "figs")
     assert "| a | b\\|c |" in md and "| 1 | x\\|y |" in md
-    html = study_report.to_html(page)
+    html = ablate_report.to_html(page)
     assert '<strong class="v-supported">supported</strong>' in html
     assert "<code>code</code> &amp; &lt;tag&gt;" in html
 

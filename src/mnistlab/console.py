@@ -1,0 +1,349 @@
+"""What `mnistlab` shows in a terminal: Keras' epoch lines, progress bars, result tables.
+
+The commands (`cli`) parse and call; the flows they call report through callbacks
+(`on_epoch`, `on_progress`, `on_event`), and this module turns those into lines, bars
+and tables with rich. Nothing here computes a figure: every number comes in as data.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+# soft_wrap: a Keras line or a path is never broken across lines when piped to a file.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def say(text: str) -> None:
+    out.print(text, highlight=False)
+
+
+def warn(text: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {text}", highlight=False)
+
+
+def error(text: str) -> None:
+    err.print(f"[red]error:[/red] {text}", highlight=False)
+
+
+def interrupted(text: str) -> None:
+    err.print(f"interrupted: {text}", highlight=False)
+
+
+def keras_line(record: dict[str, Any], epochs: int) -> str:
+    """`Epoch 3/20 - 1.52s - loss: 0.2310 - ... - learning_rate: 0.001`, as Keras prints."""
+    parts = [f"Epoch {record['epoch']}/{epochs}", f"{record['seconds']:.2f}s"]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        if key in record:
+            parts.append(f"{key}: {record[key]:.4f}")
+    parts.append(f"learning_rate: {record['learning_rate']:.4g}")
+    return " - ".join(parts)
+
+
+def listing(header: tuple[str, ...], rows) -> None:
+    """A plain table: `mnistlab presets`, `mnistlab datasets`."""
+    table = Table(*header)
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+# ------------------------------------------------------------------ train
+
+
+@contextmanager
+def epochs_progress(epochs: int, quiet: bool) -> Iterator[tuple[Callable, Callable]]:
+    """(on_epoch, on_progress) for `training.train`: a bar over the steps of the epoch in
+    progress, Keras' line for each finished one."""
+    with Progress(TextColumn("[bold]Epoch {task.fields[epoch]}/" + str(epochs)), BarColumn(),
+                  MofNCompleteColumn(), TimeRemainingColumn(), console=out, transient=True,
+                  disable=quiet) as bar:
+        task = bar.add_task("train", total=None, epoch=1)
+
+        def on_progress(p) -> None:
+            bar.update(task, completed=p.steps_done, total=p.steps_total, epoch=p.epoch)
+
+        def on_epoch(record: dict[str, Any]) -> None:
+            if not quiet:
+                bar.console.print(keras_line(record, epochs))
+            bar.reset(task, epoch=record["epoch"] + 1)
+
+        yield on_epoch, on_progress
+
+
+def run_summary(summary: dict[str, Any], run_dir: Path | None) -> int:
+    """The table `mnistlab train` ends with, and why it ended early; returns the exit code:
+    2 for a diverged run (the configuration is the thing to fix), 130 / 143 after Ctrl-C /
+    SIGTERM, else 0."""
+    table = Table(title=f"{summary['name']}: {summary['status']}", show_header=True)
+    table.add_column("")
+    table.add_column("value", justify="right")
+    final = summary.get("final") or {}
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        if key in final:
+            table.add_row(key, f"{final[key]:.4f}")
+    if "test" in summary:
+        table.add_row("test_loss", f"{summary['test']['loss']:.4f}")
+        table.add_row("test_accuracy", f"{summary['test']['accuracy']:.4f}")
+    table.add_row("epochs", f"{summary['epochs_completed']}/{summary['epochs_requested']}")
+    if summary["seconds_per_epoch"]:
+        table.add_row("seconds/epoch", f"{summary['train_seconds'] / summary['epochs_completed']:.2f}")
+    table.add_row("compile seconds", f"{summary['compile_seconds']:.2f}")
+    table.add_row("wall seconds", f"{summary['wall_seconds']:.2f}")
+    out.print(table)
+    if run_dir:
+        out.print(f"recorded in {run_dir}")
+    if summary["status"] == "diverged":
+        err.print(f"[red]diverged[/red] at epoch {summary['diverged_at_epoch']}: {summary['hint']}")
+        return 2
+    if summary["status"] == "interrupted":
+        err.print(f"interrupted ({summary['interrupted_by']}): the epochs already finished are recorded")
+        return 143 if summary["interrupted_by"] == "SIGTERM" else 130
+    return 0
+
+
+# ------------------------------------------------------------------ sweeps and studies
+
+
+def short(name: str, names: list[str]) -> str:
+    """The shortest dotted suffix of `name` that no other name ends with."""
+    parts = name.split(".")
+    for k in range(1, len(parts) + 1):
+        tail = ".".join(parts[-k:])
+        if sum(n.endswith(tail) for n in names) == 1:
+            return tail
+    return name
+
+
+def _columns(names: list[str], fixed: list[str]) -> list[str]:
+    """Short, unique column titles for parameter paths; none repeats a fixed column."""
+    titles = [short(n, names) for n in names]
+    return [n if t in fixed or titles.count(t) > 1 else t for n, t in zip(names, titles)]
+
+
+def _value_text(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _ranked(title: str, names: list[str], before: list[str], after: list[str],
+            rows: list[tuple[list[str], dict[str, Any], list[str]]]) -> None:
+    """A table of points or trials: fixed columns, one per parameter, fixed columns."""
+    table = Table(title=title)
+    for column in [*before, *_columns(names, before + after), *after]:
+        table.add_column(column, justify="right", no_wrap=True)
+    for first, params, last in rows:
+        table.add_row(*first, *[_value_text(params.get(n)) for n in names], *last)
+    out.print(table)
+
+
+@contextmanager
+def members_progress(quiet: bool) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """on_epoch for `search.run_sweep`: members done, the part and epoch, the best so far."""
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[done]}"),
+               TextColumn("best {task.fields[best]}"), TimeRemainingColumn())
+    with Progress(*columns, console=out, transient=True, disable=quiet) as bar:
+        task = bar.add_task("members", total=None, done="", best="-")
+
+        def on_epoch(p: dict[str, Any]) -> None:
+            best = "-" if p["best"] is None else f"{p['best']:.4f}"
+            bar.update(task, completed=p["members_done"], total=p["members"], best=best,
+                       done=f"{p['members_done']}/{p['members']} done, part {p['part']} epoch {p['epoch']}/{p['epochs']}")
+
+        yield on_epoch
+
+
+def sweep_results(spec, result, top: int) -> None:
+    """The points, best mean first, and where everything was written."""
+    from mnistlab import search
+
+    for message in result.summary["messages"]:
+        say(message)
+    names = list(dict.fromkeys(n for p in result.points for n in p["params"]))
+    value = f"{spec.metric} (mean ± 95% CI)" if spec.seeds > 1 else spec.metric
+    rows = []
+    for row in result.points[:top]:
+        shown = "-" if not row["n"] else f"{row['mean']:.4f}"
+        if row["n"] > 1:
+            shown += f" ± {(row['ci_high'] - row['ci_low']) / 2:.4f}"
+        rows.append(([str(row["point"])], row["params"], [str(row["n"]), str(row["diverged"]), shown]))
+    _ranked(f"{spec.name}: best mean {spec.metric} first", names, ["point"], ["seeds", "diverged", value], rows)
+    s, best = result.summary, result.best
+    say(f"{s['completed']} completed, {s['stopped']} stopped early, {s['diverged']} diverged in "
+        f"{s['seconds']:.1f} s; best point {s['best_point']['point']}: {result.path / 'best'} holds its seed "
+        f"{best['seed']} (member {best['member']}), the one closest to the point's mean; per point: "
+        f"{result.path / search.POINTS_CSV}, per member: {result.path / search.RESULTS_CSV}")
+
+
+def study_events(space, quiet: bool) -> Callable[[dict[str, Any]], None]:
+    """on_event for `tune.run`: the plan, a line per finished trial and batch; one per wait."""
+    metric, names, waiting, trials = space.sweep.metric, space.names, [], []
+
+    def on_event(e: dict[str, Any]) -> None:
+        if quiet:
+            return
+        if e["event"] == "start":
+            trials.append(e["trials"])
+            say(f"{space.name}: {e['trials']} trials, sampler {e['sampler']}, pruner {e['pruner']}, batch "
+                f"{e['batch']}, ranked by {metric}; study folder {e['folder']}")
+        elif e["event"] == "wait":
+            if not waiting:  # once per wait: the other workers' trials fill the count
+                say(f"waiting: {e['running']} trial(s) of other workers running, {e['finished']}/"
+                    f"{e['target']} finished")
+            waiting.append(e)
+            return
+        waiting.clear()
+        if e["event"] == "trial":
+            value = "-" if e["value"] is None else f"{e['value']:.4f}"
+            best = "" if e["best_value"] is None else f" - best {e['best_value']:.4f} (trial {e['best_trial']})"
+            params = ", ".join(f"{short(k, names)}={v:.3g}" if isinstance(v, float) else f"{short(k, names)}={v}"
+                               for k, v in e["params"].items())
+            say(f"trial {e['trial']} {e['status']}: {metric} {value} after {e['epochs']} epochs{best} - "
+                f"{e['finished']}/{trials[-1]} - {params}")
+        elif e["event"] == "batch":
+            say(f"training trials {', '.join(map(str, e['trials']))} ({e['finished']}/{e['target']} finished)")
+        elif e["event"] == "message":
+            say(e["text"])
+
+    return on_event
+
+
+def study_results(space, result) -> None:
+    """The trials, best first, the counts, and where the study lives."""
+    metric, names = space.sweep.metric, space.names
+    rows = [([str(row["trial"]), row["status"]], row["params"],
+             [str(row["epochs"]), "-" if row.get(metric) is None else f"{row[metric]:.4f}"])
+            for row in result.trials[:15]]
+    _ranked(f"{space.name}: best {metric} first", names, ["trial", "status"], ["epochs", metric], rows)
+    c, s = result.counts, result.summary
+    say(f"{c.complete} complete, {c.pruned} pruned, {c.failed} failed ({c.diverged} diverged); best {metric} "
+        f"{'-' if s['best_value'] is None else format(s['best_value'], '.4f')} (trial {s['best_trial']}); "
+        f"study folder {result.path}; open it live: {s['dashboard']}")
+
+
+def final_result(space_name: str, done) -> None:
+    """`tune --final`: the retrained best trial's test figures, or why the test set was not read again."""
+    from mnistlab import tune
+
+    r = done.record
+    test = r.get("test") or {}
+    figures = (f"test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f}" if test
+               else f"no test figure ({r.get('status')})")
+    if done.again:
+        say(f"the test set was already used for study '{space_name}' at {r['at']}: {figures} (trial "
+            f"{r['trial']}, run {r.get('run', '-')}). Not evaluated again: pass --retest to evaluate again "
+            "(it is recorded).")
+    else:
+        again = f" (re-test #{r['evaluation']})" if r["retest"] else ""
+        say(f"final{again}: trial {r['trial']} retrained on {r['data']}: {figures}; run {r['run']}; "
+            f"recorded in {done.path / tune.FINAL}")
+
+
+# ------------------------------------------------------------------ ablate
+
+
+def ablate_events(budget: str, quiet: bool) -> Callable[[dict[str, Any]], None]:
+    """on_event for `ablate.run`: the plan, each claim as it starts and its verdicts."""
+    def on_event(e: dict[str, Any]) -> None:
+        if quiet:
+            return
+        if e["event"] == "start":
+            say(f"ablate, budget {budget}: {e['claims']} claims, {e['seeds']} seeds ({e['expected']})")
+        elif e["event"] == "claim":
+            say(f"[bold]{e['claim']}[/bold]: {e['title']}")
+        elif e["event"] == "group":
+            say(f"  group {e['group']}/{e['groups']}: {e['members']} members x {e['epochs']} epochs")
+        elif e["event"] == "claim done":
+            counts = {v: e["verdicts"].count(v) for v in dict.fromkeys(e["verdicts"])}
+            say(f"  done in {e['seconds']:.0f} s: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
+
+    return on_event
+
+
+def verdicts(done) -> None:
+    """Every comparison's interval and verdict, and where the results and reports are."""
+    from mnistlab import ablate, ablate_report
+
+    table = Table("claim", "statement", "difference [95% CI]", "verdict", title="verdicts")
+    for claim in done.results["claims"]:
+        for c in claim["comparisons"]:
+            table.add_row(claim["key"], c["statement"], ablate_report.difference_text(c), c["verdict"])
+    out.print(table)
+    say(f"{done.results['seconds'] / 60:.1f} minutes; results in {done.folder / ablate.RESULTS}; report: "
+        + ", ".join(map(str, done.written)))
+
+
+# ------------------------------------------------------------------ compare
+
+
+def comparison(c: dict[str, Any]) -> None:
+    """`report.compare`'s final figures and differing settings, a column per run."""
+    from mnistlab import report
+
+    for path, status in zip(c["paths"], dict(c["table"])["status"]):
+        if status in ("running", "killed"):
+            warn(f"{path} is unfinished ({status}): its figures are of the epochs it recorded")
+    table = Table("", *c["labels"], title="final figures")
+    for key, values in c["table"]:
+        table.add_row(key, *[report.fmt(v, 2 if "seconds" in key else 4) for v in values])
+    out.print(table)
+    if c["differing"]:
+        diff = Table("setting", *c["labels"], title="settings that differ")
+        diff.columns[0].overflow = "fold"
+        for key, values in c["differing"]:
+            diff.add_row(key, *[report.fmt_param(v) for v in values])
+        out.print(diff)
+
+
+def serving(host: str) -> Callable[[str, Any], None]:
+    """on_ready for `serve.serve`: where it listens, and a warning when that is not loopback."""
+    def ready(url: str, predictor) -> None:
+        say(f"serving {predictor.spec.name} ({predictor.source}) at {url}  (Ctrl+C stops)")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            warn(f"listening on {host}: other machines can reach it")
+        sys.stdout.flush()
+
+    return ready
+
+
+# ------------------------------------------------------------------ predict
+
+
+def predictions(predictor, results: Iterator, top: int, as_json: bool) -> int:
+    """One line per image (JSON Lines with `as_json`), errors in their place; returns how
+    many images could not be used. Plain writes: 10,000 lines through rich cost seconds."""
+    count = 0
+    import json
+
+    from mnistlab.errors import UserError
+
+    failed = 0
+    write = sys.stdout.write
+    for name, _, result in results:
+        count += 1
+        if isinstance(result, UserError):
+            failed += 1
+            if as_json:
+                write(json.dumps({"file": name, "error": getattr(result, "code", "error"), "detail": str(result)}) + "\n")
+            else:
+                sys.stdout.flush()
+                error(str(result))
+            continue
+        best = predictor.top(result, top)
+        if as_json:
+            write(json.dumps({"file": name, "class": best[0][0], "label": predictor.label(best[0][0]),
+                              "top": [{"class": c, "label": predictor.label(c), "probability": p} for c, p in best],
+                              "probabilities": [float(p) for p in result]}) + "\n")
+        else:
+            write(f"{name}: " + "  ".join(f"{predictor.label(c)} ({p:.4f})" for c, p in best) + "\n")
+    sys.stdout.flush()
+    if failed:
+        err.print(f"{failed} of {count} images could not be used (see the errors above)", highlight=False)
+    return failed
