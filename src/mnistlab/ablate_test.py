@@ -15,6 +15,8 @@ from mnistlab import ablate, ablate_report, engine, populations, stats
 from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError
 
+pytestmark = pytest.mark.slow  # processes, servers, or training for seconds each
+
 T95 = {2: 4.302652730}  # two-sided 95% Student-t quantile, from a table
 
 

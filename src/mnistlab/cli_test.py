@@ -13,6 +13,8 @@ import tomli_w
 
 from mnistlab import runs
 
+pytestmark = pytest.mark.slow  # processes, servers, or training for seconds each
+
 QUICK = ["--preset", "fast", "--set", "training.subset=10000", "--set", "training.epochs=2",
          "--set", "training.validation_split=0.2"]
 

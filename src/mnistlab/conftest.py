@@ -20,6 +20,32 @@ def mnist_root() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def synthetic():
+    """A dataset made here, for tests of how things run rather than of what MNIST gives:
+    ten classes of 28x28 uint8 images, each class a bright band of its own (rows 5c to
+    5c + 4 for c < 5, columns 5(c - 5) to 5(c - 5) + 4 for the rest) on noise, which a small
+    network tells apart within an epoch. 2,000 training and 500 test images, as MNIST's info."""
+    import numpy as np
+
+    from mnistlab import data
+
+    rng = np.random.default_rng(0)
+
+    def images(labels):
+        x = rng.integers(0, 80, (len(labels), 28, 28))
+        for i, c in enumerate(labels):
+            band = slice(5 * (c % 5), 5 * (c % 5) + 5)
+            if c < 5:
+                x[i, band, :] += 160
+            else:
+                x[i, :, band] += 160
+        return x.astype(np.uint8)
+
+    train, test = rng.integers(0, 10, 2000).astype(np.uint8), rng.integers(0, 10, 500).astype(np.uint8)
+    return data.Arrays(images(train), train, images(test), test, data.DATASETS["mnist"], Path("synthetic"))
+
+
 def _keras_validation(spec, arrays):
     """(images, labels) Keras' `validation_split` holds out, by hand: the last `fraction` of
     the first `subset` training images, unshuffled. Tests that check figures on the
@@ -81,7 +107,8 @@ def pytest_sessionstart(session):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under a mutant, only the tests beside its module, quickest file first.
+    """Mark the tests that read the real MNIST files; under a mutant, keep only the tests
+    beside its module, quickest file first.
 
     A module's mutants are for its own tests to catch (engine's for engine_test.py, model's
     for model_test.py and model_conv_test.py): a bug that only another module's tests
@@ -89,6 +116,9 @@ def pytest_collection_modifyitems(config, items):
     validation is reached by 400 tests, minutes of training, and by 37 of spec_test.py's.
     Files run quickest first, each in its own order (a module's fixtures are built once
     only while its tests stay together); a mutant's run stops at its first failure."""
+    for item in items:
+        if "mnist_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.mnist)
     module = _mutant_under_test().split(".")[1:2]
     if not module:
         return

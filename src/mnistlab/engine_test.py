@@ -93,6 +93,7 @@ def train(spec, images, labels, epochs=2, chunks=10):
     return pop, history
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers_and_chunking_changes_nothing():
     images, labels = tiny_data(n=200)
     a, ha = train(dropout_spec(), images, labels, chunks=1)
@@ -110,6 +111,7 @@ def test_same_seed_same_numbers_and_chunking_changes_nothing():
     assert ha[-1]["loss"] != hc[-1]["loss"]
 
 
+@pytest.mark.slow
 def test_population_members_follow_their_solo_trajectories():
     images, labels = tiny_data(n=200)
     specs = [dropout_spec(seed=s) for s in (0, 1, 2)]
@@ -216,6 +218,7 @@ def test_populations_of_different_sizes_do_not_share_an_epoch_order():
     assert int(np.asarray(second.states[0].step)[0]) == 8  # 60 samples in batches of 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lanes", [1, 2])
 def test_slices_trained_at_the_same_time_give_the_same_numbers(lanes):
     images, labels = tiny_data(n=200)
@@ -285,6 +288,7 @@ def test_batch_statistics_move_by_keras_momentum_and_escape_the_optimizer():
     assert not np.allclose(after["batch_normalization/gamma"], before["batch_normalization/gamma"])  # trained
 
 
+@pytest.mark.slow
 def test_conv_training_is_reproducible_and_members_match_solo_runs():
     images, labels = image_data()
     specs = [conv_run({"name": "adam", "learning_rate": lr}, seed=3) for lr in (0.01, 0.003)]
@@ -374,6 +378,7 @@ def test_without_shuffling_every_epoch_visits_the_samples_in_their_order():
     assert_epochs_follow(engine.Population([spec], images, labels), images, labels, [np.arange(14)] * 2, 4)
 
 
+@pytest.mark.slow
 def test_every_step_draws_its_own_dropout_mask():
     # With a learning rate of 1e-30 the weights never move (1e-30 * g is far below a float32
     # ulp of any weight), and without shuffling every step sees the same samples, so a step's
@@ -406,6 +411,7 @@ def test_every_step_draws_its_own_dropout_mask():
     ({"name": "inverse_time", "decay_rate": 0.5, "decay_steps": 2, "staircase": True}, 0.1),
     ({"name": "cosine", "decay_steps": 9, "warmup_steps": 4}, 0.0),
 ])
+@pytest.mark.slow
 def test_the_learning_rate_reported_for_an_epoch_is_that_of_its_last_step(schedule, decay):
     from mnistlab.optim_test import keras_lr  # the Keras formulas, transcribed once
 

@@ -162,6 +162,7 @@ def test_same_pads_of_an_oblong_window_follow_each_axis():
     assert export.onnx_pads((28, 28, 1), (3, 6), (1, 2), "valid") == [0, 0, 0, 0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tail", list(CONV_TAILS))
 @pytest.mark.parametrize("output", ["softmax", "sigmoid"])
 def test_every_image_layer_has_the_same_arithmetic(mnist, tail, output):

@@ -64,6 +64,7 @@ def numpy_pool(x, kind, size, strides, padding):
 @pytest.mark.parametrize("kernel_size, strides, padding", [
     ((3, 3), (1, 1), "valid"), ((3, 3), (1, 1), "same"), ((5, 3), (2, 2), "same"), ((2, 2), (2, 1), "valid"),
     ((4, 4), (3, 3), "same")])
+@pytest.mark.slow
 def test_conv2d_is_keras_cross_correlation(kernel_size, strides, padding):
     x = RNG.normal(size=(2, 9, 8, 3)).astype(np.float32)
     kernel = RNG.normal(size=(*kernel_size, 3, 4)).astype(np.float32)
@@ -121,6 +122,7 @@ def test_parameter_shapes_follow_the_layers():
                                                         "batch_normalization/moving_variance"}
 
 
+@pytest.mark.slow
 def test_conv_network_gradient_matches_finite_differences():
     jax.config.update("jax_enable_x64", True)
     try:

@@ -73,6 +73,7 @@ def test_penalty_gradient_matches_autodiff():
         np.testing.assert_allclose(g, auto[name], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_logits_gradient_matches_finite_differences():
     jax.config.update("jax_enable_x64", True)
     try:

@@ -69,6 +69,7 @@ def _hashes(images):
     return {hashlib.sha1(im.tobytes()).digest() for im in images}
 
 
+@pytest.mark.slow
 def test_mnist_multi_from_real_mnist(mnist_root, monkeypatch):
     monkeypatch.setenv("MNISTLAB_DATA", str(mnist_root))
     base = data.load("mnist")

@@ -288,6 +288,7 @@ def assert_same_training(history: list[dict], solo: list[dict], n_val: int) -> N
 
 @pytest.mark.parametrize("name, path, old, new", [c for c in CASES if c[1] != "name"],
                          ids=[i for i, c in zip(IDS, CASES) if c[1] != "name"])
+@pytest.mark.slow
 def test_a_sweep_member_is_its_configuration_trained_alone(name, path, old, new, load, tmp_path):
     sweep = search.sweep_from_dict({"name": "prop", "base": BASES[name][0], "seeds": 1, "lanes": 2,
                                     "search": {"method": "list", "points": [{path: old}, {path: new}]}})
@@ -304,6 +305,7 @@ def test_a_sweep_member_is_its_configuration_trained_alone(name, path, old, new,
 
 @pytest.mark.parametrize("name, path, old, new", [c for c in CASES if c[1] != "name"],
                          ids=[i for i, c in zip(IDS, CASES) if c[1] != "name"])
+@pytest.mark.slow
 def test_a_tune_trial_is_its_configuration_trained_alone(name, path, old, new, load, tmp_path):
     space = tune_lib.tune_from_dict({
         "name": "prop", "base": BASES[name][0], "lanes": 2,
@@ -325,6 +327,7 @@ def test_a_tune_trial_is_its_configuration_trained_alone(name, path, old, new, l
 # ------------------------------------------------------------------ the driver's own rules
 
 
+@pytest.mark.slow
 def test_members_stop_at_their_own_epochs_in_one_population(load):
     base = spec_lib.from_dict(DENSE)
     members = [populations.Member(i, spec_lib.with_values(base, {"training.epochs": e}))

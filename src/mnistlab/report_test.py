@@ -24,6 +24,8 @@ from mnistlab import data, figures, model, report, runs, search
 from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError
 
+pytestmark = pytest.mark.slow  # processes, servers, or training for seconds each
+
 QUICK = ["training.subset=10000", "training.epochs=2", "training.validation_split=0.2"]
 PNG = b"\x89PNG\r\n\x1a\n"
 

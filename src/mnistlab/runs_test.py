@@ -103,6 +103,7 @@ READERS = [("evaluate", ["--split", "validation"]), ("report", ["--out", "r.html
     ("truncate", "not readable as safetensors weights"),
     ("header", "not readable as safetensors weights"),
 ])
+@pytest.mark.slow
 def test_damaged_weights_are_refused_by_every_reader(finished_run, reader, extra, damage, message, mnist_root,
                                                      tmp_path):
     run = _copy(finished_run, tmp_path)
@@ -137,6 +138,7 @@ def test_the_weights_digest_is_recorded_where_a_reader_can_check_it(finished_run
     assert recorded == h.hexdigest()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reader, extra", READERS, ids=[r for r, _ in READERS])
 def test_a_hand_edited_config_is_refused(finished_run, reader, extra, mnist_root, tmp_path):
     run = _copy(finished_run, tmp_path)
@@ -151,6 +153,7 @@ def test_a_hand_edited_config_is_refused(finished_run, reader, extra, mnist_root
     (runs.SUMMARY, lambda text: text[: len(text) // 2], "summary.json: not valid JSON"),
     (runs.METRICS, lambda text: text + '{"epoch": 2, "lo', "metrics.jsonl: line 2 is not valid JSON"),
 ])
+@pytest.mark.slow
 def test_cut_records_are_named_not_a_traceback(finished_run, file, cut, message, mnist_root, tmp_path):
     run = _copy(finished_run, tmp_path)
     (run / file).write_text(cut((run / file).read_text()))
@@ -159,6 +162,7 @@ def test_cut_records_are_named_not_a_traceback(finished_run, file, cut, message,
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 def test_a_killed_run_says_so_and_readers_name_it(mnist_root, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "mnistlab", *QUICK, "--set", "training.epochs=500",
                              "--runs-dir", str(tmp_path / "runs")],

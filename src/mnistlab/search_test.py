@@ -16,6 +16,8 @@ import mnistlab
 from mnistlab import data, engine, populations, runs, search
 from mnistlab.errors import UserError
 
+pytestmark = pytest.mark.slow  # processes, servers, or training for seconds each
+
 BASE = ["training.subset=3000", "training.epochs=3", "training.validation_split=0.2", "training.batch_size=64"]
 
 

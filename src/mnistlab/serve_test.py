@@ -24,6 +24,8 @@ from mnistlab.predict import Predictor
 from mnistlab.predict_test import (  # noqa: F401 (shared session fixtures)
     CONV_PARAMETERS, mnist, trained_conv_run, trained_run)
 
+pytestmark = pytest.mark.slow  # processes, servers, or training for seconds each
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]

@@ -53,6 +53,7 @@ def mlflow_uri(tmp_path_factory):
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
+@pytest.mark.slow
 def test_mlflow_logger_records_params_metrics_and_status(mlflow_uri):
     from mlflow.tracking import MlflowClient
 

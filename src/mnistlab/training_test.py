@@ -1,7 +1,8 @@
 """training.py in process: what a run records, against figures computed apart from it.
 
 The CLI tests drive `mnistlab train` in subprocesses (real signals, real full disks); these
-call `mnistlab.train` directly, so mutation testing sees which lines they reach.
+call `mnistlab.train` directly, so mutation testing sees which lines they reach. Tests of
+figures train on real MNIST; tests of how a run is kept take the `synthetic` dataset.
 """
 
 import dataclasses
@@ -80,6 +81,7 @@ def test_a_run_records_what_it_trained(mnist, tmp_path):
     assert s["weights_sha256"] == runs.tensors_digest(run.params())
 
 
+@pytest.mark.slow
 def test_evaluate_splits_the_data_again_and_records_each_evaluation(mnist, mnist_root, tmp_path, monkeypatch):
     result = mnistlab.train(spec(epochs=1), runs_dir=tmp_path, arrays=mnist)
     # Nowhere else to find the dataset: MNISTLAB_DATA and the cache empty, the only mirror refusing.
@@ -106,17 +108,17 @@ def test_evaluate_splits_the_data_again_and_records_each_evaluation(mnist, mnist
         training.evaluate(unvalidated.run_dir, "validation", mnist_root)
 
 
-def test_a_run_logs_its_epochs_where_log_asks(mnist, tmp_path, monkeypatch):
+def test_a_run_logs_its_epochs_where_log_asks(synthetic, tmp_path, monkeypatch):
     from mnistlab.tracking_test import scalars
 
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    result = mnistlab.train(spec(), runs_dir=tmp_path / "runs", arrays=mnist, log=["tensorboard"])
+    result = mnistlab.train(spec(), runs_dir=tmp_path / "runs", arrays=synthetic, log=["tensorboard"])
     (logdir,) = (tmp_path / "tensorboard").iterdir()  # beside the runs folder, as `--log tensorboard` says
     assert scalars(logdir / "validation", "epoch_loss") == [(r["epoch"], r["val_loss"]) for r in result.history]
     assert not list((tmp_path / "elsewhere").iterdir())
     with pytest.raises(UserError, match="wandb"):  # a bad target fails before anything is written
-        mnistlab.train(spec(), runs_dir=tmp_path / "more", arrays=mnist, log=["wandb"])
+        mnistlab.train(spec(), runs_dir=tmp_path / "more", arrays=synthetic, log=["wandb"])
     assert not (tmp_path / "more").exists()
 
 
@@ -131,11 +133,11 @@ def test_the_best_epoch_follows_val_loss_when_there_is_validation(mnist):
     assert result.summary["best_epoch"] == best
 
 
-def test_without_test_the_test_set_is_never_read(mnist):
+def test_without_test_the_test_set_is_never_read(synthetic):
     # The arrays given are what trains (1,200 images, no subset asked), and their test set
     # cannot be read: touching it would raise.
-    blind = dataclasses.replace(mnist, train_images=mnist.train_images[:1200], train_labels=mnist.train_labels[:1200],
-                                test_images=None, test_labels=None)
+    blind = dataclasses.replace(synthetic, train_images=synthetic.train_images[:1200],
+                                train_labels=synthetic.train_labels[:1200], test_images=None, test_labels=None)
     result = mnistlab.train(spec(subset=None, validation={"fraction": 0.0}), runs_dir=None, arrays=blind)
     assert result.status == "completed" and result.run_dir is None
     assert result.summary["train_samples"] == 1200
@@ -146,28 +148,28 @@ def test_without_test_the_test_set_is_never_read(mnist):
 
 
 @pytest.mark.parametrize("stop, said", [(KeyboardInterrupt, "SIGINT"), (errors.Terminated, "SIGTERM")])
-def test_an_interrupted_run_keeps_its_finished_epochs(stop, said, mnist, tmp_path):
+def test_an_interrupted_run_keeps_its_finished_epochs(stop, said, synthetic, tmp_path):
     def interrupt_after_two(record):
         if record["epoch"] == 2:
             raise stop()
 
-    result = mnistlab.train(spec(epochs=4), runs_dir=tmp_path / "stopped", test=True, arrays=mnist,
+    result = mnistlab.train(spec(epochs=4), runs_dir=tmp_path / "stopped", test=True, arrays=synthetic,
                             on_epoch=interrupt_after_two)
     assert result.status == "interrupted" and len(result.history) == 2
     run = runs.open_run(result.run_dir)
     assert run.summary["interrupted_by"] == said and run.summary["epochs_completed"] == 2
     assert "test" not in run.summary  # an unfinished run is not tested
     # Its weights are those of two epochs, as a two-epoch run trains them.
-    two = runs.open_run(mnistlab.train(spec(epochs=2), runs_dir=tmp_path / "two", arrays=mnist).run_dir)
+    two = runs.open_run(mnistlab.train(spec(epochs=2), runs_dir=tmp_path / "two", arrays=synthetic).run_dir)
     for name, value in two.params().items():
         np.testing.assert_array_equal(run.params()[name], value)
     timeless = lambda records: [{k: v for k, v in r.items() if k != "seconds"} for r in records]  # noqa: E731
     assert run.metrics == result.history and timeless(run.metrics) == timeless(two.metrics)
 
 
-def test_runs_are_recorded_under_runs_by_default(mnist, tmp_path, monkeypatch):
+def test_runs_are_recorded_under_runs_by_default(synthetic, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = mnistlab.train(spec(epochs=1), arrays=mnist)
+    result = mnistlab.train(spec(epochs=1), arrays=synthetic)
     assert result.run_dir.resolve().parent == tmp_path / "runs" and runs.open_run(result.run_dir).status == "completed"
 
 
@@ -180,6 +182,7 @@ def test_without_arrays_the_dataset_is_read_from_data_dir(mnist_root, tmp_path, 
     assert result.status == "completed" and result.summary["data_source"] == str(mnist_root / "mnist")
 
 
+@pytest.mark.slow
 def test_a_run_from_python_keeps_its_compiled_programs_for_the_next_process(mnist_root, tmp_path):
     # `import mnistlab` turns on JAX's persistent cache, as the command line does: the
     # first process writes its programs, the second finds every one of them there.
@@ -197,25 +200,25 @@ def test_a_run_from_python_keeps_its_compiled_programs_for_the_next_process(mnis
     assert not (tmp_path / "off" / "xla").exists()
 
 
-def test_a_network_the_machine_cannot_hold_is_refused_before_its_folder(mnist, tmp_path):
+def test_a_network_the_machine_cannot_hold_is_refused_before_its_folder(synthetic, tmp_path):
     units = 100_000_000  # 78 billion weights: more than any machine's memory
     huge = spec_lib.from_dict({**SPEC, "model": {"layers": [
         {"type": "dense", "units": units, "activation": "relu"},
         {"type": "dense", "units": 10, "activation": "softmax"}]}})
     with pytest.raises(UserError) as refused:
-        mnistlab.train(huge, runs_dir=tmp_path / "runs", arrays=mnist)
+        mnistlab.train(huge, runs_dir=tmp_path / "runs", arrays=synthetic)
     weights = 784 * units + units + units * 10 + 10
     assert "t: one member needs about " in str(refused.value)
     assert f"({weights:,} weights; model.layers.0 holds {784 * units:,} of them)" in str(refused.value)
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_diverged_run_writes_no_weights(mnist, tmp_path):
+def test_a_diverged_run_writes_no_weights(synthetic, tmp_path):
     # SGD at learning rate 1e3 with l2(0.01) multiplies the kernel by about 1 - 2 * 1e3 * 0.01
     # = -19 a step: it overflows within an epoch.
     diverging = spec_lib.with_values(spec(), {"optimizer.name": "sgd", "optimizer.learning_rate": 1e3,
                                               "model.layers.0.kernel_regularizer": {"l2": 0.01}})
-    result = mnistlab.train(diverging, runs_dir=tmp_path, test=True, arrays=mnist)
+    result = mnistlab.train(diverging, runs_dir=tmp_path, test=True, arrays=synthetic)
     assert result.status == "diverged"
     summary = runs.open_run(result.run_dir).summary
     assert summary["diverged_at_epoch"] == len(result.history) and "weights_sha256" not in summary
@@ -223,7 +226,7 @@ def test_a_diverged_run_writes_no_weights(mnist, tmp_path):
     assert not math.isfinite(result.history[-1]["loss"])
 
 
-def test_a_run_folder_that_stops_taking_writes_keeps_the_result_elsewhere(mnist, tmp_path, monkeypatch):
+def test_a_run_folder_that_stops_taking_writes_keeps_the_result_elsewhere(synthetic, tmp_path, monkeypatch):
     save = runs.save_weights
 
     def disk_full_under_runs(path, params, spec):
@@ -234,7 +237,7 @@ def test_a_run_folder_that_stops_taking_writes_keeps_the_result_elsewhere(mnist,
     monkeypatch.setattr(runs, "save_weights", disk_full_under_runs)
     with pytest.raises(UserError, match=r"could not write the run \(No space left on device\); the trained "
                                         r"result is kept in (\S+) ") as err:
-        mnistlab.train(spec(), runs_dir=tmp_path, arrays=mnist)
+        mnistlab.train(spec(), runs_dir=tmp_path, arrays=synthetic)
     kept = runs.open_run(err.value.args[0].split("kept in ")[1].split(" ")[0])
     (failed,) = tmp_path.iterdir()
     assert str(failed) in str(err.value)
@@ -242,7 +245,7 @@ def test_a_run_folder_that_stops_taking_writes_keeps_the_result_elsewhere(mnist,
     assert kept.summary["weights_sha256"] == runs.tensors_digest(kept.params())
 
 
-def test_a_run_folder_that_fails_while_training_stops_it_and_keeps_the_result(mnist, tmp_path, monkeypatch):
+def test_a_run_folder_that_fails_while_training_stops_it_and_keeps_the_result(synthetic, tmp_path, monkeypatch):
     write = runs.atomic_write
 
     def metrics_refused(path, text):
@@ -253,7 +256,7 @@ def test_a_run_folder_that_fails_while_training_stops_it_and_keeps_the_result(mn
     monkeypatch.setattr(runs, "atomic_write", metrics_refused)
     with pytest.raises(UserError, match=r"could not write the run \(Read-only file system\); the trained "
                                         r"result is kept in ") as err:
-        mnistlab.train(spec(epochs=3), runs_dir=tmp_path, arrays=mnist)
+        mnistlab.train(spec(epochs=3), runs_dir=tmp_path, arrays=synthetic)
     kept = runs.open_run(err.value.args[0].split("kept in ")[1].split(" ")[0])
     assert [r["epoch"] for r in kept.metrics] == [1]  # the first epoch's record was refused: training stopped
     assert kept.summary["weights_sha256"] == runs.tensors_digest(kept.params())

@@ -29,6 +29,8 @@ from mnistlab import data, engine, runs, search, tune
 from mnistlab.errors import UserError
 from mnistlab.training import train
 
+pytestmark = pytest.mark.slow  # processes, servers, or training for seconds each
+
 # Small, real trials: 2000 MNIST images (1500 train / 500 validation), a 784-32-10 network.
 BASE = ["training.subset=2000", "training.epochs=3", "training.validation_split=0.25",
         "training.batch_size=100", "optimizer.schedule.name=constant", "model.layers.0.units=32"]
