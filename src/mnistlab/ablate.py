@@ -693,6 +693,22 @@ def _mean_curve(runs: list[Member]) -> list[dict[str, float]]:
     return [{"epoch": e + 1, **{k: float(np.mean([h[e][k] for h in full])) for k in keys}} for e in range(n)]
 
 
+def _selection_per_seed(group: list[Member], budget: Budget, seeds: int) -> dict[str, dict[str, list[float]]]:
+    """The protocol claim's figures: rule ("chosen on test", ...) -> figure -> one value per
+    seed, from `selection_bias` over that seed's pool (NaN for a seed with no pool)."""
+    per_rule: dict[str, dict[str, list[float]]] = {}
+    for s in range(seeds):
+        pool = [m for m in group if m.seed == s and m.test_correct is not None]
+        if not pool:
+            continue
+        found = selection_bias(np.array([m.figures["val_accuracy"] for m in pool]),
+                               np.stack([m.test_correct for m in pool]), budget.resamples, s)
+        for rule, figs in found.items():
+            for f, value in figs.items():
+                per_rule.setdefault(rule, {}).setdefault(f, [math.nan] * seeds)[s] = value
+    return per_rule
+
+
 def analyse(claim: Claim, group: list[Member], budget: Budget, seeds: int) -> dict[str, Any]:
     """Intervals per variant and figure, arm choices, comparisons with verdicts."""
     by_variant: dict[str, list[Member]] = {}
@@ -732,16 +748,7 @@ def analyse(claim: Claim, group: list[Member], budget: Budget, seeds: int) -> di
 
     extra: dict[str, Any] = {}
     if claim.analysis == "protocol":
-        per_rule: dict[str, dict[str, list[float]]] = {}
-        for s in range(seeds):
-            pool = [m for m in group if m.seed == s and m.test_correct is not None]
-            if not pool:
-                continue
-            found = selection_bias(np.array([m.figures["val_accuracy"] for m in pool]),
-                                   np.stack([m.test_correct for m in pool]), budget.resamples, s)
-            for rule, figs in found.items():
-                for f, value in figs.items():
-                    per_rule.setdefault(rule, {}).setdefault(f, [math.nan] * seeds)[s] = value
+        per_rule = _selection_per_seed(group, budget, seeds)
         for rule, figs in per_rule.items():
             arm_values[rule] = lambda f, figs=figs: figs.get(f, [math.nan] * seeds)
         extra["selection"] = {rule: {f: {"values": vals, **stats.mean_ci(vals).as_dict()} for f, vals in figs.items()}

@@ -260,7 +260,7 @@ _PROGRAMS: dict[tuple, Callable] = {}
 COMPILATIONS: dict[str, int] = {}  # program name -> times compiled in this process
 
 
-class Lane(NamedTuple):
+class Slice(NamedTuple):
     """One slice of a population: `width` members trained side by side by one program."""
 
     members: np.ndarray  # population indices; a short last slice repeats its last member
@@ -311,7 +311,7 @@ class Population:
         names = list(hypers[0])
         values = np.asarray([[h[k] for k in names] for h in hypers], np.float32).reshape(self.size, len(names))
         seeds = [m.training.seed for m in self.members]
-        self.slices: list[Lane] = []
+        self.slices: list[Slice] = []
         self.states: list[State] = []
         for start in range(0, self.size, self.width):
             idx = np.arange(start, start + self.width)
@@ -319,7 +319,7 @@ class Population:
             idx = np.minimum(idx, self.size - 1)
             keys = self._shard(jnp.stack([jax.random.split(jax.random.PRNGKey(seeds[i]), 2) for i in idx]))
             hyper = self._shard({k: jnp.asarray(values[idx, j]) for j, k in enumerate(names)})
-            self.slices.append(Lane(idx, real, hyper, keys[:, 0], keys[:, 1]))
+            self.slices.append(Slice(idx, real, hyper, keys[:, 0], keys[:, 1]))
             self.states.append(self._shard(self._init_state(idx, hyper)))
         self.diverged = np.zeros(self.size, bool)
         self.epochs_done = 0
@@ -486,6 +486,24 @@ class Population:
                 jax.block_until_ready(totals)
                 on_slice(k)
 
+        self._each_slice(train_slice, running, stop)
+        jax.block_until_ready(sums_by_slice)  # the epoch's time is its compute, not its dispatch
+        seconds = time.perf_counter() - begin
+        for k, (mask, snapshot) in self._snapshots.items():
+            if k in sums_by_slice:  # frozen members computed along: put their state back
+                self.states[k] = self._run("restore", jnp.asarray(mask), snapshot, self.states[k])
+        trained = self._active.copy()
+        metrics = self._epoch_metrics(sums_by_slice, rates)
+        for values in metrics.values():
+            values[~trained] = np.nan  # frozen members did not train this epoch
+        self.epochs_done = epoch
+        diverged = trained & ~np.isfinite(metrics["loss"])
+        self.diverged |= diverged
+        self.freeze(np.flatnonzero(diverged))
+        return EpochResult(epoch, {k: v.tolist() for k, v in metrics.items()}, seconds, self.diverged.tolist())
+
+    def _each_slice(self, train_slice: Callable[[int], None], running: list[int], stop: threading.Event) -> None:
+        """`train_slice(k)` for every running slice, `concurrency` of them at a time."""
         if self.concurrency > 1 and len(running) > 1:
             # XLA runs a small network's step on about one core; independent slices side by
             # side use the others (measured: 16 members of 784-100-10, 4 slices of 4 on 2
@@ -501,14 +519,12 @@ class Population:
         else:
             for k in running:
                 train_slice(k)
-        jax.block_until_ready(sums_by_slice)  # the epoch's time is its compute, not its dispatch
-        seconds = time.perf_counter() - begin
-        for k, (mask, snapshot) in self._snapshots.items():
-            if k in sums_by_slice:  # frozen members computed along: put their state back
-                self.states[k] = self._run("restore", jnp.asarray(mask), snapshot, self.states[k])
-        trained = self._active.copy()
+
+    def _epoch_metrics(self, sums_by_slice: dict[int, Sums], rates: dict[int, jax.Array]) -> dict[str, np.ndarray]:
+        """Per member: the epoch's mean loss and accuracy, the validation figures and the
+        last step's learning rate; NaN for a slice that did not run."""
         nan = np.full(self.width, np.nan, np.float32)
-        pick = lambda f: [np.asarray(f(sums_by_slice[k])) if k in sums_by_slice else nan
+        pick = lambda f: [np.asarray(f(sums_by_slice[k])) if k in sums_by_slice else nan  # noqa: E731
                           for k in range(len(self.slices))]
         metrics = {"loss": self._gather(pick(lambda t: t.loss / t.count)),
                    "accuracy": self._gather(pick(lambda t: t.correct / t.count))}
@@ -517,13 +533,7 @@ class Population:
             metrics["val_loss"], metrics["val_accuracy"] = val["loss"], val["accuracy"]
         metrics["learning_rate"] = self._gather([np.asarray(rates[k]) if k in rates else nan
                                                  for k in range(len(self.slices))])
-        for values in metrics.values():
-            values[~trained] = np.nan  # frozen members did not train this epoch
-        self.epochs_done = epoch
-        diverged = trained & ~np.isfinite(metrics["loss"])
-        self.diverged |= diverged
-        self.freeze(np.flatnonzero(diverged))
-        return EpochResult(epoch, {k: v.tolist() for k, v in metrics.items()}, seconds, self.diverged.tolist())
+        return metrics
 
     def evaluate(self, images, labels) -> dict[str, np.ndarray]:
         """Loss (penalty included, as Keras) and accuracy of every member on a data set."""

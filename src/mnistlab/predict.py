@@ -8,11 +8,11 @@ The parameters go to the device once. The prediction is one jitted program per b
 size in {1, 2, 4, ..., max_batch}: a batch is zero-padded up to the next of those sizes,
 so at most log2(max_batch) + 1 programs are ever compiled (`warm_up` compiles them all
 up front, for a server whose first requests should not wait for XLA). Larger inputs go
-through in chunks of `max_batch`. Inputs are uint8, as in training: `model.logits`
+through in batches of `max_batch`. Inputs are uint8, as in training: `model.logits`
 scales them by the spec's `input_rescale`.
 
 `expand` and `predict_files` are `mnistlab predict`'s file handling: command-line
-arguments to image files, then decode + preprocess (imaging) and predict, chunk by chunk,
+arguments to image files, then decode + preprocess (imaging) and predict, batch by batch,
 with a failed file reported in its place instead of stopping the others.
 """
 
@@ -80,13 +80,13 @@ class Predictor:
         n = len(images)
         out = np.empty((n, self.num_classes), np.float32)
         for start in range(0, n, self.max_batch):
-            chunk = images[start:start + self.max_batch]
-            size = 1 << (len(chunk) - 1).bit_length()  # the next power of two
-            if size != len(chunk):
+            batch = images[start:start + self.max_batch]
+            size = 1 << (len(batch) - 1).bit_length()  # the next power of two
+            if size != len(batch):
                 padded = np.zeros((size, *self.image_shape), np.uint8)
-                padded[: len(chunk)] = chunk
-                chunk = padded
-            out[start:start + self.max_batch] = self._run(chunk)[: min(self.max_batch, n - start)]
+                padded[: len(batch)] = batch
+                batch = padded
+            out[start:start + self.max_batch] = self._run(batch)[: min(self.max_batch, n - start)]
         return out
 
     def label(self, k: int) -> str:
@@ -188,15 +188,15 @@ def _prepare(item: tuple[str, Path | bytes], raw_input: bool) -> np.ndarray | im
 
 
 def predict_files(predictor: Predictor, items: list[tuple[str, Path | bytes]], *, raw_input: bool = False,
-                  chunk: int = 256) -> Iterator[tuple[str, np.ndarray | None, np.ndarray | imaging.ImageError]]:
+                  batch: int = 256) -> Iterator[tuple[str, np.ndarray | None, np.ndarray | imaging.ImageError]]:
     """(name, 28x28 pixels or None, probabilities or the ImageError) per item, in order.
 
-    Files are decoded `chunk` at a time, then the chunk's good images go through the
-    network as one batch. Decoding is sequential: a pool of 2 threads gained nothing
+    Files are decoded `batch` at a time, then the batch's good images go through the
+    network together. Decoding is sequential: a pool of 2 threads gained nothing
     measurable here (3,000 MNIST PNGs: 1.5-2.0 s either way; 60 1200x1200 PNGs: the same).
     """
-    for start in range(0, len(items), chunk):
-        part = items[start:start + chunk]
+    for start in range(0, len(items), batch):
+        part = items[start:start + batch]
         prepared = [_prepare(item, raw_input) for item in part]
         good = [p for p in prepared if isinstance(p, np.ndarray)]
         probs = iter(predictor.probabilities(np.stack(good)) if good else [])

@@ -496,8 +496,29 @@ def run_context(d: RunData, prefix: str = "", environment: dict[str, Any] | None
     stands in where the run's summary has none (a sweep's best member)."""
     run = d.run
     summary, metrics = run.summary, run.metrics
-    final = summary.get("final") or (metrics[-1] if metrics else {}) or {}
     fit = figures.overfitting(metrics)
+    epochs = [{k: fmt(r.get(k)) if k != "learning_rate" else (f"{r[k]:.4g}" if r.get(k) is not None else "–")
+               for k in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")}
+              for r in metrics]
+    evaluations = [{"split": e.get("split", "?"), "accuracy": fmt(e.get("accuracy")), "loss": fmt(e.get("loss")),
+                    "samples": e.get("samples", "–"), "at": e.get("at", "at training")}
+                   for e in summary.get("evaluations", [])]
+    config_path = run.path / runs.CONFIG
+    return {"name": d.name, "path": str(run.path), "status": summary.get("status", "unknown"),
+            "spec_name": run.spec.name, "cards": _cards(d, fit), "verdict": _verdict(metrics, fit, summary),
+            "epochs": epochs, "per_class": _per_class(d), "layers": _layers(d),
+            "env": _machine(d, environment), "evaluations": evaluations,
+            "architecture": architecture(run.spec.model, d.image_shape, d.params) if d.params is not None else [],
+            "config": config_path.read_text() if config_path.exists() else "",
+            "no_weights": d.no_weights, "prefix": prefix,
+            "figures": {f.key[len(prefix):]: f for f in run_figures(d, prefix)}}
+
+
+def _cards(d: RunData, fit: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    """The headline figures: (title, value, detail)."""
+    run = d.run
+    summary, metrics = run.summary, run.metrics
+    final = summary.get("final") or (metrics[-1] if metrics else {}) or {}
     cards = []
     if "val_accuracy" in final:
         cards.append(("validation accuracy", _pct(final["val_accuracy"]), fmt(final["val_accuracy"])))
@@ -513,19 +534,18 @@ def run_context(d: RunData, prefix: str = "", environment: dict[str, Any] | None
         cards.append(("over-fitting gap", f"{100 * fit['accuracy_gap']:+.2f} pts",
                       f"train − val accuracy; val_loss − loss {fit['loss_gap']:+.4f}"))
     done, asked = summary.get("epochs_completed", len(metrics)), summary.get("epochs_requested", run.spec.training.epochs)
-    cards.append(("epochs", f"{done}/{asked}",
-                  summary.get("status", "unknown")))
+    cards.append(("epochs", f"{done}/{asked}", summary.get("status", "unknown")))
     if summary.get("train_seconds") is not None:
         cards.append(("training time", f"{summary['train_seconds']:.1f} s",
                       f"+ {summary.get('compile_seconds', 0):.1f} s compile"))
     if d.params is not None:
         n_params = sum(int(np.prod(v.shape)) for v in d.params.values())
         cards.append(("parameters", f"{n_params:,}", shape_path(run.spec.model, d.image_shape)))
+    return cards
 
-    verdict = _verdict(metrics, fit, summary)
-    epochs = [{k: fmt(r.get(k)) if k != "learning_rate" else (f"{r[k]:.4g}" if r.get(k) is not None else "–")
-               for k in ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")}
-              for r in metrics]
+
+def _per_class(d: RunData) -> list[dict[str, Any]]:
+    """Per split evaluated: each class's support, precision, recall and worst confusion."""
     per_class = []
     for ev in (d.validation, d.test):
         if ev is None:
@@ -537,51 +557,54 @@ def run_context(d: RunData, prefix: str = "", environment: dict[str, Any] | None
             "rows": [{"name": d.class_names[i], "support": int(m[i].sum()), "predicted": int(m[:, i].sum()),
                       "precision": fmt(float(precision[i])), "recall": fmt(float(recall[i])),
                       "worst": _worst_confusion(m, i, d.class_names)} for i in range(len(d.class_names))]})
-    layers = []
-    if d.params is not None:
-        from mnistlab import model
-        from mnistlab.spec import Conv2D, Dense
+    return per_class
 
-        by_name = {h.name: h for h in d.hidden}
-        weighted = [(n, layer) for n, layer in zip(model.layer_names(run.spec.model), run.spec.model.layers)
-                    if isinstance(layer, (Dense, Conv2D))]
-        for i, (n, layer) in enumerate(weighted):
-            s = figures.weight_stats(d.params[f"{n}/kernel"])
-            h = by_name.get(n)
-            if i == len(weighted) - 1:
-                dead = "output layer"
-            elif h is None:
-                dead = "no validation set"
-            elif not h.relu:
-                dead = f"n/a ({h.activation})"
-            else:
-                units = h.outputs.shape[1]
-                dead = f"{int(np.sum(h.active_fraction == 0))}/{units} ({_pct(h.dead_fraction, 1)})"
-            layers.append({"name": n, "shape": "x".join(map(str, d.params[f"{n}/kernel"].shape)),
-                           "activation": h.activation if h else layer.activation,
-                           "penalty": _regularizer_text(layer) or "none",
-                           "l1": f"{s['l1']:.4g}", "l2": f"{s['l2_norm']:.4g}",
-                           "near_zero": _pct(s["near_zero_fraction"], 1), "zero": _pct(s["zero_fraction"], 2),
-                           "dead": dead})
+
+def _layers(d: RunData) -> list[dict[str, Any]]:
+    """Each weighted layer's kernel: shape, penalty, norms, zeros, and its dead ReLU units."""
+    if d.params is None:
+        return []
+    from mnistlab import model
+    from mnistlab.spec import Conv2D, Dense
+
+    spec = d.run.spec.model
+    by_name = {h.name: h for h in d.hidden}
+    weighted = [(n, layer) for n, layer in zip(model.layer_names(spec), spec.layers) if isinstance(layer, (Dense, Conv2D))]
+    layers = []
+    for i, (n, layer) in enumerate(weighted):
+        s = figures.weight_stats(d.params[f"{n}/kernel"])
+        h = by_name.get(n)
+        if i == len(weighted) - 1:
+            dead = "output layer"
+        elif h is None:
+            dead = "no validation set"
+        elif not h.relu:
+            dead = f"n/a ({h.activation})"
+        else:
+            units = h.outputs.shape[1]
+            dead = f"{int(np.sum(h.active_fraction == 0))}/{units} ({_pct(h.dead_fraction, 1)})"
+        layers.append({"name": n, "shape": "x".join(map(str, d.params[f"{n}/kernel"].shape)),
+                       "activation": h.activation if h else layer.activation,
+                       "penalty": _regularizer_text(layer) or "none",
+                       "l1": f"{s['l1']:.4g}", "l2": f"{s['l2_norm']:.4g}",
+                       "near_zero": _pct(s["near_zero_fraction"], 1), "zero": _pct(s["zero_fraction"], 2),
+                       "dead": dead})
+    return layers
+
+
+def _machine(d: RunData, environment: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """Where and how the run was made: seed, data, machine, sample counts, timings."""
+    run = d.run
+    summary = run.summary
     env = dict(summary.get("environment") or environment or {})
-    env_rows = [("seed", run.spec.training.seed), ("dataset", run.spec.dataset),
-                ("data source", summary.get("data_source", "–"))]
-    env_rows += [(k, v) for k, v in env.items()]
+    rows = [("seed", run.spec.training.seed), ("dataset", run.spec.dataset),
+            ("data source", summary.get("data_source", "–"))]
+    rows += [(k, v) for k, v in env.items()]
     samples = f"{summary.get('train_samples', '–')} / {summary.get('validation_samples', '–')}"
-    env_rows += [("train / validation samples", samples),
-                 ("compile seconds", fmt(summary.get("compile_seconds"), 2)),
-                 ("wall seconds", fmt(summary.get("wall_seconds"), 2))]
-    evaluations = [{"split": e.get("split", "?"), "accuracy": fmt(e.get("accuracy")), "loss": fmt(e.get("loss")),
-                    "samples": e.get("samples", "–"), "at": e.get("at", "at training")}
-                   for e in summary.get("evaluations", [])]
-    config_path = run.path / runs.CONFIG
-    return {"name": d.name, "path": str(run.path), "status": summary.get("status", "unknown"),
-            "spec_name": run.spec.name, "cards": cards, "verdict": verdict, "epochs": epochs,
-            "per_class": per_class, "layers": layers, "env": env_rows, "evaluations": evaluations,
-            "architecture": architecture(run.spec.model, d.image_shape, d.params) if d.params is not None else [],
-            "config": config_path.read_text() if config_path.exists() else "",
-            "no_weights": d.no_weights, "prefix": prefix,
-            "figures": {f.key[len(prefix):]: f for f in run_figures(d, prefix)}}
+    rows += [("train / validation samples", samples),
+             ("compile seconds", fmt(summary.get("compile_seconds"), 2)),
+             ("wall seconds", fmt(summary.get("wall_seconds"), 2))]
+    return rows
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:

@@ -372,6 +372,21 @@ def rows_csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
+def _open_folder(sweep: SweepSpec, members: list[populations.Member], sweeps_dir: Path, resume: bool | Path,
+                 load: Callable[[str], data.Arrays]) -> Path:
+    """The sweep's folder: the one to resume, or a new one. A missing data set or a network
+    too big for this machine fails first, before a new folder exists."""
+    folder = Path(resume) if isinstance(resume, Path) else (find_resumable(sweeps_dir, sweep) if resume else None)
+    if resume and folder is None:
+        raise UserError(f"--resume: no unfinished sweep '{sweep.name}' with this specification under {sweeps_dir}")
+    for group in populations.groups(members):
+        populations.check_fits(group[0].spec, load(group[0].spec.dataset).train_images.shape[1:])
+    if folder is None:
+        folder = runs.new_run_dir(sweeps_dir, sweep.name)
+        runs.atomic_write(folder / SWEEP, sweep_text(sweep))
+    return folder
+
+
 def run_sweep(sweep: SweepSpec, *, data_dir: str | Path | None = None, sweeps_dir: str | Path = "sweeps",
               resume: bool | Path = False, arrays: data.Arrays | None = None,
               on_epoch: Callable[[dict[str, Any]], None] | None = None,
@@ -385,16 +400,8 @@ def run_sweep(sweep: SweepSpec, *, data_dir: str | Path | None = None, sweeps_di
     started = time.perf_counter()
     members = candidates(sweep)
     check_metric(sweep, members, sweep.name)
-    sweeps_dir = Path(sweeps_dir)
-    folder = Path(resume) if isinstance(resume, Path) else (find_resumable(sweeps_dir, sweep) if resume else None)
-    if resume and folder is None:
-        raise UserError(f"--resume: no unfinished sweep '{sweep.name}' with this specification under {sweeps_dir}")
     load = populations.loader(data_dir, arrays)
-    for group in populations.groups(members):  # a missing data set or a network too big fails before the folder exists
-        populations.check_fits(group[0].spec, load(group[0].spec.dataset).train_images.shape[1:])
-    if folder is None:
-        folder = runs.new_run_dir(sweeps_dir, sweep.name)
-        runs.atomic_write(folder / SWEEP, sweep_text(sweep))
+    folder = _open_folder(sweep, members, Path(sweeps_dir), resume, load)
     checkpoints = populations.Checkpoints(folder)
     group_of = {m.index: g for g, group in enumerate(populations.groups(members)) for m in group}
     rows = lambda: [member_row(m, sweep.metric, group_of[m.index]) for m in members]  # noqa: E731

@@ -165,6 +165,28 @@ async def image_bytes(request: Request, body: bytes) -> tuple[bytes, str]:
         await upload.close()
 
 
+def _error(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+def _answer_errors_as_json(app: FastAPI) -> None:
+    """Every refusal as {"error": code, "detail": text}: ours, HTTP's and bad parameters."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, e: ApiError):
+        return _error(e.status, e.code, e.detail)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, e: HTTPException):
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return _error(e.status_code, codes.get(e.status_code, "http_error"), str(e.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, e: RequestValidationError):
+        parts = [f"{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}" for err in e.errors()]
+        return _error(422, "invalid_parameter", "; ".join(parts))
+
+
 def create_app(predictor: Predictor, *, max_body: int = MAX_BODY, max_pixels: int = imaging.MAX_PIXELS,
                max_batch: int = MAX_BATCH, max_pending: int = MAX_PENDING):
     """The FastAPI application over a loaded predictor (see the module docstring)."""
@@ -179,24 +201,7 @@ def create_app(predictor: Predictor, *, max_body: int = MAX_BODY, max_pixels: in
     app = FastAPI(title="mnistlab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.batcher = batcher
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
-
-    def error(status: int, code: str, detail: str) -> JSONResponse:
-        return JSONResponse({"error": code, "detail": detail}, status_code=status)
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request, e: ApiError):
-        return error(e.status, e.code, e.detail)
-
-    @app.exception_handler(HTTPException)
-    async def _http_error(request, e: HTTPException):
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        return error(e.status_code, codes.get(e.status_code, "http_error"), str(e.detail))
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, e: RequestValidationError):
-        parts = [f"{'.'.join(str(p) for p in err['loc'][1:])}: {err['msg']}" for err in e.errors()]
-        return error(422, "invalid_parameter", "; ".join(parts))
-
+    _answer_errors_as_json(app)
     page = (STATIC / "index.html").read_text(encoding="utf-8")
     security_headers = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:",
                         "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}

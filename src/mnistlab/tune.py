@@ -584,6 +584,9 @@ def run(tune: TuneSpec, trials: int, *, study_dir: str | Path | None = None, sto
     `timeout`: a budget in seconds. No batch is asked after it; trials still training when it
     runs out are stopped at the end of their epoch, failed and queued again (as after Ctrl-C).
     """
+    # One function on purpose: the ask loop, the storage lock, the heartbeats and the three
+    # ways out (done, stopped, failed) share `opened`, the trials this worker holds, and each
+    # way out must settle exactly those.
     import optuna
 
     settings = settings or tune.settings
@@ -629,19 +632,7 @@ def run(tune: TuneSpec, trials: int, *, study_dir: str | Path | None = None, sto
                     if now.finished >= trials:
                         break
                     if slots > 0:
-                        # A fresh seed per batch: a resumed study, or another worker, does not
-                        # repeat the draws already made (the count differs at every ask).
-                        n_all = len(study.get_trials(deepcopy=False))
-                        study.sampler = make_sampler(tune, settings, seed * 1_000_003 + n_all)
-                        batch = [study.ask() for _ in range(min(settings.batch, slots))]
-                        for trial in batch:
-                            beats.add(trial._trial_id)
-                            opened[trial.number] = Open(trial, {})
-                        for trial in batch:  # suggested while holding the lock: others' liars see them
-                            point = suggest(trial, tune)
-                            opened[trial.number] = Open(trial, point, trial_members(
-                                tune, base, point, trial.number, settings.seeds))
-                            trial.set_user_attr("worker", worker_name())
+                        batch = _ask(study, tune, settings, base, seed, min(settings.batch, slots), beats, opened)
                 if slots <= 0:
                     _emit(on_event, {"event": "wait", "running": now.running, "finished": now.finished,
                                      "target": trials})
@@ -675,6 +666,25 @@ def run(tune: TuneSpec, trials: int, *, study_dir: str | Path | None = None, sto
     _emit(on_event, {"event": "done", "seconds": time.perf_counter() - started})
     return TuneResult(folder, url, counts(study), summary, trial_rows(study, tune), interrupted, timed_out,
                       exit_code)
+
+
+def _ask(study, tune: TuneSpec, settings: TuneSettings, base: spec_lib.RunSpec, seed: int, n: int,
+         beats: Heartbeats, opened: dict[int, Open]) -> list:
+    """Ask the study for `n` trials, under the caller's lock; each is opened (heart-beaten,
+    its point suggested and its members built) before the lock is let go, so the other
+    workers' liars see its parameters."""
+    # A fresh seed per batch: a resumed study, or another worker, does not repeat the
+    # draws already made (the count differs at every ask).
+    study.sampler = make_sampler(tune, settings, seed * 1_000_003 + len(study.get_trials(deepcopy=False)))
+    batch = [study.ask() for _ in range(n)]
+    for trial in batch:
+        beats.add(trial._trial_id)
+        opened[trial.number] = Open(trial, {})
+    for trial in batch:
+        point = suggest(trial, tune)
+        opened[trial.number] = Open(trial, point, trial_members(tune, base, point, trial.number, settings.seeds))
+        trial.set_user_attr("worker", worker_name())
+    return batch
 
 
 def _open(tune: TuneSpec, settings: TuneSettings, study_dir, storage: str | None, retry: bool):
@@ -1037,17 +1047,23 @@ def final(tune: TuneSpec, *, study_dir: str | Path | None = None, storage: str |
     record = {**claim, "status": result.status, "test": result.summary.get("test"),
               "final": result.summary.get("final"), "run": str(result.run_dir),
               "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    summary_path = result.run_dir / runs.SUMMARY
+    _record_final(study, rdb, tune, url, folder, claim, record)
+    write_outputs(study, folder, tune, settings, url, None, with_importances=False)
+    return FinalResult(record, False, folder)
+
+
+def _record_final(study, rdb, tune: TuneSpec, url: str, folder: Path, claim: dict[str, Any],
+                  record: dict[str, Any]) -> None:
+    """The final run's summary names its study and trial; the record replaces its claim in the
+    storage (every evaluation kept, in order) and in final.json."""
+    summary_path = Path(record["run"]) / runs.SUMMARY
     run_summary = json.loads(summary_path.read_text())
-    run_summary["tune"] = {"study": tune.name, "storage": redact(url), "trial": best.number,
+    run_summary["tune"] = {"study": tune.name, "storage": redact(url), "trial": record["trial"],
                            "evaluation": record["evaluation"], "retest": record["retest"], "data": record["data"]}
     runs.atomic_write(summary_path, json.dumps(run_summary, indent=2) + "\n")
     with ask_lock(rdb, tune.name):
-        recorded = list(study.user_attrs.get(TESTS_ATTR, []))
-        recorded = [r for r in recorded if not (r.get("evaluation") == claim["evaluation"]
-                                                and r.get("worker") == claim["worker"])]
+        recorded = [r for r in study.user_attrs.get(TESTS_ATTR, [])
+                    if not (r.get("evaluation") == claim["evaluation"] and r.get("worker") == claim["worker"])]
         study.set_user_attr(TESTS_ATTR, sorted(recorded + [record], key=lambda r: r["evaluation"]))
         everything = study.user_attrs[TESTS_ATTR]
     runs.atomic_write(folder / FINAL, json.dumps(everything, indent=2) + "\n")
-    write_outputs(study, folder, tune, settings, url, None, with_importances=False)
-    return FinalResult(record, False, folder)
