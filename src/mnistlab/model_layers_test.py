@@ -1,0 +1,83 @@
+"""Every layer type through every consumer: the contract a new layer type must meet.
+
+A layer type is a class in `spec.LAYER_CLASSES`, and several modules switch on it: model
+(weight shapes, per-member numbers, structure, forward in training and inference),
+engine (`member_bytes`), export (ONNX nodes), report (the summary table) and predict (the
+description). EXAMPLES holds one small network per type, so a type added to the
+specification without an example fails here first; then each consumer that does not know
+it fails by name, instead of an AssertionError in someone's run.
+"""
+
+import jax
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from mnistlab import engine, export, model, predict, report
+from mnistlab import spec as spec_lib
+
+CONV = {"type": "conv2d", "filters": 3, "kernel_size": 3, "activation": "relu"}
+HEAD = [{"type": "dense", "units": 10, "activation": "softmax"}]
+EXAMPLES = {
+    "dense": [{"type": "dense", "units": 8, "activation": "relu"}],
+    "activation": [{"type": "dense", "units": 8}, {"type": "activation", "activation": "tanh"}],
+    "dropout": [{"type": "dropout", "rate": 0.3}, {"type": "dense", "units": 8, "activation": "relu"}],
+    "conv2d": [CONV, {"type": "flatten"}],
+    "max_pooling2d": [CONV, {"type": "max_pooling2d", "pool_size": 2}, {"type": "flatten"}],
+    "average_pooling2d": [CONV, {"type": "average_pooling2d", "pool_size": 3, "padding": "same"}, {"type": "flatten"}],
+    "flatten": [{"type": "flatten"}],
+    "global_average_pooling2d": [CONV, {"type": "global_average_pooling2d"}],
+    "batch_normalization": [CONV, {"type": "batch_normalization"}, {"type": "flatten"}],
+    "random_translation": [{"type": "random_translation", "height_factor": 0.1, "width_factor": 0.1}, CONV,
+                           {"type": "flatten"}],
+    "random_rotation": [{"type": "random_rotation", "factor": 0.05}, CONV, {"type": "flatten"}],
+    "random_zoom": [{"type": "random_zoom", "height_factor": 0.1}, CONV, {"type": "flatten"}],
+    "elastic_distortion": [{"type": "elastic_distortion", "alpha": 8.0, "sigma": 3.0}, CONV, {"type": "flatten"}],
+}
+
+
+def test_every_layer_type_has_an_example():
+    assert set(EXAMPLES) == set(spec_lib.LAYER_TYPES), "add an example network for the new layer type"
+
+
+def network(kind: str) -> spec_lib.RunSpec:
+    return spec_lib.from_dict({"name": kind, "model": {"layers": [*EXAMPLES[kind], *HEAD]}})
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("kind", spec_lib.LAYER_TYPES)
+def test_model_knows_every_layer_type(kind, images):
+    spec = network(kind)
+    params = model.init(spec.model, seed=0, input_shape=(28, 28))
+    shapes = model.parameter_shapes(spec.model, (28, 28))
+    assert {k: v.shape for k, v in params.items()} == shapes
+    assert len(model.structure(spec.model)) == len(spec.model.layers)
+    hyper = {k: np.float32(v) for k, v in model.hyperparameters(spec.model).items()}
+    # Inference and a training step (dropout, augmentation and batch statistics at work).
+    probabilities = np.asarray(model.probabilities(spec.model, params, images))
+    assert probabilities.shape == (6, 10) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
+    logits, moved = model.forward(spec.model, params, hyper, images, key=jax.random.key(1))
+    assert logits.shape == (6, 10) and np.isfinite(np.asarray(logits)).all()
+    assert set(moved) <= set(params)
+    weights = sum(int(np.prod(s)) for s in shapes.values())
+    assert engine.member_bytes(spec, (28, 28)) > 4 * weights * 2  # at least the weights and their gradient
+
+
+@pytest.mark.parametrize("kind", spec_lib.LAYER_TYPES)
+def test_export_report_and_predict_know_every_layer_type(kind, images):
+    spec = network(kind)
+    params = model.init(spec.model, seed=0, input_shape=(28, 28))
+    proto = export.onnx_model(spec, params)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": images})[0]
+    np.testing.assert_allclose(got, np.asarray(model.probabilities(spec.model, params, images)), atol=1e-5)
+    rows = report.architecture(spec.model, (28, 28), params)
+    assert [row["name"] for row in rows] == ["input", *model.layer_names(spec.model)]
+    assert sum(int(row["params"].replace(",", "")) for row in rows) == sum(v.size for v in params.values())
+    described = [predict.describe_layer(name, layer) for name, layer in zip(model.layer_names(spec.model),
+                                                                            spec.model.layers)]
+    assert [d["type"] for d in described] == [layer.type for layer in spec.model.layers]
