@@ -360,6 +360,70 @@ def test_patience_and_hooks_stop_members(load):
     assert sorted(done) == sorted((m.index, m.status, m.epochs) for m in members)
 
 
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_from_its_checkpoints_to_the_same_numbers(load, tmp_path, monkeypatch):
+    base = spec_lib.with_values(spec_lib.from_dict(DENSE), {"training.epochs": 3})
+    narrow = spec_lib.with_values(base, {"model.layers.1.units": 16})  # another program: a second part
+
+    def members():
+        return [populations.Member(0, base), populations.Member(1, spec_lib.with_values(
+                    base, {"optimizer.learning_rate": 5e-3})), populations.Member(2, narrow),
+                populations.Member(3, spec_lib.with_values(narrow, {"optimizer.learning_rate": 5e-3}))]
+
+    def keep(into):
+        return lambda m, part: into.update({m.index: part.params(m)})
+
+    whole, weights = members(), {}
+    populations.run(whole, load, lanes=2, on_done=keep(weights))
+
+    def stop_after_one_epoch_of_the_second_part(part, result):
+        if part.key == "1.0" and result.epoch == 1:
+            raise KeyboardInterrupt
+
+    folder = tmp_path / "sweep" / "checkpoints here"  # Checkpoints makes the folders it needs
+    stopped = members()
+    with pytest.raises(KeyboardInterrupt):
+        populations.run(stopped, load, lanes=2, checkpoints=populations.Checkpoints(folder),
+                        after_epoch=stop_after_one_epoch_of_the_second_part)
+    assert [m.status for m in stopped] == [populations.COMPLETED] * 2 + [populations.INTERRUPTED] * 2
+
+    # Resumed by fresh members, as a new process would. The width comes from the checkpoint,
+    # not from a measurement (which here would say 1).
+    monkeypatch.setattr(engine, "choose_lanes", lambda *args, **kwargs: 1)
+    resumed, again, epochs = members(), {}, []
+    report = populations.run(resumed, load, checkpoints=populations.Checkpoints(folder), on_done=keep(again),
+                             after_epoch=lambda part, result: epochs.append((part.key, result.epoch)))
+    assert epochs == [("1.0", 2), ("1.0", 3)] and report.lanes == {"1.0": 2}  # the finished part is skipped
+    timeless = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]  # noqa: E731
+    for a, b in zip(whole, resumed):
+        assert timeless(b.history) == timeless(a.history)
+        assert (b.status, b.best_epoch, b.best_value) == (a.status, a.best_epoch, a.best_value)
+        assert (b.train_samples, b.validation_samples) == (a.train_samples, a.validation_samples) == (700, 300)
+    for i in (2, 3):
+        for name, value in weights[i].items():
+            np.testing.assert_array_equal(again[i][name], value)
+
+
+def test_a_part_evaluates_its_members_as_each_alone(load):
+    base = spec_lib.from_dict(DENSE)
+    members = [populations.Member(i, spec_lib.with_values(base, {"training.seed": i})) for i in range(2)]
+    arrays = load("mnist")
+    images, labels = arrays.test_images[:500], arrays.test_labels[:500]
+    seen = {}
+
+    def evaluate(m, part):
+        figures = part.evaluate(images, labels)
+        seen[m.index] = (float(figures["loss"][part.members.index(m)]),
+                         float(figures["accuracy"][part.members.index(m)]), part.params(m))
+
+    populations.run(members, load, lanes=2, on_done=evaluate)
+    for m in members:
+        loss, accuracy, params = seen[m.index]
+        alone_figures = engine.evaluate(m.spec, params, images, labels)
+        assert loss == pytest.approx(float(alone_figures["loss"]), rel=1e-5)
+        assert accuracy == float(alone_figures["accuracy"])
+
+
 def test_divergence_freezes_one_member_and_writes_no_weights(load, tmp_path):
     # SGD at learning rate 1e3 with l2(0.01) multiplies the kernel by about 1 - 2 * 1e3 * 0.01
     # = -19 a step (no max-norm to hold it): it overflows.
