@@ -44,7 +44,7 @@ def train(spec: RunSpec, *, data_dir: str | Path | None = None, runs_dir: str | 
         writer = runs.RunWriter.create(Path(runs_dir), spec) if runs_dir is not None else None
         kept: dict[str, Any] = {}
 
-        def log(m: populations.Member, part: populations.Part) -> None:
+        def record_epoch(m: populations.Member, part: populations.Part) -> None:
             # The weights at the end of each finished epoch: what an interrupted run keeps.
             kept["params"] = part.params(m)
             if writer:
@@ -63,7 +63,7 @@ def train(spec: RunSpec, *, data_dir: str | Path | None = None, runs_dir: str | 
         metric = "val_loss" if spec.training.validation.fraction > 0 else "loss"  # what `best_epoch` follows
         failure = None
         try:
-            report = populations.run([member], lambda _: arrays, metric=metric, on_epoch=log, on_done=done,
+            report = populations.run([member], lambda _: arrays, metric=metric, on_epoch=record_epoch, on_done=done,
                                      on_progress=on_progress)
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as `errors.Terminated`
             # The member is marked interrupted and keeps its finished epochs.
