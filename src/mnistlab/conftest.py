@@ -11,6 +11,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+def pytest_configure(config):
+    # Here rather than in pyproject.toml: mutmut runs the tests from its copy in mutants/,
+    # where only this file comes along.
+    config.addinivalue_line("markers", "slow: starts processes or servers, or trains for seconds; "
+                                       "left out of the inner loop (pytest -m 'not slow')")
+    config.addinivalue_line("markers", "mnist: reads the real MNIST files (added to every test that "
+                                       "asks for mnist_root)")
+
+
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
     """The folder holding mnist/: $MNISTLAB_DATA, else ../shared/datasets beside the clone."""
