@@ -395,6 +395,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoints_to_the_same_numbers(loa
     report = populations.run(resumed, load, checkpoints=populations.Checkpoints(folder), on_done=keep(again),
                              after_epoch=lambda part, result: epochs.append((part.key, result.epoch)))
     assert epochs == [("1.0", 2), ("1.0", 3)] and report.lanes == {"1.0": 2}  # the finished part is skipped
+    assert not list((folder / "checkpoints").iterdir())  # a finished part's checkpoint is let go
     timeless = lambda history: [{k: v for k, v in r.items() if k != "seconds"} for r in history]  # noqa: E731
     for a, b in zip(whole, resumed):
         assert timeless(b.history) == timeless(a.history)
