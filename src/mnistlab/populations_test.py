@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 import mnistlab
-from mnistlab import engine, populations, search
+from mnistlab import engine, populations, runs, search
 from mnistlab import spec as spec_lib
 from mnistlab import tune as tune_lib
 from mnistlab.populations import DATA, MEMBER, NESTED, PROGRAM, ROLES
@@ -424,6 +424,34 @@ def test_a_part_evaluates_its_members_as_each_alone(load):
         alone_figures = engine.evaluate(m.spec, params, images, labels)
         assert loss == pytest.approx(float(alone_figures["loss"]), rel=1e-5)
         assert accuracy == float(alone_figures["accuracy"])
+
+
+def test_the_loader_reads_each_dataset_once_from_its_folder(mnist_root, synthetic, tmp_path, monkeypatch):
+    # Nowhere else to find it: MNISTLAB_DATA and the cache empty, the only mirror refusing.
+    for name, value in (("MNISTLAB_DATA", tmp_path), ("MNISTLAB_CACHE", tmp_path),
+                        ("MNISTLAB_MIRRORS", "http://127.0.0.1:9/")):
+        monkeypatch.setenv(name, str(value))
+    load = populations.loader(mnist_root)
+    assert load("mnist").source == mnist_root / "mnist" and load("mnist") is load("mnist")
+    assert populations.loader(tmp_path, given=synthetic)("mnist") is synthetic  # given: never read again
+
+
+def test_a_member_becomes_an_ordinary_run_folder(load, tmp_path):
+    m = populations.Member(0, spec_lib.with_values(spec_lib.from_dict(DENSE), {"training.epochs": 1}))
+    kept = {}
+    populations.run([m], load, lanes=1, on_done=lambda member, part: kept.update(part.params(member)))
+    dest = tmp_path / "member-0"
+    stale = tmp_path / ".member-0.tmp"  # what a writer killed half-way left
+    stale.mkdir()
+    (stale / "junk").write_text("half a run")
+    assert populations.write_run(dest, m, kept, note="kept") == dest
+    run = runs.open_run(dest)
+    assert not stale.exists() and not (dest / "junk").exists()
+    assert run.status == "completed" and run.metrics == m.history and run.summary["note"] == "kept"
+    assert run.summary["weights_sha256"] == runs.tensors_digest(kept)
+    for name, value in run.params().items():
+        np.testing.assert_array_equal(value, kept[name])
+    assert populations.write_run(dest, m, None) == dest and runs.open_run(dest).summary == run.summary
 
 
 def test_divergence_freezes_one_member_and_writes_no_weights(load, tmp_path):
