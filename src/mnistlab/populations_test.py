@@ -449,6 +449,14 @@ def test_a_member_becomes_an_ordinary_run_folder(load, tmp_path):
     assert not stale.exists() and not (dest / "junk").exists()
     assert run.status == "completed" and run.metrics == m.history and run.summary["note"] == "kept"
     assert run.summary["weights_sha256"] == runs.tensors_digest(kept)
+    seconds = [r["seconds"] for r in m.history]
+    assert {k: run.summary[k] for k in ("name", "status", "epochs_completed", "epochs_requested", "best_epoch",
+                                         "train_samples", "validation_samples", "train_seconds",
+                                         "seconds_per_epoch", "final")} == {
+        "name": "p", "status": "completed", "epochs_completed": 1, "epochs_requested": 1, "best_epoch": 1,
+        "train_samples": 700, "validation_samples": 300, "train_seconds": sum(seconds),
+        "seconds_per_epoch": seconds, "final": m.history[-1]}
+    assert run.summary["environment"] == runs.environment()
     for name, value in run.params().items():
         np.testing.assert_array_equal(value, kept[name])
     assert populations.write_run(dest, m, None) == dest and runs.open_run(dest).summary == run.summary
