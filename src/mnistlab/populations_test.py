@@ -426,6 +426,14 @@ def test_a_part_evaluates_its_members_as_each_alone(load):
         assert accuracy == float(alone_figures["accuracy"])
 
 
+def test_better_follows_the_direction_of_the_metric():
+    assert populations.direction("val_loss") == "minimize" and populations.direction("val_accuracy") == "maximize"
+    assert populations.better(0.9, 0.8, "val_accuracy") and not populations.better(0.7, 0.8, "val_accuracy")
+    assert populations.better(0.3, 0.4, "loss") and not populations.better(0.5, 0.4, "val_loss")
+    assert populations.better(0.1, None, "loss") and not populations.better(math.nan, None, "loss")
+    assert populations.better(0.5, math.nan, "val_accuracy")  # anything finite beats a diverged best
+
+
 def test_the_loader_reads_each_dataset_once_from_its_folder(mnist_root, synthetic, tmp_path, monkeypatch):
     # Nowhere else to find it: MNISTLAB_DATA and the cache empty, the only mirror refusing.
     for name, value in (("MNISTLAB_DATA", tmp_path), ("MNISTLAB_CACHE", tmp_path),
