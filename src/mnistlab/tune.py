@@ -661,11 +661,10 @@ def run(tune: TuneSpec, trials: int, *, study_dir: str | Path | None = None, sto
         finally:
             for o in opened.values():
                 beats.remove(o.trial._trial_id)
-    summary = write_outputs(study, folder, tune, settings, url, trials, with_importances=True)
+    summary, rows = write_outputs(study, folder, tune, settings, url, trials, with_importances=True)
     _prune_trial_folders(study, folder)
     _emit(on_event, {"event": "done", "seconds": time.perf_counter() - started})
-    return TuneResult(folder, url, counts(study), summary, trial_rows(study, tune), interrupted, timed_out,
-                      exit_code)
+    return TuneResult(folder, url, counts(study), summary, rows, interrupted, timed_out, exit_code)
 
 
 def _ask(study, tune: TuneSpec, settings: TuneSettings, base: spec_lib.RunSpec, seed: int, n: int,
@@ -933,8 +932,9 @@ def importances(study) -> tuple[dict[str, float], str]:
 
 
 def write_outputs(study, folder: Path, tune: TuneSpec, settings: TuneSettings, url: str, trials: int | None,
-                  with_importances: bool) -> dict[str, Any]:
-    """study.json, trials.json / trials.csv and metrics.jsonl, all from the storage."""
+                  with_importances: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """study.json, trials.json / trials.csv and metrics.jsonl, all from the storage; returns
+    (study.json's summary, trials.json's rows)."""
     rows = trial_rows(study, tune)
     metrics = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
@@ -966,7 +966,7 @@ def write_outputs(study, folder: Path, tune: TuneSpec, settings: TuneSettings, u
     runs.atomic_write(folder / TRIALS_CSV, search.rows_csv(rows))
     runs.atomic_write(folder / METRICS, "".join(json.dumps(m) + "\n" for m in metrics))
     runs.atomic_write(folder / STUDY, json.dumps(summary, indent=2) + "\n")
-    return summary
+    return summary, rows
 
 
 # ------------------------------------------------------------------ the test set, once
