@@ -34,7 +34,7 @@ import numpy as np
 
 from mnistlab import data, model, multilabel, populations, stats
 from mnistlab import spec as spec_lib
-from mnistlab.errors import UserError
+from mnistlab.errors import UserError, suggest
 
 # ------------------------------------------------------------------ budgets
 
@@ -524,12 +524,14 @@ CLAIMS: dict[str, Callable[[Budget], Claim]] = {
 
 
 def claims(budget: Budget, only: list[str] | None = None) -> list[Claim]:
-    """The claims to run: `only` (in CLAIMS' order), else the budget's default set."""
+    """The claims to run: `only` (in CLAIMS' order; an item may name several, comma-separated),
+    else the budget's default set."""
+    only = [k.strip() for item in only or [] for k in item.split(",") if k.strip()]
     if only:
         unknown = [k for k in only if k not in CLAIMS]
         if unknown:
             raise UserError(f"--only {unknown[0]!r}: unknown claim; "
-                            f"{spec_lib.suggest(unknown[0], tuple(CLAIMS))}")
+                            f"{suggest(unknown[0], tuple(CLAIMS))}")
         keys = [k for k in CLAIMS if k in only]
     else:
         keys = [k for k in CLAIMS if budget.claims is None or k in budget.claims]

@@ -81,6 +81,13 @@ def test_unknown_claim_is_a_user_error():
         ablate.claims(ablate.QUICK, ["dropuot"])
 
 
+def test_only_takes_claims_repeated_or_comma_separated_in_their_own_order():
+    chosen = ablate.claims(ablate.QUICK, ["decay, dropout", "activation,"])
+    assert [c.key for c in chosen] == ["dropout", "activation", "decay"]
+    with pytest.raises(UserError, match="'dropuot'"):
+        ablate.claims(ablate.QUICK, ["dropout,dropuot"])
+
+
 # ------------------------------------------------------------------ measurements
 
 

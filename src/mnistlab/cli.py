@@ -11,7 +11,6 @@ from typing import Annotated, Optional
 import typer
 
 from mnistlab import console
-from mnistlab.console import say
 from mnistlab.errors import UserError, interrupt_code, raise_on_sigterm
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -39,10 +38,7 @@ def train(
     from mnistlab import spec as spec_lib
     from mnistlab import training
 
-    if config is not None and preset is not None:
-        raise UserError("give either CONFIG or --preset, not both")
-    spec = spec_lib.load(config) if config is not None else spec_lib.preset(preset or "seed")
-    spec = spec_lib.with_overrides(spec, set_ or [])
+    spec = spec_lib.from_source(config, preset, set_ or [])
     with console.epochs_progress(spec.training.epochs, quiet) as (on_epoch, on_progress):
         result = training.train(spec, data_dir=data_dir, runs_dir=runs_dir, test=test, on_epoch=on_epoch,
                                 on_progress=on_progress, log=log or [])
@@ -67,7 +63,7 @@ def sweep(
     from mnistlab import search
 
     spec = search.load_sweep(config)
-    say(search.plan(spec, str(config)))
+    console.say(search.plan(spec, str(config)))
     if storage is not None:
         if resume:
             raise UserError("--resume goes without --storage: a sweep in a storage resumes by running it again")
@@ -135,7 +131,7 @@ def tune(
     if final:
         done = tune_lib.final(space, study_dir=folder, storage=storage, settings=settings,
                               with_validation=with_validation, retest=retest, data_dir=data_dir,
-                              on_epoch=None if quiet else (lambda r: say("final: " + console.keras_line(r, r["epochs"]))))
+                              on_epoch=console.final_epochs(quiet))
         console.final_result(space.name, done)
 
 
@@ -156,7 +152,6 @@ def ablate(
     """Measure the tutorial's claims over seeds: verdicts from 95% intervals, Markdown + HTML report."""
     from mnistlab import ablate_report
 
-    only = [k.strip() for item in only or [] for k in item.split(",") if k.strip()] or None
     try:
         done = ablate_report.run_and_report(budget, seeds=seeds, only=only, out_dir=out_dir, docs=docs,
                                             data_dir=str(data_dir) if data_dir else None,
@@ -177,7 +172,7 @@ def evaluate(
     from mnistlab import training
 
     result = training.evaluate(run, split, data_dir)
-    say(f"{split}: loss {result['loss']:.4f} - accuracy {result['accuracy']:.4f} ({result['samples']} samples)")
+    console.say(f"{split}: loss {result['loss']:.4f} - accuracy {result['accuracy']:.4f} ({result['samples']} samples)")
 
 
 @app.command()
@@ -243,7 +238,7 @@ def export(
     from mnistlab import export as export_lib, runs
 
     fmt = export_lib.write(runs.open_run(run), out_path, format_, input_type=input_type, overwrite=force)
-    say(f"wrote {out_path} ({fmt})")
+    console.say(f"wrote {out_path} ({fmt})")
 
 
 @app.command()
@@ -256,7 +251,7 @@ def report(
     """One self-contained HTML page about a run, sweep or study: curves, confusion, mistakes, weights."""
     from mnistlab import report as report_lib
 
-    say(f"wrote {report_lib.write(folder, out_file, data_dir)}")
+    console.say(f"wrote {report_lib.write(folder, out_file, data_dir)}")
 
 
 @app.command()
@@ -272,7 +267,7 @@ def plot(
     """Draw one picture of a run with matplotlib."""
     from mnistlab import report as report_lib
 
-    say(f"wrote {report_lib.write_plot(run, out_file, what, split, data_dir)}")
+    console.say(f"wrote {report_lib.write_plot(run, out_file, what, split, data_dir)}")
 
 
 @app.command()
@@ -286,7 +281,7 @@ def compare(
 
     console.comparison(report_lib.compare(run_dirs))
     if out_file is not None:
-        say(f"wrote {report_lib.write_comparison(run_dirs, out_file)}")
+        console.say(f"wrote {report_lib.write_comparison(run_dirs, out_file)}")
 
 
 def main() -> None:

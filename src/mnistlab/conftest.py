@@ -119,9 +119,9 @@ def pytest_collection_modifyitems(config, items):
     """Mark the tests that read the real MNIST files; under a mutant, keep only the tests
     beside its module, quickest file first.
 
-    A module's mutants are for its own tests to catch (engine's for engine_test.py, model's
-    for model_test.py and model_conv_test.py): a bug that only another module's tests
-    notice is a test missing beside the code. It also keeps a survivor cheap: spec's
+    A module's mutants are for its own tests to catch (engine's for engine_test.py, layers'
+    for layers_test.py, layers_conv_test.py and layers_dense_test.py): a bug that only
+    another module's tests notice is a test missing beside the code. It also keeps a survivor cheap: spec's
     validation is reached by 400 tests, minutes of training, and by 37 of spec_test.py's.
     Files run quickest first, each in its own order (a module's fixtures are built once
     only while its tests stay together); a mutant's run stops at its first failure."""

@@ -228,6 +228,11 @@ def study_results(space, result) -> None:
         f"study folder {result.path}; open it live: {s['dashboard']}")
 
 
+def final_epochs(quiet: bool) -> Callable[[dict[str, Any]], None] | None:
+    """on_epoch for `tune.final`: the retraining's Keras lines, marked as the final's."""
+    return None if quiet else (lambda r: say("final: " + keras_line(r, r["epochs"])))
+
+
 def final_result(space_name: str, done) -> None:
     """`tune --final`: the retrained best trial's test figures, or why the test set was not read again."""
     from mnistlab import tune

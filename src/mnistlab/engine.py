@@ -620,10 +620,9 @@ def member_bytes(spec: RunSpec, input_shape: int | tuple[int, ...]) -> int:
     """About how much device memory one member needs: weights, optimizer state, activations."""
     shapes = spec_lib.output_shapes(spec.model.layers, model.as_shape(input_shape))
     widths = [int(np.prod(shape)) for shape in shapes]
-    # A convolution's patch matrix (kh * kw * channels per output pixel) is kept for backward too.
-    widths += [int(np.prod(after[:2])) * layer.kernel_size[0] * layer.kernel_size[1] * before[-1]
-               for layer, before, after in zip(spec.model.layers, shapes, shapes[1:])
-               if isinstance(layer, spec_lib.Conv2D)]
+    # What layers keep for backward besides their outputs (a convolution's patch matrix).
+    widths += [layer.kept_for_backward(before, after)
+               for layer, before, after in zip(spec.model.layers, shapes, shapes[1:])]
     weights = sum(int(np.prod(shape)) for shape in model.parameter_shapes(spec.model, input_shape).values())
     shapes = jax.eval_shape(lambda p: optim.build(spec.optimizer, optim.hyperparameters(spec.optimizer)).init(p),
                             {"w": jax.ShapeDtypeStruct((weights,), jnp.float32)})

@@ -6,6 +6,17 @@ exit code 2; every other exception is a bug in mnistlab (exit code 1).
 """
 
 
+import difflib
+
+
+def suggest(name: str, known: tuple[str, ...] | list[str]) -> str:
+    """"did you mean 'x'?" for a near miss of a known name, else the list of known names."""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return "expected one of: " + ", ".join(known)
+
+
 class UserError(Exception):
     """Bad input: the message names the thing that is wrong and how to fix it."""
 

@@ -10,7 +10,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from mnistlab import export, model, runs, spec as spec_lib
+from mnistlab import export, layers, model, runs, spec as spec_lib
 from mnistlab.errors import UserError
 from mnistlab.predict import Predictor
 from mnistlab.predict_test import (  # noqa: F401 (shared session fixtures)
@@ -138,7 +138,7 @@ def with_statistics(spec: spec_lib.ModelSpec, params: dict[str, np.ndarray], ima
     # Without dropout and augmentation the training pass is deterministic; the layer names,
     # and so the parameter names, stay the same.
     core = spec.model_copy(update={"layers": [
-        layer for layer in spec.layers if not isinstance(layer, (*spec_lib.AUGMENTATIONS, spec_lib.Dropout))]})
+        layer for layer in spec.layers if not isinstance(layer, (spec_lib.Augmentation, spec_lib.Dropout))]})
     hyper = {k: 0.0 if k.endswith(".momentum") else v for k, v in model.hyperparameters(core).items()}
     _, moved = model.forward(core, out, hyper, images, key=jax.random.key(seed))
     return {**out, **{k: np.asarray(v) for k, v in moved.items()}}
@@ -153,13 +153,13 @@ def with_statistics(spec: spec_lib.ModelSpec, params: dict[str, np.ndarray], ima
     (28, 1, 4, (0, 0)),  # windows fit without any padding: none, never negative
 ])
 def test_same_padding_is_tensorflows(size, window, stride, pads):
-    assert export.same_pads(size, window, stride) == pads
+    assert layers.same_padding(size, window, stride) == pads
 
 
 def test_same_pads_of_an_oblong_window_follow_each_axis():
     # ONNX's order: [top, left, bottom, right]; height 28 with 3 rows, width 28 with 6 columns at stride 2
-    assert export.onnx_pads((28, 28, 1), (3, 6), (1, 2), "same") == [1, 2, 1, 2]
-    assert export.onnx_pads((28, 28, 1), (3, 6), (1, 2), "valid") == [0, 0, 0, 0]
+    assert layers.onnx_pads((28, 28, 1), (3, 6), (1, 2), "same") == [1, 2, 1, 2]
+    assert layers.onnx_pads((28, 28, 1), (3, 6), (1, 2), "valid") == [0, 0, 0, 0]
 
 
 @pytest.mark.slow

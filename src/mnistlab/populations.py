@@ -42,24 +42,20 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from mnistlab import data, engine, runs
+from mnistlab import data, engine, layers, runs
 from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError
+from mnistlab.layers import NESTED, NUMBER, PROGRAM
 from mnistlab.spec import RunSpec
 
 # ------------------------------------------------------------------ what groups members
 
-PROGRAM, NUMBER, MEMBER, DATA = "program", "number", "member", "data"
-NESTED = "nested"  # a table whose own fields are classified (its class has an entry)
+# A field's role: PROGRAM, NUMBER and NESTED as in `layers`, and
+MEMBER, DATA = "member", "data"  # a member's own (seed, epochs, name), or the images it sees
 
-_AUGMENTATION = {"fill_mode": PROGRAM, "fill_value": NUMBER}
-_WEIGHTS = {"use_bias": PROGRAM, "kernel_initializer": NESTED, "bias_initializer": NESTED,
-            # Whether a penalty term is there at all is program (model._terms); its strength a number.
-            "kernel_regularizer": NESTED, "bias_regularizer": NESTED}
-_POOLING = {"type": PROGRAM, "pool_size": PROGRAM, "strides": PROGRAM, "padding": PROGRAM}
-
-# Class name -> field -> role. populations_test.py checks that every field of every model
-# reachable from RunSpec is here, and that each role holds in the code.
+# Class name -> field -> role; each layer type declares its own (`layers.Layer.roles`).
+# populations_test.py checks that every field of every model reachable from RunSpec is
+# here, and that each role holds in the code.
 ROLES: dict[str, dict[str, str]] = {
     "RunSpec": {"name": MEMBER, "dataset": DATA, "model": NESTED, "optimizer": NESTED, "training": NESTED},
     "TrainingSpec": {"epochs": MEMBER, "batch_size": PROGRAM, "eval_batch_size": PROGRAM, "shuffle": PROGRAM,
@@ -71,23 +67,7 @@ ROLES: dict[str, dict[str, str]] = {
     "Initializer": dict.fromkeys(("name", "mean", "stddev", "minval", "maxval", "value"), MEMBER),
     "Regularizer": {"l1": NUMBER, "l2": NUMBER},
     "MaxNorm": {"max_value": NUMBER},
-    "Dense": {"type": PROGRAM, "units": PROGRAM, "activation": PROGRAM, **_WEIGHTS,
-              "kernel_constraint": NESTED},  # a constraint's presence is program, its bound a number
-    "Conv2D": {"type": PROGRAM, "filters": PROGRAM, "kernel_size": PROGRAM, "strides": PROGRAM,
-               "padding": PROGRAM, "activation": PROGRAM, **_WEIGHTS},
-    "Activation": {"type": PROGRAM, "activation": PROGRAM},
-    "Dropout": {"type": PROGRAM, "rate": NUMBER},
-    "MaxPooling2D": _POOLING,
-    "AveragePooling2D": _POOLING,
-    "Flatten": {"type": PROGRAM},
-    "GlobalAveragePooling2D": {"type": PROGRAM},
-    "BatchNormalization": {"type": PROGRAM, "momentum": NUMBER, "epsilon": PROGRAM, "center": PROGRAM,
-                           "scale": PROGRAM},
-    "RandomTranslation": {"type": PROGRAM, "height_factor": NUMBER, "width_factor": NUMBER, **_AUGMENTATION},
-    "RandomRotation": {"type": PROGRAM, "factor": NUMBER, **_AUGMENTATION},
-    # width_factor: None (zoom both axes alike) or a number is program; the number itself is not.
-    "RandomZoom": {"type": PROGRAM, "height_factor": NUMBER, "width_factor": NUMBER, **_AUGMENTATION},
-    "ElasticDistortion": {"type": PROGRAM, "alpha": NUMBER, "sigma": NUMBER, **_AUGMENTATION},
+    **{cls.__name__: cls.roles for cls in layers.TYPES},
     "Schedule": {"name": PROGRAM, "decay_steps": PROGRAM, "warmup_steps": PROGRAM, "staircase": PROGRAM,
                  "decay_rate": NUMBER, "alpha": NUMBER},
     "OptimizerSpec": {"name": PROGRAM, "learning_rate": NUMBER, "decay": NUMBER, "schedule": NESTED,
@@ -95,6 +75,7 @@ ROLES: dict[str, dict[str, str]] = {
                       "epsilon": NUMBER, "amsgrad": PROGRAM, "weight_decay": NUMBER, "rho": NUMBER,
                       "initial_accumulator_value": NUMBER},
 }
+
 
 def field_at(spec: RunSpec, path: str) -> tuple[str, str]:
     """(class name, field) of a dotted path into `spec` ("model.layers.1.units" -> ("Dense", "units"))."""

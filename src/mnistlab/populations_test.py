@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel
 
 import mnistlab
-from mnistlab import engine, populations, runs, search
+from mnistlab import engine, layers, populations, runs, search
 from mnistlab import spec as spec_lib
 from mnistlab import tune as tune_lib
 from mnistlab.populations import DATA, MEMBER, NESTED, PROGRAM, ROLES
@@ -123,7 +123,7 @@ BASES = {
     "conv": (CONV, lambda path: path.startswith("model.layers.")),
 }
 
-NAMES = (*spec_lib.ACTIVATIONS, *spec_lib.INITIALIZERS, *spec_lib.OPTIMIZERS, "exponential", "inverse_time",
+NAMES = (*layers.ACTIVATIONS, *layers.INITIALIZERS, *spec_lib.OPTIMIZERS, "exponential", "inverse_time",
          "step", "cosine", "constant", "stratified", "last", "same", "valid", "reflect", "nearest", "wrap")
 
 

@@ -125,21 +125,10 @@ class Predictor:
 # What `description` shows of each kind of layer: the settings that say what it computes
 # at inference (not its initializers or penalties). Unlisted kinds (flatten, global
 # average pooling, the augmentation layers) are described by their type alone.
-DESCRIBED = {
-    "dense": ("units", "activation"),
-    "activation": ("activation",),
-    "dropout": ("rate",),
-    "conv2d": ("filters", "kernel_size", "strides", "padding", "activation"),
-    "max_pooling2d": ("pool_size", "strides", "padding"),
-    "average_pooling2d": ("pool_size", "strides", "padding"),
-    "batch_normalization": ("epsilon", "center", "scale"),
-}
-
-
 def describe_layer(name: str, layer) -> dict[str, Any]:
-    """{"name", "type", and the settings of DESCRIBED}, pairs as JSON lists."""
+    """{"name", "type", and the settings the layer type describes itself by}, pairs as JSON lists."""
     entry: dict[str, Any] = {"name": name, "type": layer.type}
-    for key in DESCRIBED.get(layer.type, ()):
+    for key in layer.described:
         value = getattr(layer, key)
         entry[key] = list(value) if isinstance(value, tuple) else value
     return entry

@@ -180,7 +180,7 @@ def first_maps(spec, params, image: np.ndarray) -> tuple[str, str, np.ndarray] |
 def _batch(spec) -> int:
     # A convolution's maps are tens of times the image: 4096 images of the cnn preset's
     # first layer would be 350 MB, so spatial models go through in smaller batches.
-    return 500 if any(isinstance(layer, spec_lib.SPATIAL) for layer in spec.layers) else 4096
+    return 500 if spec_lib.takes_image(spec.layers) else 4096
 
 
 def probabilities(spec, params, images: np.ndarray, batch: int | None = None) -> np.ndarray:
@@ -348,7 +348,7 @@ PLOTS = ("curves", "confusion", "mistakes", "weights", "feature-maps", "histogra
 
 def check_plot(what: str) -> None:
     if what not in PLOTS:
-        from mnistlab.spec import suggest
+        from mnistlab.errors import suggest
 
         raise UserError(f"--what {what!r}: {suggest(what, PLOTS)}")
 
@@ -639,10 +639,7 @@ def architecture(spec, image_shape: tuple[int, ...], params: dict[str, np.ndarra
     rows = [{"name": "input", "settings": f"pixels x {spec.input_rescale:.4g}", "shape": _shape_text(shapes[0]),
              "params": "0"}]
     for name, layer, after in zip(model.layer_names(spec), spec.layers, shapes[1:]):
-        settings = layer.model_dump(exclude_defaults=True, exclude={"type"})
-        if layer.type in ("max_pooling2d", "average_pooling2d"):  # strides default to the pool size: show the size
-            settings = {"pool_size": layer.pool_size,
-                        **{k: v for k, v in settings.items() if not (k == "strides" and tuple(v) == layer.pool_size)}}
+        settings = layer.summary_settings()
         count = sum(int(np.prod(v.shape)) for k, v in params.items() if k.rpartition("/")[0] == name)
         rows.append({"name": name, "settings": ", ".join(f"{k}={_setting_text(v)}" for k, v in settings.items()),
                      "shape": _shape_text(after), "params": f"{count:,}"})

@@ -48,7 +48,7 @@ from safetensors.numpy import load_file, save_file
 
 from mnistlab import data, populations, runs, stats
 from mnistlab import spec as spec_lib
-from mnistlab.errors import UserError
+from mnistlab.errors import UserError, suggest
 
 # ------------------------------------------------------------------ the specification
 
@@ -219,7 +219,7 @@ def expand_point(base: spec_lib.RunSpec, point: dict[str, Any]) -> dict[str, Any
         return values
     for key in family:
         if key not in MLP_KEYS:
-            raise UserError(f"mlp.{key}: unknown family setting: {spec_lib.suggest(key, MLP_KEYS)} "
+            raise UserError(f"mlp.{key}: unknown family setting: {suggest(key, MLP_KEYS)} "
                             f"(known: {', '.join('mlp.' + k for k in MLP_KEYS)})")
     rest = {k: v for k, v in values.items() if not k.startswith("mlp.")}
     return {"model.layers": mlp_layers(base.model, family), **rest}

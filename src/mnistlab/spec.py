@@ -12,370 +12,87 @@ exactly what was trained. Names and defaults are Keras' (see
 
 from __future__ import annotations
 
-import difflib
 import math
 import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from mnistlab import layers
+from mnistlab.errors import UserError, suggest
+# The layer types are part of the specification (`spec.Dense` is `layers.Dense`), so that a
+# specification can be written in Python from this module alone.
+from mnistlab.layers import (  # noqa: F401
+    Activation,
+    Augmentation,
+    AveragePooling2D,
+    BatchNormalization,
+    Conv2D,
+    Dense,
+    Dropout,
+    ElasticDistortion,
+    Flatten,
+    GlobalAveragePooling2D,
+    Initializer,
+    MaxNorm,
+    MaxPooling2D,
+    RandomRotation,
+    RandomTranslation,
+    RandomZoom,
+    Regularizer,
+    Settings,
 )
 
-from mnistlab.errors import UserError
+# The layer types and their settings live in `layers`, one class per type.
+AnyLayer = Annotated[Union[layers.TYPES], Field(discriminator="type")]
 
-ACTIVATIONS = (
-    "linear", "relu", "sigmoid", "softmax", "tanh", "leaky_relu", "elu", "gelu", "softplus",
-)
-INITIALIZERS = (
-    "glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "lecun_normal",
-    "lecun_uniform", "zeros", "ones", "constant", "random_normal", "random_uniform",
-    "truncated_normal",
-)
-# Keras' default arguments for the initializers that take any.
-INITIALIZER_DEFAULTS: dict[str, dict[str, float]] = {
-    "constant": {"value": 0.0},
-    "random_normal": {"mean": 0.0, "stddev": 0.05},
-    "random_uniform": {"minval": -0.05, "maxval": 0.05},
-    "truncated_normal": {"mean": 0.0, "stddev": 0.05},
-}
-# The string forms of Keras' regularizers mean a factor of 0.01.
-REGULARIZER_STRINGS: dict[str, dict[str, float]] = {
-    "l1": {"l1": 0.01, "l2": 0.0},
-    "l2": {"l1": 0.0, "l2": 0.01},
-    "l1_l2": {"l1": 0.01, "l2": 0.01},
-}
 
-
-def suggest(name: str, known: tuple[str, ...] | list[str]) -> str:
-    """' (did you mean 'x'?)' for a near miss, else the list of known names."""
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean '{close[0]}'?"
-    return "expected one of: " + ", ".join(known)
-
-
-def _check_name(value: str, known: tuple[str, ...], what: str) -> str:
-    if value not in known:
-        raise ValueError(f"unknown {what} '{value}': {suggest(value, known)}")
-    return value
-
-
-class _Strict(BaseModel):
-    # Unknown keys are errors, never silently ignored: a typo must not train the
-    # wrong model. `validate_assignment` keeps overrides as strict as construction.
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_assignment=True)
-
-
-class Initializer(_Strict):
-    """A Keras initializer: a name plus its arguments (mean/stddev, minval/maxval, value)."""
-
-    name: str
-    mean: float | None = None
-    stddev: float | None = Field(default=None, gt=0)
-    minval: float | None = None
-    maxval: float | None = None
-    value: float | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_string(cls, data: Any) -> Any:
-        return {"name": data} if isinstance(data, str) else data
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        return _check_name(v, INITIALIZERS, "initializer")
-
-    @model_validator(mode="after")
-    def _defaults(self) -> "Initializer":
-        allowed = INITIALIZER_DEFAULTS.get(self.name, {})
-        given = {k for k in ("mean", "stddev", "minval", "maxval", "value") if getattr(self, k) is not None}
-        extra = given - set(allowed)
-        if extra:
-            raise ValueError(f"initializer '{self.name}' takes no argument {sorted(extra)}"
-                             + (f"; it takes {sorted(allowed)}" if allowed else ""))
-        for key, default in allowed.items():
-            if getattr(self, key) is None:
-                object.__setattr__(self, key, default)
-        if self.name == "random_uniform" and not self.minval < self.maxval:
-            raise ValueError(f"random_uniform needs minval < maxval, got {self.minval} >= {self.maxval}")
-        return self
-
-
-class Regularizer(_Strict):
-    """Keras' l1 / l2 / l1_l2: penalty = l1 * sum(|w|) + l2 * sum(w**2), no mean, no 1/2."""
-
-    l1: float = Field(default=0.0, ge=0)
-    l2: float = Field(default=0.0, ge=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_string(cls, data: Any) -> Any:
-        if isinstance(data, str):
-            if data not in REGULARIZER_STRINGS:
-                raise ValueError(f"unknown regularizer '{data}': {suggest(data, tuple(REGULARIZER_STRINGS))}")
-            return REGULARIZER_STRINGS[data]
-        return data
-
-
-class MaxNorm(_Strict):
-    """Keras' MaxNorm constraint: each unit's incoming weight vector is scaled back to norm <= max_value."""
-
-    max_value: float = Field(default=2.0, gt=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_number(cls, data: Any) -> Any:
-        return {"max_value": data} if isinstance(data, (int, float)) else data
-
-
-# An activation's name, checked against ACTIVATIONS (Dense, Conv2D and Activation take one).
-ActivationName = Annotated[str, AfterValidator(lambda v: _check_name(v, ACTIVATIONS, "activation"))]
-
-
-class Dense(_Strict):
-    type: Literal["dense"] = "dense"
-    units: int = Field(gt=0)
-    activation: ActivationName = "linear"
-    use_bias: bool = True
-    kernel_initializer: Initializer = Initializer(name="glorot_uniform")
-    bias_initializer: Initializer = Initializer(name="zeros")
-    kernel_regularizer: Regularizer | None = None
-    bias_regularizer: Regularizer | None = None
-    kernel_constraint: MaxNorm | None = None
-
-
-class Activation(_Strict):
-    type: Literal["activation"] = "activation"
-    activation: ActivationName
-
-
-class Dropout(_Strict):
-    """Inverted dropout: zero each unit with probability `rate`, scale survivors by 1/(1-rate)."""
-
-    type: Literal["dropout"] = "dropout"
-    rate: float = Field(ge=0.0, lt=1.0)
-
-
-def _pair(data: Any, *names: str) -> Any:
-    """Keras takes `kernel_size = 3` for (3, 3): widen the named fields' ints to pairs."""
-    if isinstance(data, dict):
-        data = dict(data)
-        for name in names:
-            if isinstance(data.get(name), int):
-                data[name] = (data[name], data[name])
-    return data
-
-
-Pair = tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]
-Padding = Literal["valid", "same"]
-
-
-class Conv2D(_Strict):
-    """Keras' Conv2D on channels-last images: kernel (kh, kw, in, filters), cross-correlation."""
-
-    type: Literal["conv2d"] = "conv2d"
-    filters: int = Field(gt=0)
-    kernel_size: Pair
-    strides: Pair = (1, 1)
-    padding: Padding = "valid"
-    activation: ActivationName = "linear"
-    use_bias: bool = True
-    kernel_initializer: Initializer = Initializer(name="glorot_uniform")
-    bias_initializer: Initializer = Initializer(name="zeros")
-    kernel_regularizer: Regularizer | None = None
-    bias_regularizer: Regularizer | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _pairs(cls, data: Any) -> Any:
-        return _pair(data, "kernel_size", "strides")
-
-
-class MaxPooling2D(_Strict):
-    """Keras' MaxPooling2D; `strides` defaults to `pool_size` (windows side by side)."""
-
-    type: Literal["max_pooling2d"] = "max_pooling2d"
-    pool_size: Pair = (2, 2)
-    strides: Pair | None = None
-    padding: Padding = "valid"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _pairs(cls, data: Any) -> Any:
-        return _pair(data, "pool_size", "strides")
-
-    @model_validator(mode="after")
-    def _default_strides(self):
-        if self.strides is None:
-            object.__setattr__(self, "strides", self.pool_size)
-        return self
-
-
-class AveragePooling2D(MaxPooling2D):
-    """Keras' AveragePooling2D; with padding "same", border windows average what they cover."""
-
-    type: Literal["average_pooling2d"] = "average_pooling2d"  # type: ignore[assignment]
-
-
-class Flatten(_Strict):
-    type: Literal["flatten"] = "flatten"
-
-
-class GlobalAveragePooling2D(_Strict):
-    """The mean of each channel over the image: (H, W, C) -> (C,)."""
-
-    type: Literal["global_average_pooling2d"] = "global_average_pooling2d"
-
-
-class BatchNormalization(_Strict):
-    """Keras' BatchNormalization over the last axis.
-
-    Training: normalise with the batch's mean and (biased) variance, and move
-    moving = momentum * moving + (1 - momentum) * batch. Inference: use the moving ones.
-    """
-
-    type: Literal["batch_normalization"] = "batch_normalization"
-    momentum: float = Field(default=0.99, ge=0.0, lt=1.0)
-    epsilon: float = Field(default=1e-3, gt=0.0)
-    center: bool = True
-    scale: bool = True
-
-
-FillMode = Literal["reflect", "constant", "nearest", "wrap"]
-
-
-class _Augmentation(_Strict):
-    # Keras' preprocessing layers: active in training only, identity at inference.
-    # Keras' default fill mode is "reflect"; for digits on black, "constant" (0) is usual.
-    fill_mode: FillMode = "reflect"
-    fill_value: float = 0.0
-
-
-class RandomTranslation(_Augmentation):
-    """Shift by up to height_factor * H rows and width_factor * W columns, uniformly drawn."""
-
-    type: Literal["random_translation"] = "random_translation"
-    height_factor: float = Field(ge=0.0, le=1.0)
-    width_factor: float = Field(ge=0.0, le=1.0)
-
-
-class RandomRotation(_Augmentation):
-    """Rotate by an angle drawn uniformly in [-factor, factor] * 2 pi (Keras' unit)."""
-
-    type: Literal["random_rotation"] = "random_rotation"
-    factor: float = Field(ge=0.0, le=1.0)
-
-
-class RandomZoom(_Augmentation):
-    """Scale by 1 + u, u uniform in [-height_factor, height_factor]; positive u zooms out.
-
-    `width_factor = None` (Keras' default) zooms both axes alike, keeping the aspect.
-    """
-
-    type: Literal["random_zoom"] = "random_zoom"
-    height_factor: float = Field(ge=0.0, lt=1.0)
-    width_factor: float | None = Field(default=None, ge=0.0, lt=1.0)
-
-
-class ElasticDistortion(_Augmentation):
-    """Not Keras: Simard et al. (2003). Each pixel moves by alpha * (a field of uniform(-1, 1)
-    noise smoothed by a Gaussian of std `sigma` pixels)."""
-
-    type: Literal["elastic_distortion"] = "elastic_distortion"
-    alpha: float = Field(ge=0.0)
-    sigma: float = Field(gt=0.0)
-
-
-Layer = Annotated[Union[Dense, Activation, Dropout, Conv2D, MaxPooling2D, AveragePooling2D, Flatten,
-                        GlobalAveragePooling2D, BatchNormalization, RandomTranslation, RandomRotation,
-                        RandomZoom, ElasticDistortion], Field(discriminator="type")]
-LAYER_CLASSES: dict[str, type[BaseModel]] = {
-    cls.model_fields["type"].default: cls
-    for cls in (Dense, Activation, Dropout, Conv2D, MaxPooling2D, AveragePooling2D, Flatten,
-                GlobalAveragePooling2D, BatchNormalization, RandomTranslation, RandomRotation,
-                RandomZoom, ElasticDistortion)
-}
-LAYER_TYPES = tuple(LAYER_CLASSES)
-AUGMENTATIONS = (RandomTranslation, RandomRotation, RandomZoom, ElasticDistortion)
-# Layers that need images (H, W, C) rather than vectors: a model holding any of them sees
-# its input as an image; otherwise the input is flattened, as the dense lessons do.
-SPATIAL = (Conv2D, MaxPooling2D, AveragePooling2D, Flatten, GlobalAveragePooling2D, *AUGMENTATIONS)
-
-
-def keras_names(layers: list) -> list[str]:
+def keras_names(layer_list: list) -> list[str]:
     """Keras' automatic layer names: dense, dense_1, ..., conv2d, conv2d_1, ..."""
     counts: dict[str, int] = {}
     names = []
-    for layer in layers:
+    for layer in layer_list:
         n = counts.get(layer.type, 0)
         counts[layer.type] = n + 1
         names.append(layer.type if n == 0 else f"{layer.type}_{n}")
     return names
 
 
-def _window_output(size: int, window: int, stride: int, padding: str) -> int:
-    """Keras' output length along one axis: ceil(n / s) for "same", floor((n - k) / s) + 1 for "valid"."""
-    return -(-size // stride) if padding == "same" else (size - window) // stride + 1
+def takes_image(layer_list: list) -> bool:
+    """Whether the model sees its input as an image (H, W, C), as any of its layers may need;
+    otherwise the input is flattened, as the dense lessons do."""
+    return any(layer.takes_image for layer in layer_list)
 
 
-def output_shapes(layers: list, image_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+def output_shapes(layer_list: list, image_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
     """The shape of one sample going in (first) and after each layer, or a ValueError
-    naming the layer that cannot fit.
-
-    The input is the image as (H, W, C) when any layer needs an image, else flattened.
-    """
-    spatial = any(isinstance(layer, SPATIAL) for layer in layers)
-    if spatial:
+    naming the layer that cannot fit."""
+    if takes_image(layer_list):
         shape = tuple(image_shape) if len(image_shape) == 3 else (*image_shape, 1)
     else:
         shape = (int(math.prod(image_shape)),)
     shapes = [shape]
-    for i, (layer, name) in enumerate(zip(layers, keras_names(layers))):
-        where = f"layers[{i}] ({name})"
-        needs_image = isinstance(layer, (Conv2D, MaxPooling2D, GlobalAveragePooling2D, *AUGMENTATIONS))
-        if needs_image and len(shape) != 3:
-            raise ValueError(f"model.{where} needs an image (height, width, channels) but gets a vector of "
-                             f"{shape[0]}: put it before the flatten layer")
-        if isinstance(layer, Dense) and len(shape) != 1:
-            raise ValueError(f"model.{where} gets an image {shape}; add a flatten or global_average_pooling2d "
-                             "layer before it")
-        if isinstance(layer, (Conv2D, MaxPooling2D)):
-            window = layer.kernel_size if isinstance(layer, Conv2D) else layer.pool_size
-            hw = [_window_output(shape[a], window[a], layer.strides[a], layer.padding) for a in (0, 1)]
-            if min(hw) < 1:
-                raise ValueError(f"model.{where}: a {window[0]}x{window[1]} window does not fit its "
-                                 f"{shape[0]}x{shape[1]} input; use padding = \"same\", a smaller window "
-                                 "or fewer pooling layers before it")
-            shape = (*hw, layer.filters if isinstance(layer, Conv2D) else shape[2])
-        elif isinstance(layer, Flatten):
-            shape = (int(math.prod(shape)),)
-        elif isinstance(layer, GlobalAveragePooling2D):
-            shape = (shape[2],)
-        elif isinstance(layer, Dense):
-            shape = (layer.units,)
+    for i, (layer, name) in enumerate(zip(layer_list, keras_names(layer_list))):
+        try:
+            shape = layer.output_shape(shape)
+        except ValueError as err:
+            raise ValueError(f"model.layers[{i}] ({name}): {err}") from None
         shapes.append(shape)
     if len(shape) != 1:
         raise ValueError(f"the model ends with an image {shape}; end it with flatten and a dense layer")
     return shapes
 
 
-class ModelSpec(_Strict):
+class ModelSpec(Settings):
     """A Sequential stack over pixels times `input_rescale` (1/255: [0, 1]).
 
     The input is the flattened image, or the image (H, W, C) when a layer needs one
     (convolutions, pooling, augmentation); see `output_shapes`.
     """
 
-    layers: list[Layer] = Field(min_length=1)
+    layers: list[AnyLayer] = Field(min_length=1)
     input_rescale: float = Field(default=1 / 255, gt=0)
 
     @model_validator(mode="before")
@@ -387,9 +104,9 @@ class ModelSpec(_Strict):
             if isinstance(layer, dict):
                 kind = layer.get("type")
                 if kind is None:
-                    raise ValueError(f"layers[{i}] needs a 'type': one of {', '.join(LAYER_TYPES)}")
-                if kind not in LAYER_TYPES:
-                    raise ValueError(f"layers[{i}]: unknown layer type '{kind}': {suggest(kind, LAYER_TYPES)}")
+                    raise ValueError(f"layers[{i}] needs a 'type': one of {', '.join(layers.NAMES)}")
+                if kind not in layers.NAMES:
+                    raise ValueError(f"layers[{i}]: unknown layer type '{kind}': {suggest(kind, layers.NAMES)}")
         return data
 
     @model_validator(mode="after")
@@ -411,7 +128,7 @@ class ModelSpec(_Strict):
         # Consecutive augmentation layers are resampled once (model._augment), so they
         # must agree on what fills the pixels that come from outside the image.
         for i, (a, b) in enumerate(zip(self.layers, self.layers[1:])):
-            if isinstance(a, AUGMENTATIONS) and isinstance(b, AUGMENTATIONS) and (
+            if isinstance(a, Augmentation) and isinstance(b, Augmentation) and (
                     (a.fill_mode, a.fill_value) != (b.fill_mode, b.fill_value)):
                 raise ValueError(f"layers[{i}] and layers[{i + 1}] are augmentations applied as one resampling; "
                                  f"give them the same fill_mode and fill_value (got {a.fill_mode!r}/{a.fill_value} "
@@ -435,7 +152,7 @@ class ModelSpec(_Strict):
         return last
 
 
-class Schedule(_Strict):
+class Schedule(Settings):
     """A learning-rate schedule over optimizer steps, as Keras' schedules.
 
     - exponential: lr * decay_rate ** (step / decay_steps) (floored with staircase)
@@ -469,7 +186,7 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
 OPTIMIZERS = tuple(OPTIMIZER_DEFAULTS)
 
 
-class OptimizerSpec(_Strict):
+class OptimizerSpec(Settings):
     """A Keras optimizer with Keras' defaults; `decay` is Keras 2's lr / (1 + decay * step)."""
 
     name: str = "adam"
@@ -489,7 +206,7 @@ class OptimizerSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        return _check_name(v, OPTIMIZERS, "optimizer")
+        return layers.check_name(v, OPTIMIZERS, "optimizer")
 
     @model_validator(mode="after")
     def _defaults(self) -> "OptimizerSpec":
@@ -508,14 +225,14 @@ class OptimizerSpec(_Strict):
         return self
 
 
-class Holdout(_Strict):
+class Holdout(Settings):
     """Where validation data comes from: Keras' `validation_split` (the last fraction) or stratified."""
 
     fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     method: Literal["last", "stratified"] = "last"
 
 
-class TrainingSpec(_Strict):
+class TrainingSpec(Settings):
     epochs: int = Field(default=20, gt=0)
     batch_size: int = Field(default=32, gt=0)
     eval_batch_size: int = Field(default=128, gt=0)
@@ -549,7 +266,7 @@ def check_name(name: str) -> str:
     return name
 
 
-class RunSpec(_Strict):
+class RunSpec(Settings):
     name: str = "run"
     dataset: str = "mnist"
     model: ModelSpec
@@ -602,7 +319,7 @@ def _path(loc: tuple) -> str:
     """'model.layers.0.units' for Pydantic's ('model', 'layers', 0, 'dense', 'units'): the
     union tag after a layer's index goes ('activation' is also a field of Dense)."""
     return ".".join(str(p) for i, p in enumerate(loc)
-                    if not (i and isinstance(loc[i - 1], int) and p in LAYER_CLASSES))
+                    if not (i and isinstance(loc[i - 1], int) and p in layers.BY_NAME))
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:
@@ -610,8 +327,8 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     an unknown key is always a key of a model: lists and plain values take none)."""
     model: type[BaseModel] | None = RunSpec
     for part in loc[:-1]:
-        if part in LAYER_CLASSES:  # the union tag of a layer
-            model = LAYER_CLASSES[part]
+        if part in layers.BY_NAME:  # the union tag of a layer
+            model = layers.BY_NAME[part]
         elif model is not None:  # None after a list field, until its item's layer tag
             annotation = model.model_fields[part].annotation
             candidates = getattr(annotation, "__args__", (annotation,))  # `Regularizer | None`
@@ -738,3 +455,13 @@ def with_overrides(spec: RunSpec, assignments: list[str]) -> RunSpec:
         key, value = parse_assignment(item)
         values[key] = value
     return with_values(spec, values)
+
+
+def from_source(path: str | Path | None = None, preset_name: str | None = None,
+                assignments: list[str] | None = None) -> RunSpec:
+    """A TOML file's specification or a preset's (default "seed"), then `key=value` overrides:
+    what `mnistlab train [CONFIG] [--preset NAME] [--set ...]` trains."""
+    if path is not None and preset_name is not None:
+        raise UserError("give either CONFIG or --preset, not both")
+    spec = load(path) if path is not None else preset(preset_name or "seed")
+    return with_overrides(spec, assignments or [])

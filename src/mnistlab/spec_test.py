@@ -8,6 +8,7 @@ import tomli_w
 
 from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError
+from mnistlab.layers import NAMES as LAYER_TYPES
 
 
 def test_presets_resolve_with_keras_defaults():
@@ -86,7 +87,7 @@ INVALID = "--set: invalid specification:\n  "
      "initializer 'glorot_norml': did you mean 'glorot_normal'? (got 'glorot_norml')"),
     ("model.layers.0.type=dens", INVALID + "model: layers[0]: unknown layer type 'dens': did you mean 'dense'?"),
     ("model.layers.0.type=xyz", INVALID + "model: layers[0]: unknown layer type 'xyz': expected one of: "
-     + ", ".join(spec_lib.LAYER_TYPES)),
+     + ", ".join(LAYER_TYPES)),
     ("training.validation.fraction=1.5", INVALID + "training.validation.fraction: Input should be less than 1 (got 1.5)"),
     ("optimizer.learning_rate=-0.1", INVALID + "optimizer.learning_rate: Input should be greater than 0 (got -0.1)"),
     ("model.layers.0.units=0", INVALID + "model.layers.0.units: Input should be greater than 0 (got 0)"),
@@ -114,6 +115,17 @@ def test_bad_values_get_precise_messages(override, message):
 def test_dropout_rate_must_be_below_one():
     with pytest.raises(ValueError, match="less than 1"):
         spec_lib.Dropout(rate=1.0)
+
+
+def test_from_source_reads_a_file_or_a_preset_then_the_overrides(tmp_path):
+    assert spec_lib.from_source() == spec_lib.preset("seed")
+    fast = spec_lib.from_source(preset_name="fast", assignments=["training.epochs=2"])
+    assert fast.training.epochs == 2 and fast.model == spec_lib.preset("fast").model
+    path = tmp_path / "run.toml"
+    path.write_text(tomli_w.dumps(spec_lib.preset("seed").resolved() | {"name": "mine"}))
+    assert spec_lib.from_source(path).name == "mine"
+    with pytest.raises(UserError, match="either CONFIG or --preset"):
+        spec_lib.from_source(path, "fast")
 
 
 def test_presets_are_listed_by_name_with_their_first_comment():
@@ -192,10 +204,10 @@ def test_shape_errors_name_the_layer_and_the_fix():
                        'not fit its 6x6 input; use padding = "same", a smaller window or fewer pooling layers before it')
     message = invalid([{"type": "conv2d", "filters": 8, "kernel_size": 3},
                        {"type": "dense", "units": 10, "activation": "softmax"}])
-    assert "layers[1] (dense) gets an image (26, 26, 8)" in message and "add a flatten" in message
+    assert "layers[1] (dense): gets an image (26, 26, 8)" in message and "add a flatten" in message
     message = invalid(conv_layers({"type": "conv2d", "filters": 8, "kernel_size": 3}, {"type": "flatten"},
                                   {"type": "random_rotation", "factor": 0.1}))
-    assert "layers[2] (random_rotation) needs an image" in message and "before the flatten" in message
+    assert "layers[2] (random_rotation): needs an image" in message and "before the flatten" in message
     message = invalid(conv_layers({"type": "max_pooling2d", "pool_size": 2}, {"type": "max_pooling_2d"}))
     assert "unknown layer type 'max_pooling_2d'" in message and "did you mean 'max_pooling2d'" in message
     message = invalid(conv_layers({"type": "conv2d", "filters": 8, "kernel_size": 3, "kernal_size": 3}))
@@ -229,14 +241,14 @@ def test_same_padding_rounds_up_at_any_stride_and_a_colour_image_keeps_its_chann
 
 @pytest.mark.parametrize("layers, image, message", [
     ([spec_lib.Conv2D(filters=8, kernel_size=3), spec_lib.Dense(units=10, activation="softmax")], (28, 28),
-     "model.layers[1] (dense) gets an image (26, 26, 8); add a flatten or global_average_pooling2d layer before it"),
+     "model.layers[1] (dense): gets an image (26, 26, 8); add a flatten or global_average_pooling2d layer before it"),
     ([spec_lib.Conv2D(filters=8, kernel_size=(3, 50))], (20, 40),
      'model.layers[0] (conv2d): a 3x50 window does not fit its 20x40 input; use padding = "same", a smaller '
      "window or fewer pooling layers before it"),
     ([spec_lib.Conv2D(filters=2, kernel_size=3)], (28, 28),
      "the model ends with an image (26, 26, 2); end it with flatten and a dense layer"),
     ([spec_lib.Flatten(), spec_lib.Conv2D(filters=2, kernel_size=3)], (28, 28),
-     "model.layers[1] (conv2d) needs an image (height, width, channels) but gets a vector of 784: put it before "
+     "model.layers[1] (conv2d): needs an image (height, width, channels) but gets a vector of 784: put it before "
      "the flatten layer"),
 ])
 def test_shape_errors_say_which_layer_and_what_to_do(layers, image, message):

@@ -29,8 +29,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 import tomli_w
 
-from mnistlab.errors import UserError
-from mnistlab.spec import RunSpec, flatten, suggest
+from mnistlab.errors import UserError, suggest
+from mnistlab.spec import RunSpec, flatten
 
 KINDS = ("tensorboard", "mlflow")
 EXPERIMENT = "mnistlab"

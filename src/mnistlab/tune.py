@@ -58,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import numpy as np
 
-from mnistlab import data, populations, runs, search
+from mnistlab import data, errors, populations, runs, search
 from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError, interrupt_code
 
@@ -97,7 +97,7 @@ def with_options(settings: TuneSettings, **options: Any) -> TuneSettings:
     except ValidationError as err:
         key = err.errors()[0]["loc"][0]
         known = get_args(TuneSettings.model_fields[key].annotation)
-        raise UserError(f"--{key} {given[key]!r}: {spec_lib.suggest(str(given[key]), known)}") from None
+        raise UserError(f"--{key} {given[key]!r}: {errors.suggest(str(given[key]), known)}") from None
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """Every layer type through every consumer: the contract a new layer type must meet.
 
-A layer type is a class in `spec.LAYER_CLASSES`, and several modules switch on it: model
-(weight shapes, per-member numbers, structure, forward in training and inference),
-engine (`member_bytes`), export (ONNX nodes), report (the summary table) and predict (the
-description). EXAMPLES holds one small network per type, so a type added to the
-specification without an example fails here first; then each consumer that does not know
-it fails by name, instead of an AssertionError in someone's run.
+A layer type is one class in `layers.TYPES`, and every part of mnistlab reaches it through
+its methods: the specification (its output shape), model (weights, per-member numbers,
+structure, forward in training and inference), engine (`member_bytes`), export (ONNX
+nodes), report (the summary table) and predict (the description). EXAMPLES holds one small
+network per type, so a type added without an example fails here first; then each consumer
+the new class does not serve fails by name, instead of an error in someone's run.
 """
 
 import jax
@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from mnistlab import engine, export, model, predict, report
+from mnistlab import engine, export, layers, model, predict, report
 from mnistlab import spec as spec_lib
 
 CONV = {"type": "conv2d", "filters": 3, "kernel_size": 3, "activation": "relu"}
@@ -37,7 +37,20 @@ EXAMPLES = {
 
 
 def test_every_layer_type_has_an_example():
-    assert set(EXAMPLES) == set(spec_lib.LAYER_TYPES), "add an example network for the new layer type"
+    assert set(EXAMPLES) == set(layers.NAMES), "add an example network for the new layer type"
+
+
+@pytest.mark.parametrize("kind", layers.NAMES)
+def test_every_layer_type_is_one_class_the_specification_reads(kind):
+    cls = layers.BY_NAME[kind]
+    layer = network(kind).model.layers[[l.type for l in network(kind).model.layers].index(kind)]
+    assert type(layer) is cls  # the union of the specification is built from layers.TYPES
+    assert set(cls.described) <= set(cls.model_fields)
+    assert set(cls.roles) == set(cls.model_fields), "give every field a role (populations_test checks each)"
+    # The structure names the type first, so two layer types never share a compiled program.
+    assert layer.structure()[0] == kind
+    assert set(layer.numbers()) <= {f for f, role in cls.roles.items() if role == layers.NUMBER} | {
+        "kernel_l1", "kernel_l2", "bias_l1", "bias_l2", "max_norm"}  # a nested table's numbers, by weight
 
 
 def network(kind: str) -> spec_lib.RunSpec:
@@ -49,7 +62,7 @@ def images():
     return np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("kind", spec_lib.LAYER_TYPES)
+@pytest.mark.parametrize("kind", layers.NAMES)
 def test_model_knows_every_layer_type(kind, images):
     spec = network(kind)
     params = model.init(spec.model, seed=0, input_shape=(28, 28))
@@ -67,7 +80,7 @@ def test_model_knows_every_layer_type(kind, images):
     assert engine.member_bytes(spec, (28, 28)) > 4 * weights * 2  # at least the weights and their gradient
 
 
-@pytest.mark.parametrize("kind", spec_lib.LAYER_TYPES)
+@pytest.mark.parametrize("kind", layers.NAMES)
 def test_export_report_and_predict_know_every_layer_type(kind, images):
     spec = network(kind)
     params = model.init(spec.model, seed=0, input_shape=(28, 28))
@@ -81,3 +94,14 @@ def test_export_report_and_predict_know_every_layer_type(kind, images):
     described = [predict.describe_layer(name, layer) for name, layer in zip(model.layer_names(spec.model),
                                                                             spec.model.layers)]
     assert [d["type"] for d in described] == [layer.type for layer in spec.model.layers]
+
+
+def test_flatten_of_a_vector_exports_as_a_flatten_of_a_vector(images):
+    # Global average pooling already gives (N, C): the graph must not transpose it as an image.
+    spec = spec_lib.from_dict({"model": {"layers": [CONV, {"type": "global_average_pooling2d"}, {"type": "flatten"},
+                                                    *HEAD]}})
+    params = model.init(spec.model, seed=0, input_shape=(28, 28))
+    session = ort.InferenceSession(export.onnx_model(spec, params).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"image": images})[0],
+                               np.asarray(model.probabilities(spec.model, params, images)), atol=1e-5)

@@ -1,4 +1,5 @@
-"""model.py's convolutional layers against loops in NumPy, SciPy and finite differences."""
+"""The convolution, pooling, batch normalization and augmentation layers against loops in NumPy,
+SciPy and finite differences."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from mnistlab import model
+from mnistlab import layers, model
 from mnistlab.spec import (
     AveragePooling2D,
     BatchNormalization,
@@ -69,7 +70,7 @@ def test_conv2d_is_keras_cross_correlation(kernel_size, strides, padding):
     x = RNG.normal(size=(2, 9, 8, 3)).astype(np.float32)
     kernel = RNG.normal(size=(*kernel_size, 3, 4)).astype(np.float32)
     expected = numpy_conv(x.astype(np.float64), kernel.astype(np.float64), strides, padding)
-    got = model.conv2d(jnp.asarray(x), jnp.asarray(kernel), strides, padding)
+    got = layers.conv2d(jnp.asarray(x), jnp.asarray(kernel), strides, padding)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
     # XLA's own convolution (the path taken on accelerators) agrees as well.
     lax = jax.lax.conv_general_dilated(
@@ -84,17 +85,17 @@ def test_conv2d_is_keras_cross_correlation(kernel_size, strides, padding):
     ((2, 2), (2, 2), "valid"), ((2, 2), (2, 2), "same"), ((3, 3), (2, 2), "same"), ((3, 2), (1, 2), "valid")])
 def test_pooling_matches_window_loops(kind, size, strides, padding):
     x = RNG.normal(size=(2, 7, 9, 3)).astype(np.float32)
-    got = model.pool2d(jnp.asarray(x), kind, size, strides, padding)
+    got = layers.pool2d(jnp.asarray(x), kind, size, strides, padding)
     np.testing.assert_allclose(got, numpy_pool(x, kind, size, strides, padding), rtol=1e-6, atol=1e-6)
 
 
 def test_conv_kernels_use_keras_fans():
     # fan_in = 3*3*16, fan_out = 3*3*32: glorot_uniform's limit is sqrt(6 / (144 + 288)).
     from mnistlab.spec import Initializer
-    w = model.initialize(Initializer(name="glorot_uniform"), np.random.default_rng(0), (3, 3, 16, 32))
+    w = Initializer(name="glorot_uniform").draw(np.random.default_rng(0), (3, 3, 16, 32))
     limit = np.sqrt(6 / (144 + 288))
     assert np.abs(w).max() <= limit and np.abs(w).max() > 0.99 * limit
-    he = model.initialize(Initializer(name="he_normal"), np.random.default_rng(0), (5, 5, 8, 64))
+    he = Initializer(name="he_normal").draw(np.random.default_rng(0), (5, 5, 8, 64))
     assert he.std() == pytest.approx(np.sqrt(2 / 200), rel=0.03)
 
 
@@ -201,7 +202,7 @@ def augmented(layer, x, key):
 
 
 def draws(key, n):
-    """The layer's two uniform(-1, 1) draws per image, as model._augment derives them."""
+    """The layer's two uniform(-1, 1) draws per image, as model.augment derives them."""
     k1, k2 = jax.random.split(jax.random.split(jax.random.fold_in(key, 0), 1)[0])
     return [np.asarray(jax.random.uniform(k, (n,), jnp.float32, -1.0, 1.0)) for k in (k1, k2)]
 
