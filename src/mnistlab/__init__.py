@@ -1,5 +1,7 @@
 """mnistlab: the dense networks of the tutorial, with exact Keras semantics, trained fast."""
 
+import importlib.metadata
+
 from mnistlab import engine
 from mnistlab.errors import UserError
 from mnistlab.spec import RunSpec, load, preset, with_overrides
@@ -22,4 +24,4 @@ def sweep(spec, **kwargs):
 engine.enable_compile_cache()  # from Python as from the command line
 
 __all__ = ["RunSpec", "TrainResult", "UserError", "load", "preset", "sweep", "train", "with_overrides"]
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("mnistlab")

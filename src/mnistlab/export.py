@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnistlab import layers, model, runs
+from mnistlab import data, layers, model, runs
 from mnistlab.errors import UserError
 from mnistlab.spec import RunSpec, output_shapes, takes_image
 
@@ -165,9 +165,12 @@ def onnx_model(spec: RunSpec, params: dict[str, np.ndarray], *, input_type: str 
     onnx_proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                    producer_name="mnistlab", ir_version=IR_VERSION)
     shown = ", ".join(map(str, image_shape))
+    # "classes": the name of each output column, a JSON list, for whoever serves the model.
+    names = list(data.get_info(spec.dataset).class_names)
     helper.set_model_props(onnx_proto, {"mnistlab.spec": json.dumps(spec.resolved()),
                                         "input": f"{input_type} pixels 0..255, shape (N, {shown})",
-                                        "output": f"{spec.model.output_activation} probabilities (N, {classes})"})
+                                        "output": f"{spec.model.output_activation} probabilities (N, {classes})",
+                                        "classes": json.dumps(names)})
     onnx.checker.check_model(onnx_proto, full_check=True)
     return onnx_proto
 

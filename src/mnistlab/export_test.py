@@ -40,7 +40,8 @@ def test_onnx_matches_mnistlab_on_the_whole_mnist_test_set(trained_run, mnist, t
     assert [(o.domain, o.version) for o in proto.opset_import] == [("", 17)]
     assert {p.key: p.value for p in proto.metadata_props} == {
         "mnistlab.spec": json.dumps(runs.open_run(trained_run).spec.resolved()),
-        "input": f"{input_type} pixels 0..255, shape (N, 28, 28)", "output": "softmax probabilities (N, 10)"}
+        "input": f"{input_type} pixels 0..255, shape (N, 28, 28)", "output": "softmax probabilities (N, 10)",
+        "classes": '["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]'}
     assert all(node.name == node.output[0] for node in proto.graph.node)  # Netron shows each layer by name
 
     images = mnist.test_images  # all 10,000
@@ -337,3 +338,12 @@ def test_write_from_python_takes_uint8_pixels_and_keeps_an_existing_file(trained
     assert onnx.load(out).graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     with pytest.raises(UserError, match="the file exists"):
         export.write(run, out)
+
+
+def test_the_onnx_model_names_its_classes_in_its_metadata():
+    spec = spec_lib.from_dict({"dataset": "fashion-mnist",
+                               "model": {"layers": [{"type": "dense", "units": 10, "activation": "softmax"}]}})
+    proto = export.onnx_model(spec, model.init(spec.model, seed=0, input_shape=(28, 28)))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(props["classes"]) == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                                            "Shirt", "Sneaker", "Bag", "Ankle boot"]  # Zalando's README

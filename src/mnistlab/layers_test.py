@@ -80,20 +80,76 @@ def test_model_knows_every_layer_type(kind, images):
     assert engine.member_bytes(spec, (28, 28)) > 4 * weights * 2  # at least the weights and their gradient
 
 
+def trained_like(spec: spec_lib.RunSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    """Initial weights moved at random, so that every weight counts: batch normalization's
+    gamma, beta and moving statistics are no longer 1, 0, 0 and 1."""
+    rng = np.random.default_rng(seed)
+    params = model.init(spec.model, seed=seed, input_shape=(28, 28))
+    moved = {k: v + rng.normal(0, 0.2, v.shape).astype(np.float32) for k, v in params.items()}
+    return {k: np.abs(v) + 0.5 if k.endswith("moving_variance") else v for k, v in moved.items()}
+
+
+def onnx_probabilities(spec: spec_lib.RunSpec, params, images) -> np.ndarray:
+    proto = export.onnx_model(spec, params)
+    names = set(model.layer_names(spec.model))
+    # Netron shows each node under its layer: every node past the input is named after one.
+    inputs = {"flat", "flat_float", "rescaled", "image_float", "nhwc", "nchw", "probabilities"}
+    assert all(node.name in inputs or node.name.split("/")[0] in names for node in proto.graph.node)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": images})[0]
+
+
 @pytest.mark.parametrize("kind", layers.NAMES)
 def test_export_report_and_predict_know_every_layer_type(kind, images):
     spec = network(kind)
-    params = model.init(spec.model, seed=0, input_shape=(28, 28))
-    proto = export.onnx_model(spec, params)
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"image": images})[0]
-    np.testing.assert_allclose(got, np.asarray(model.probabilities(spec.model, params, images)), atol=1e-5)
+    params = trained_like(spec)
+    np.testing.assert_allclose(onnx_probabilities(spec, params, images),
+                               np.asarray(model.probabilities(spec.model, params, images)), atol=1e-5)
+    # At inference each layer's output is the next one's input, up to the logits.
+    outputs = [np.asarray(x) for _, x in model.walk(spec.model, params, images)]
+    np.testing.assert_allclose(outputs[-1], np.asarray(model.logits(spec.model, params, {}, images)), atol=1e-6)
     rows = report.architecture(spec.model, (28, 28), params)
     assert [row["name"] for row in rows] == ["input", *model.layer_names(spec.model)]
     assert sum(int(row["params"].replace(",", "")) for row in rows) == sum(v.size for v in params.values())
     described = [predict.describe_layer(name, layer) for name, layer in zip(model.layer_names(spec.model),
                                                                             spec.model.layers)]
     assert [d["type"] for d in described] == [layer.type for layer in spec.model.layers]
+
+
+@pytest.mark.parametrize("center, scale", [(False, False), (True, False), (False, True)])
+def test_batch_normalization_without_beta_or_gamma_exports_as_it_computes(center, scale, images):
+    norm = {"type": "batch_normalization", "center": center, "scale": scale}
+    spec = spec_lib.from_dict({"model": {"layers": [CONV, norm, {"type": "flatten"}, *HEAD]}})
+    params = trained_like(spec)
+    assert {k.rpartition("/")[2] for k in params if k.startswith("batch_normalization/")} == {
+        "moving_mean", "moving_variance", *(["beta"] if center else []), *(["gamma"] if scale else [])}
+    np.testing.assert_allclose(onnx_probabilities(spec, params, images),
+                               np.asarray(model.probabilities(spec.model, params, images)), atol=1e-5)
+
+
+@pytest.mark.parametrize("layer, shown", [
+    (layers.Dense(units=8, activation="relu"), {"units": 8, "activation": "relu"}),
+    (layers.BatchNormalization(), {}),
+    (layers.BatchNormalization(momentum=0.9), {"momentum": 0.9}),
+    # Pooling shows its size always (its strides default to it), and strides only where they differ.
+    (layers.MaxPooling2D(), {"pool_size": (2, 2)}),
+    (layers.AveragePooling2D(pool_size=3), {"pool_size": (3, 3)}),
+    (layers.MaxPooling2D(pool_size=3, strides=1), {"pool_size": (3, 3), "strides": (1, 1)}),
+])
+def test_the_report_shows_the_settings_not_left_at_their_default(layer, shown):
+    assert layer.summary_settings() == shown
+
+
+def test_the_report_table_lists_each_layer_as_keras_summary_does():
+    spec = spec_lib.from_dict({"model": {"layers": [CONV, {"type": "max_pooling2d", "pool_size": 2},
+                                                    {"type": "flatten"}, *HEAD]}})
+    rows = report.architecture(spec.model, (28, 28), model.init(spec.model, seed=0, input_shape=(28, 28)))
+    assert [(r["name"], r["settings"], r["shape"], r["params"]) for r in rows] == [
+        ("input", "pixels x 0.003922", "28x28x1", "0"),
+        ("conv2d", "filters=3, kernel_size=3x3, activation=relu", "26x26x3", f"{3 * 3 * 3 + 3}"),
+        ("max_pooling2d", "pool_size=2x2", "13x13x3", "0"),
+        ("flatten", "", "507", "0"),
+        ("dense", "units=10, activation=softmax", "10", f"{507 * 10 + 10:,}")]
 
 
 def test_flatten_of_a_vector_exports_as_a_flatten_of_a_vector(images):

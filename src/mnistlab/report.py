@@ -599,7 +599,7 @@ def _machine(d: RunData, environment: dict[str, Any] | None) -> list[tuple[str, 
     env = dict(summary.get("environment") or environment or {})
     rows = [("seed", run.spec.training.seed), ("dataset", run.spec.dataset),
             ("data source", summary.get("data_source", "–"))]
-    rows += [(k, v) for k, v in env.items()]
+    rows += [(k, "–" if v is None else v) for k, v in env.items()]  # commit: None off a checkout
     samples = f"{summary.get('train_samples', '–')} / {summary.get('validation_samples', '–')}"
     rows += [("train / validation samples", samples),
              ("compile seconds", fmt(summary.get("compile_seconds"), 2)),

@@ -12,11 +12,13 @@ so a crash leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import platform
 import socket
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -60,12 +62,32 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         raise
 
 
+@functools.cache
+def source_commit() -> str | None:
+    """The git commit of the checkout mnistlab runs from ("+dirty" when files differ from it),
+    or None when it is not run from a checkout (installed from a wheel)."""
+    here = str(Path(__file__).parent)
+    try:
+        head = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):  # no git, or a stuck file system
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
 def environment() -> dict[str, Any]:
+    """What a run ran on, for its summary: mnistlab's version and commit, the libraries, the machine."""
     import jax
     import optax
 
+    from mnistlab import __version__
+
     device = jax.devices()[0]
-    return {"python": platform.python_version(), "jax": jax.__version__, "optax": optax.__version__,
+    return {"mnistlab": __version__, "commit": source_commit(),
+            "python": platform.python_version(), "jax": jax.__version__, "optax": optax.__version__,
             "numpy": np.__version__, "platform": platform.platform(), "processor": platform.processor(),
             "device": f"{device.platform}:{device.device_kind}", "device_count": jax.device_count(),
             "cpu_count": os.cpu_count()}

@@ -190,3 +190,24 @@ def test_run_files_follow_the_umask(finished_run):
     os.umask(mask)
     for path in finished_run.iterdir():
         assert path.stat().st_mode & 0o777 == 0o666 & ~mask, path
+
+
+def test_the_environment_names_mnistlab_and_the_commit_it_runs_from(tmp_path, monkeypatch):
+    import importlib.metadata
+    import subprocess
+
+    env = runs.environment()
+    assert env["mnistlab"] == importlib.metadata.version("mnistlab")
+    package = Path(runs.__file__).parent
+    head = subprocess.run(["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a checkout (the test suite runs in one)
+        dirty = subprocess.run(["git", "-C", str(package), "diff", "--quiet", "HEAD"]).returncode != 0
+        assert env["commit"] == head.stdout.strip() + ("+dirty" if dirty else "")
+    # Installed from a wheel: no checkout around the package, no commit.
+    runs.source_commit.cache_clear()
+    monkeypatch.setattr(runs, "__file__", str(tmp_path / "site-packages" / "mnistlab" / "runs.py"))
+    (tmp_path / "site-packages" / "mnistlab").mkdir(parents=True)
+    try:
+        assert runs.source_commit() is None
+    finally:
+        runs.source_commit.cache_clear()

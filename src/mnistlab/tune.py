@@ -475,6 +475,10 @@ def open_study(tune: TuneSpec, settings: TuneSettings, storage, create: bool = T
     recorded = study.user_attrs.get(SPACE_ATTR)
     if recorded is None:
         study.set_user_attr(SPACE_ATTR, space)
+        # The dashboard's and the plots' axis: the metric's name, not "Objective 0".
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable since 3.2
+            study.set_metric_names([tune.sweep.metric])
     elif recorded != space:
         raise UserError(f"study '{tune.name}' in {redact(storage.url)} was made from another search space "
                         "(base, set, metric or params differ). Give this space another `name`, or delete the "

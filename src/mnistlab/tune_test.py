@@ -143,6 +143,8 @@ def test_study_counts_reports_and_ranks(pruned_study):
     t, result, _ = pruned_study
     trials = trials_of(result.storage, "pruned")
     assert result.storage == f"sqlite:///{(result.path / 'study.db').resolve()}"
+    # Optuna's dashboard and plots name the objective by the metric, read back from the storage.
+    assert optuna.load_study(study_name="pruned", storage=result.storage).metric_names == [t.sweep.metric]
     finished = [x for x in trials if x.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 6 and len(trials) == 6  # exactly N: none lost, none extra
     lines = [json.loads(line) for line in (result.path / "metrics.jsonl").read_text().splitlines()]
