@@ -10,7 +10,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from mnistlab import export, layers, model, runs, spec as spec_lib
+from mnistlab import export, model, runs, spec as spec_lib
 from mnistlab.errors import UserError
 from mnistlab.predict import Predictor
 from mnistlab.predict_test import (  # noqa: F401 (shared session fixtures)
@@ -143,24 +143,6 @@ def with_statistics(spec: spec_lib.ModelSpec, params: dict[str, np.ndarray], ima
     hyper = {k: 0.0 if k.endswith(".momentum") else v for k, v in model.hyperparameters(core).items()}
     _, moved = model.forward(core, out, hyper, images, key=jax.random.key(seed))
     return {**out, **{k: np.asarray(v) for k, v in moved.items()}}
-
-
-@pytest.mark.parametrize("size, window, stride, pads", [
-    (13, 6, 5, (1, 2)),  # TensorFlow's own documented "SAME" example: 1 left, 2 right
-    (28, 3, 1, (1, 1)),
-    (26, 4, 2, (1, 1)),
-    (13, 4, 2, (1, 2)),
-    (7, 2, 2, (0, 1)),   # the odd pixel goes after
-    (28, 1, 4, (0, 0)),  # windows fit without any padding: none, never negative
-])
-def test_same_padding_is_tensorflows(size, window, stride, pads):
-    assert layers.same_padding(size, window, stride) == pads
-
-
-def test_same_pads_of_an_oblong_window_follow_each_axis():
-    # ONNX's order: [top, left, bottom, right]; height 28 with 3 rows, width 28 with 6 columns at stride 2
-    assert layers.onnx_pads((28, 28, 1), (3, 6), (1, 2), "same") == [1, 2, 1, 2]
-    assert layers.onnx_pads((28, 28, 1), (3, 6), (1, 2), "valid") == [0, 0, 0, 0]
 
 
 @pytest.mark.slow

@@ -255,6 +255,17 @@ def test_zoom_scales_about_the_centre_keeping_the_aspect():
         np.testing.assert_allclose(got[i], expected, atol=1e-5)
 
 
+def test_zoom_with_a_width_factor_draws_each_axis_apart():
+    key = jax.random.PRNGKey(9)
+    got = augmented(RandomZoom(height_factor=0.3, width_factor=0.2, fill_mode="reflect"), IMAGES, key)
+    u, v = draws(key, 4)
+    rows, cols = grid(12, 10)
+    for i in range(4):
+        zh, zw = 1 + 0.3 * u[i], 1 + 0.2 * v[i]
+        expected = scipy_sample(IMAGES[i], 5.5 + (rows - 5.5) * zh, 4.5 + (cols - 4.5) * zw, mode="reflect")
+        np.testing.assert_allclose(got[i], expected, atol=1e-5)
+
+
 def test_elastic_field_is_smoothed_uniform_noise():
     key = jax.random.PRNGKey(8)
     got = augmented(ElasticDistortion(alpha=3.0, sigma=2.0, fill_mode="constant"), IMAGES, key)

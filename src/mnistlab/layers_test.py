@@ -22,8 +22,12 @@ EXAMPLES = {
     "dense": [{"type": "dense", "units": 8, "activation": "relu"}],
     "activation": [{"type": "dense", "units": 8}, {"type": "activation", "activation": "tanh"}],
     "dropout": [{"type": "dropout", "rate": 0.3}, {"type": "dense", "units": 8, "activation": "relu"}],
-    "conv2d": [CONV, {"type": "flatten"}],
-    "max_pooling2d": [CONV, {"type": "max_pooling2d", "pool_size": 2}, {"type": "flatten"}],
+    # Strides, "same" padding and an oblong kernel: each axis has its own pads in the ONNX graph.
+    "conv2d": [CONV, {"type": "conv2d", "filters": 2, "kernel_size": [3, 2], "strides": 2, "padding": "same"},
+               {"type": "flatten"}],
+    # Overlapping windows, then "same" windows over an odd size.
+    "max_pooling2d": [CONV, {"type": "max_pooling2d", "pool_size": 3, "strides": 2},
+                      {"type": "max_pooling2d", "pool_size": 2, "padding": "same"}, {"type": "flatten"}],
     "average_pooling2d": [CONV, {"type": "average_pooling2d", "pool_size": 3, "padding": "same"}, {"type": "flatten"}],
     "flatten": [{"type": "flatten"}],
     "global_average_pooling2d": [CONV, {"type": "global_average_pooling2d"}],
@@ -161,3 +165,21 @@ def test_flatten_of_a_vector_exports_as_a_flatten_of_a_vector(images):
                                    providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"image": images})[0],
                                np.asarray(model.probabilities(spec.model, params, images)), atol=1e-5)
+
+
+@pytest.mark.parametrize("size, window, stride, pads", [
+    (13, 6, 5, (1, 2)),  # TensorFlow's own documented "SAME" example: 1 left, 2 right
+    (28, 3, 1, (1, 1)),
+    (26, 4, 2, (1, 1)),
+    (13, 4, 2, (1, 2)),
+    (7, 2, 2, (0, 1)),   # the odd pixel goes after
+    (28, 1, 4, (0, 0)),  # windows fit without any padding: none, never negative
+])
+def test_same_padding_is_tensorflows(size, window, stride, pads):
+    assert layers.same_padding(size, window, stride) == pads
+
+
+def test_same_pads_of_an_oblong_window_follow_each_axis():
+    # ONNX's order: [top, left, bottom, right]; height 28 with 3 rows, width 28 with 6 columns at stride 2
+    assert layers.onnx_pads((28, 28, 1), (3, 6), (1, 2), "same") == [1, 2, 1, 2]
+    assert layers.onnx_pads((28, 28, 1), (3, 6), (1, 2), "valid") == [0, 0, 0, 0]

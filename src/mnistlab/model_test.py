@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mnistlab import model
-from mnistlab.spec import Dense, Dropout, ModelSpec, Regularizer
+from mnistlab.spec import Dense, Dropout, Flatten, ModelSpec, RandomRotation, RandomTranslation, Regularizer
 
 jax.config.update("jax_enable_x64", False)
 
@@ -78,3 +78,64 @@ def test_keras_layer_names():
     spec = ModelSpec(layers=[Dense(units=3), Dropout(rate=0.1), Dense(units=3), Dropout(rate=0.1),
                              Dense(units=2, activation="softmax")])
     assert model.layer_names(spec) == ["dense", "dropout", "dense_1", "dropout_1", "dense_2"]
+
+
+def test_walk_yields_each_layers_output_at_inference():
+    spec = ModelSpec(layers=[Dense(units=3, activation="relu"), Dropout(rate=0.5), Dense(units=2, activation="softmax")])
+    params = {k: jnp.asarray(v) for k, v in model.init(spec, 0, 4).items()}
+    x = jnp.arange(8, dtype=jnp.uint8).reshape(2, 4)
+    h = jax.nn.relu((x / 255.0) @ params["dense/kernel"] + params["dense/bias"])
+    walked = list(model.walk(spec, params, x))
+    assert [i for i, _ in walked] == [0, 1, 2]
+    np.testing.assert_allclose(walked[0][1], h, rtol=1e-5)
+    np.testing.assert_allclose(walked[1][1], h, rtol=1e-5)  # dropout is off at inference
+    np.testing.assert_allclose(walked[2][1], h @ params["dense_1/kernel"] + params["dense_1/bias"], rtol=1e-5)
+
+
+def test_in_training_a_dropout_layer_draws_its_mask_from_the_key_folded_with_its_index():
+    spec = ModelSpec(layers=[Dense(units=300, activation="relu"), Dropout(rate=0.5),
+                             Dense(units=2, activation="softmax")])
+    params = {k: jnp.asarray(v) for k, v in model.init(spec, 0, 4).items()}
+    x = jnp.arange(8, dtype=jnp.uint8).reshape(2, 4)
+    key = jax.random.PRNGKey(4)
+    h = jax.nn.relu((x / 255.0) @ params["dense/kernel"] + params["dense/bias"])
+    keep = jax.random.bernoulli(jax.random.fold_in(key, 1), 0.5, h.shape)  # the dropout layer is layers[1]
+    expected = jnp.where(keep, h / 0.5, 0.0) @ params["dense_1/kernel"] + params["dense_1/bias"]
+    np.testing.assert_allclose(model.logits(spec, params, model.hyperparameters(spec), x, key), expected, rtol=1e-5)
+
+
+def test_sigmoid_outputs_are_independent_probabilities():
+    spec = ModelSpec(layers=[Dense(units=3, activation="sigmoid")])
+    params = {k: jnp.asarray(v) for k, v in model.init(spec, 0, 4).items()}
+    x = jnp.arange(8, dtype=jnp.uint8).reshape(2, 4)
+    z = (x / 255.0) @ params["dense/kernel"] + params["dense/bias"]
+    np.testing.assert_allclose(model.probabilities(spec, params, x), 1 / (1 + np.exp(-np.asarray(z))), rtol=1e-5)
+
+
+def test_consecutive_augmentations_are_one_resampling_of_their_composed_maps():
+    # Translation then rotation (Keras' order): an output pixel p of the rotation reads the
+    # translation's output at R(p), which reads the image at R(p) - shift. Sampled once,
+    # bilinearly, with the constant fill 0.5 beyond the border (SciPy's grid-constant).
+    import scipy.ndimage
+
+    fill = dict(fill_mode="constant", fill_value=0.5)
+    spec = ModelSpec(input_rescale=1.0, layers=[
+        RandomTranslation(height_factor=0.2, width_factor=0.1, **fill), RandomRotation(factor=0.1, **fill),
+        Flatten(), Dense(units=120, activation="softmax", use_bias=False)])
+    images = np.random.default_rng(7).uniform(0, 1, size=(4, 12, 10)).astype(np.float32)
+    key = jax.random.PRNGKey(3)
+    got = model.logits(spec, {"dense/kernel": jnp.eye(120)}, model.hyperparameters(spec), jnp.asarray(images), key)
+    # The run draws from the step's key folded with its last layer's index, one key per layer.
+    k_translation, k_rotation = jax.random.split(jax.random.fold_in(key, 1), 2)
+    t1, t2 = jax.random.split(k_translation)
+    u, v = (np.asarray(jax.random.uniform(k, (4,), jnp.float32, -1.0, 1.0)) for k in (t1, t2))
+    r1, _ = jax.random.split(k_rotation)
+    angle = np.asarray(jax.random.uniform(r1, (4,), jnp.float32, -1.0, 1.0)) * 0.1 * 2 * np.pi
+    rows, cols = np.meshgrid(np.arange(12.0), np.arange(10.0), indexing="ij")
+    dy, dx = rows - 5.5, cols - 4.5
+    for i in range(4):
+        read_rows = np.cos(angle[i]) * dy - np.sin(angle[i]) * dx + 5.5 - u[i] * 0.2 * 12
+        read_cols = np.sin(angle[i]) * dy + np.cos(angle[i]) * dx + 4.5 - v[i] * 0.1 * 10
+        expected = scipy.ndimage.map_coordinates(images[i].astype(np.float64), [read_rows, read_cols], order=1,
+                                                 mode="grid-constant", cval=0.5)
+        np.testing.assert_allclose(np.asarray(got[i]).reshape(12, 10), expected, atol=1e-5)
