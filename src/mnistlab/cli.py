@@ -31,8 +31,8 @@ def train(
     test: Annotated[bool, typer.Option("--test", help="Evaluate once on the test set at the end.")] = False,
     quiet: Quiet = False,
     log: Annotated[Optional[list[str]], typer.Option(
-        "--log", help="Also log to tensorboard[:DIR] or mlflow[:URI] (repeatable; extras "
-                      "mnistlab[tensorboard], mnistlab[mlflow]).")] = None,
+        "--log", help="Also log to tensorboard\\[:DIR] or mlflow\\[:URI] (repeatable; extras "
+                      "mnistlab\\[tensorboard], mnistlab\\[mlflow]).")] = None,
 ) -> None:
     """Train a network and record it in a run folder."""
     from mnistlab import spec as spec_lib

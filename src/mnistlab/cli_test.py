@@ -59,6 +59,12 @@ def test_evaluate_reproduces_and_records_the_test_figure(trained, mnist_root):
     assert f"accuracy {before['test']['accuracy']:.4f}" in done.stdout
 
 
+def test_help_shows_the_extras_in_brackets():
+    # rich markup would read "[tensorboard]" as a style and drop it ("extras mnistlab, mnistlab")
+    done = mnistlab("train", "--help")
+    assert done.returncode == 0 and "extras mnistlab[tensorboard], mnistlab[mlflow]" in done.stdout
+
+
 def test_presets_and_datasets_listings(mnist_root):
     done = mnistlab("presets")
     assert done.returncode == 0 and "seed" in done.stdout and "keras-mlp" in done.stdout

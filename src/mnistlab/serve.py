@@ -38,7 +38,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from mnistlab import imaging
+from mnistlab import __version__, imaging
 from mnistlab.errors import UserError
 from mnistlab.predict import Predictor
 
@@ -187,6 +187,18 @@ def _answer_errors_as_json(app: FastAPI) -> None:
         return _error(422, "invalid_parameter", "; ".join(parts))
 
 
+# /api/predict reads its body itself (size limit first, then the image): its OpenAPI entry says
+# what that body may be, which FastAPI cannot infer from the signature.
+_IMAGE = {"schema": {"type": "string", "format": "binary"}}
+PREDICT_BODY = {"requestBody": {"required": True, "description": "An image file (PNG, JPEG, BMP or GIF): the "
+                                "raw body, or the form field 'image'.",
+                                "content": {"application/octet-stream": _IMAGE, "image/png": _IMAGE,
+                                            "image/jpeg": _IMAGE, "image/bmp": _IMAGE, "image/gif": _IMAGE,
+                                            "multipart/form-data": {"schema": {
+                                                "type": "object", "required": ["image"],
+                                                "properties": {"image": {"type": "string", "format": "binary"}}}}}}}
+
+
 def create_app(predictor: Predictor, *, max_body: int = MAX_BODY, max_pixels: int = imaging.MAX_PIXELS,
                max_batch: int = MAX_BATCH, max_pending: int = MAX_PENDING):
     """The FastAPI application over a loaded predictor (see the module docstring)."""
@@ -198,7 +210,10 @@ def create_app(predictor: Predictor, *, max_body: int = MAX_BODY, max_pixels: in
         yield
         await batcher.stop()
 
-    app = FastAPI(title="mnistlab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # The OpenAPI description is served (for clients and code generators); the Swagger and
+    # ReDoc pages are not: they load their scripts from a CDN, which the page's policy forbids.
+    app = FastAPI(title="mnistlab", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json")
     app.state.batcher = batcher
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     _answer_errors_as_json(app)
@@ -223,7 +238,7 @@ def create_app(predictor: Predictor, *, max_body: int = MAX_BODY, max_pixels: in
     async def model_description():
         return description
 
-    @app.post("/api/predict")
+    @app.post("/api/predict", openapi_extra=PREDICT_BODY)
     async def predict_image(request: Request, raw: bool = False,
                             top: int = Query(3, ge=1, le=predictor.num_classes)):
         body = await read_body(request, max_body)

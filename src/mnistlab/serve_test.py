@@ -126,6 +126,23 @@ def test_health_and_model_description(api, trained_run, predictor):
                                    "formats": ["PNG", "JPEG", "BMP", "GIF"]}
 
 
+def test_the_openapi_description_is_served_and_says_what_predict_takes(api):
+    import importlib.metadata
+
+    described = api.get("/openapi.json")
+    assert described.status_code == 200
+    spec = described.json()
+    assert spec["openapi"].startswith("3.") and spec["info"] == {"title": "mnistlab",
+                                                                 "version": importlib.metadata.version("mnistlab")}
+    assert {"/healthz", "/api/model", "/api/predict"} <= set(spec["paths"])
+    body = spec["paths"]["/api/predict"]["post"]["requestBody"]
+    assert body["required"] and {"image/png", "multipart/form-data"} <= set(body["content"])
+    assert body["content"]["multipart/form-data"]["schema"]["required"] == ["image"]  # the field serve reads
+    params = {p["name"]: p for p in spec["paths"]["/api/predict"]["post"]["parameters"]}
+    assert set(params) == {"raw", "top"} and params["top"]["schema"]["maximum"] == 10
+    assert api.get("/docs").status_code == 404  # the Swagger page would load scripts from a CDN
+
+
 def test_predict_answers_with_mnistlabs_own_numbers(api, mnist, predictor):
     for i in range(5):
         digit = mnist.test_images[i]

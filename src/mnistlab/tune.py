@@ -40,7 +40,6 @@ grace period) drops its result rather than count it twice.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -53,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, get_args
 
+import filelock
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -385,6 +385,11 @@ def open_storage(url: str, settings: TuneSettings, callback: bool = True):
             raise UserError(f"--storage {redact(url)}: {err}. {fix}") from None
 
 
+# How long a worker waits for another to finish asking for trials before it gives up:
+# asking takes well under a second (a sampler's suggestion, a few rows written).
+ASK_LOCK_SECONDS = 600.0
+
+
 @contextlib.contextmanager
 def ask_lock(storage, study_name: str) -> Iterator[None]:
     """Serialize count-and-ask across workers, so that together they never overshoot N."""
@@ -397,12 +402,20 @@ def ask_lock(storage, study_name: str) -> Iterator[None]:
         if not database or database == ":memory:":
             yield
             return
-        with open(f"{database}.lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        # filelock: the operating system's lock (flock, or LockFileEx on Windows), so a worker
+        # that dies lets go of it; a timeout, so a hung one cannot block the others forever.
+        path = f"{database}.lock"
+        lock = filelock.FileLock(path, timeout=ASK_LOCK_SECONDS)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise UserError(f"{path}: another worker of study '{study_name}' has held this lock for over "
+                            f"{ASK_LOCK_SECONDS:.0f} s (it is held only while trials are asked for). Stop the "
+                            "worker that hangs, or, if no worker runs, delete the file.") from None
+        try:
+            yield
+        finally:
+            lock.release()
         return
     if backend in ("postgresql", "mysql"):
         lock, unlock = {"postgresql": ("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)"),

@@ -546,3 +546,19 @@ def test_two_workers_started_together_on_a_new_postgresql_database_both_run(post
         assert w.returncode == 0, err + out
     trials = trials_of(url, "race-pg")
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 4 and len(trials) == 4
+
+
+def test_a_worker_that_holds_the_sqlite_lock_too_long_is_named_not_waited_for_forever(tmp_path, monkeypatch):
+    import filelock
+
+    storage = tune.open_storage(f"sqlite:///{tmp_path / 'study.db'}", tune.TuneSettings(), callback=False)
+    monkeypatch.setattr(tune, "ASK_LOCK_SECONDS", 0.3)
+    with tune.ask_lock(storage, "s"):  # taken and let go
+        pass
+    held = filelock.FileLock(f"{tmp_path / 'study.db'}.lock")  # another worker, hung while asking
+    with held:  # without a timeout this would wait forever
+        with pytest.raises(UserError, match=r"study\.db\.lock: another worker of study 's' has held this lock"):
+            with tune.ask_lock(storage, "s"):
+                pass
+    with tune.ask_lock(storage, "s"):  # let go: the next worker goes on
+        pass
