@@ -292,7 +292,9 @@ class Layer(Settings):
     # A model holding a layer that takes an image sees its input as (H, W, C); otherwise
     # the input is flattened, as the dense lessons do.
     takes_image: ClassVar[bool] = False
-    described: ClassVar[tuple[str, ...]] = ()  # the settings predict's /model shows
+    # The settings predict's /api/model shows: what the layer computes at inference (not its
+    # initializers or penalties); none for flatten, pooling to a vector and augmentation.
+    described: ClassVar[tuple[str, ...]] = ()
     roles: ClassVar[dict[str, str]] = field_roles()
 
     def output_shape(self, before: Shape) -> Shape:

@@ -50,8 +50,9 @@ from mnistlab.spec import RunSpec
 
 # ------------------------------------------------------------------ what groups members
 
-# A field's role: PROGRAM, NUMBER and NESTED as in `layers`, and
-MEMBER, DATA = "member", "data"  # a member's own (seed, epochs, name), or the images it sees
+# A field's role in grouping members: PROGRAM, NUMBER or NESTED (see `layers`), or
+MEMBER = "member"  # the member's own, whatever the others do: its name, seed and epochs
+DATA = "data"  # it decides the images the member trains and validates on
 
 # Class name -> field -> role; each layer type declares its own (`layers.Layer.roles`).
 # populations_test.py checks that every field of every model reachable from RunSpec is

@@ -122,9 +122,6 @@ class Predictor:
         }
 
 
-# What `description` shows of each kind of layer: the settings that say what it computes
-# at inference (not its initializers or penalties). Unlisted kinds (flatten, global
-# average pooling, the augmentation layers) are described by their type alone.
 def describe_layer(name: str, layer) -> dict[str, Any]:
     """{"name", "type", and the settings the layer type describes itself by}, pairs as JSON lists."""
     entry: dict[str, Any] = {"name": name, "type": layer.type}
