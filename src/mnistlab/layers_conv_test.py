@@ -62,22 +62,16 @@ def numpy_pool(x, kind, size, strides, padding):
     return out
 
 
+@pytest.mark.parametrize("im2col", [True, False])  # the CPU's patch product, XLA's convolution (GPUs)
 @pytest.mark.parametrize("kernel_size, strides, padding", [
     ((3, 3), (1, 1), "valid"), ((3, 3), (1, 1), "same"), ((5, 3), (2, 2), "same"), ((2, 2), (2, 1), "valid"),
-    ((4, 4), (3, 3), "same")])
-@pytest.mark.slow
-def test_conv2d_is_keras_cross_correlation(kernel_size, strides, padding):
+    ((4, 4), (3, 3), "same"), ((1, 2), (1, 1), "valid"), ((1, 1), (2, 2), "valid")])
+def test_conv2d_is_keras_cross_correlation(kernel_size, strides, padding, im2col):
     x = RNG.normal(size=(2, 9, 8, 3)).astype(np.float32)
     kernel = RNG.normal(size=(*kernel_size, 3, 4)).astype(np.float32)
     expected = numpy_conv(x.astype(np.float64), kernel.astype(np.float64), strides, padding)
-    got = layers.conv2d(jnp.asarray(x), jnp.asarray(kernel), strides, padding)
+    got = layers.conv2d(jnp.asarray(x), jnp.asarray(kernel), strides, padding, im2col=im2col)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-    # XLA's own convolution (the path taken on accelerators) agrees as well.
-    lax = jax.lax.conv_general_dilated(
-        jnp.pad(jnp.asarray(x), ((0, 0), same_pads(9, kernel_size[0], strides[0]),
-                                 same_pads(8, kernel_size[1], strides[1]), (0, 0))) if padding == "same" else x,
-        kernel, strides, "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_allclose(got, lax, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["max", "average"])
@@ -119,6 +113,7 @@ def test_parameter_shapes_follow_the_layers():
                       "dense/kernel": (4, 3), "dense/bias": (3,)}  # 9 -> pool 4 -> conv 2 -> pool(same) 1
     params = model.init(conv_spec(), 0, (9, 9))
     assert (params["batch_normalization/moving_variance"] == 1).all() and (params["batch_normalization/gamma"] == 1).all()
+    assert (params["batch_normalization/moving_mean"] == 0).all() and (params["batch_normalization/beta"] == 0).all()
     assert model.split_statistics(params)[1].keys() == {"batch_normalization/moving_mean",
                                                         "batch_normalization/moving_variance"}
 
@@ -175,6 +170,18 @@ def test_batch_normalization_training_and_inference():
     expected = (x - [1, 2, 3]) / np.sqrt(np.array([4, 1, 0.25]) + 0.01) * [2.0, 1.0, 0.5] + [0.0, 1.0, -1.0]
     np.testing.assert_allclose(z, expected[:, :2], rtol=1e-4, atol=1e-5)
     assert moved == {}
+
+
+def test_batch_normalization_of_images_takes_every_pixel_of_the_real_samples_only():
+    x = RNG.normal(size=(3, 4, 5, 2)).astype(np.float32)
+    norm = BatchNormalization(center=False, scale=False, epsilon=0.01)
+    weights = {"moving_mean": jnp.zeros(2), "moving_variance": jnp.ones(2)}
+    for real in ([1.0, 0.0, 0.0], [1.0, 1.0, 0.0]):  # one real sample, then two; the rest is padding
+        out, _ = norm.apply(jnp.asarray(x), weights, {"momentum": 0.9}, key=jax.random.PRNGKey(0),
+                            weight=jnp.asarray(real))
+        kept = x[np.asarray(real) > 0]
+        mean, var = kept.mean(axis=(0, 1, 2)), kept.var(axis=(0, 1, 2))  # over N x H x W
+        np.testing.assert_allclose(out, (x - mean) / np.sqrt(var + 0.01), rtol=1e-4, atol=1e-4)
 
 
 def test_global_average_pooling_and_flatten_order():

@@ -75,3 +75,38 @@ def test_max_norm_caps_each_units_incoming_norm():
     norms = np.linalg.norm(np.asarray(out), axis=0)
     np.testing.assert_allclose(norms, [1.0, np.sqrt(0.05), 1.0], rtol=1e-5)
     np.testing.assert_allclose(out[:, 0], [0.6, 0.8], rtol=1e-5)
+
+
+def test_a_dropout_layer_drops_in_training_only():
+    x, key = jnp.ones((4, 50)), jax.random.PRNGKey(3)
+    layer = Dropout(rate=0.5)
+    trained, moved = layer.apply(x, {}, {"rate": 0.5}, key=key, weight=jnp.ones(4))
+    np.testing.assert_array_equal(trained, layers.dropout(x, 0.5, key))
+    assert moved == {}
+    assert float((trained == 0).mean()) > 0.3  # some units dropped
+    np.testing.assert_array_equal(layer.apply(x, {}, {"rate": 0.5})[0], x)  # inference: untouched
+
+
+def test_the_output_layers_activation_is_left_to_the_loss():
+    x = jnp.array([[1.0, -2.0, 0.5]])
+    softmax = layers.Activation(activation="softmax")
+    np.testing.assert_array_equal(softmax.apply(x, {}, {}, output=True)[0], x)
+    np.testing.assert_allclose(softmax.apply(x, {}, {})[0], np.exp(x) / np.exp(x).sum(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("cls, size", [(Dense, {"units": 4}), (layers.Conv2D, {"filters": 4, "kernel_size": 3})])
+def test_the_structure_tells_apart_where_the_penalties_are(cls, size):
+    # A term whose strength is 0 is left out of the compiled step: which terms exist is program.
+    plain = cls(**size).structure()
+    on_kernel = cls(**size, kernel_regularizer={"l2": 0.01}).structure()
+    on_bias = cls(**size, bias_regularizer={"l2": 0.01}).structure()
+    l1_on_kernel = cls(**size, kernel_regularizer={"l1": 0.01}).structure()
+    assert len({plain, on_kernel, on_bias, l1_on_kernel}) == 4
+    assert cls(**size, kernel_regularizer={"l2": 0.5}).structure() == on_kernel  # the strength is a number
+
+
+def test_a_convolution_keeps_its_patch_matrix_for_backward():
+    conv = layers.Conv2D(filters=4, kernel_size=(3, 2))
+    # an 8x7 output, each pixel a patch of 3 x 2 x 5 input numbers
+    assert conv.kept_for_backward((10, 8, 5), (8, 7, 4)) == 8 * 7 * 3 * 2 * 5
+    assert Dense(units=4).kept_for_backward((10,), (4,)) == 0
