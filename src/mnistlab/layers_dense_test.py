@@ -110,3 +110,13 @@ def test_a_convolution_keeps_its_patch_matrix_for_backward():
     # an 8x7 output, each pixel a patch of 3 x 2 x 5 input numbers
     assert conv.kept_for_backward((10, 8, 5), (8, 7, 4)) == 8 * 7 * 3 * 2 * 5
     assert Dense(units=4).kept_for_backward((10,), (4,)) == 0
+
+
+def test_the_penalised_weights_are_those_with_a_regularizer_and_a_bias_only_when_there_is_one():
+    reg = layers.Regularizer(l2=0.01)
+    assert Dense(units=4, kernel_regularizer=reg, bias_regularizer=reg).regularizers() == {"kernel": reg, "bias": reg}
+    # Keras: no bias, no penalty on it.
+    assert Dense(units=4, kernel_regularizer=reg, bias_regularizer=reg, use_bias=False).regularizers() == {
+        "kernel": reg}
+    assert Dense(units=4).regularizers() == {}
+    assert layers.Conv2D(filters=2, kernel_size=3, bias_regularizer=reg).regularizers() == {"bias": reg}
