@@ -485,6 +485,8 @@ def test_divergence_freezes_one_member_and_writes_no_weights(load, tmp_path):
     path = populations.write_run(tmp_path / "run", members[0], kept[0])
     summary = json.loads((path / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["diverged_at_epoch"] == members[0].epochs
+    assert "lower optimizer.learning_rate" in summary["hint"]  # what to do about it
+    assert summary["final"]["epoch"] == members[0].epochs and math.isnan(summary["final"]["loss"])  # the last epoch
     assert not (path / "weights.safetensors").exists()
 
 
