@@ -39,14 +39,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from safetensors.numpy import load_file, save_file
 
-from mnistlab import data, populations, runs, stats
+from mnistlab import data, populations, runs, stats, tracking
 from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError, suggest
 
@@ -390,16 +390,56 @@ def _open_folder(sweep: SweepSpec, members: list[populations.Member], sweeps_dir
 def run_sweep(sweep: SweepSpec, *, data_dir: str | Path | None = None, sweeps_dir: str | Path = "sweeps",
               resume: bool | Path = False, arrays: data.Arrays | None = None,
               on_epoch: Callable[[dict[str, Any]], None] | None = None,
-              memory_budget: int | None = None) -> SweepResult:
+              memory_budget: int | None = None, log: Sequence[str] = ()) -> SweepResult:
     """Train every member of `sweep`; record, checkpoint and rank them, by point over seeds.
 
     `resume=True` continues the newest unfinished folder of the same sweep (a path: that
     folder). `on_epoch` receives {"epoch", "epochs", "members", "members_done", "best", ...}
-    after each epoch of each part.
+    after each epoch of each part. `log` ("tensorboard[:DIR]", "tensorboard+histograms[:DIR]",
+    "mlflow[:URI]", see `tracking`) logs the sweep as a parent and each member as its child:
+    its settings, its epochs, its status.
     """
     started = time.perf_counter()
     members = candidates(sweep)
     check_metric(sweep, members, sweep.name)
+    # Opened before the sweep's folder: a bad target fails before anything is written.
+    with tracking.Family(log, "sweep", sweep.name, metric=sweep.metric, records_dir=Path(sweeps_dir),
+                         searched=list(dict.fromkeys(k for m in members for k in m.tags["params"])),
+                         params=_logged_settings(sweep, members)) as logs:
+        result = _sweep(sweep, members, logs, data_dir=data_dir, sweeps_dir=sweeps_dir, resume=resume, arrays=arrays,
+                        on_epoch=on_epoch, memory_budget=memory_budget, started=started)
+        # A sweep's metric is ranked on its points' means over seeds: the best one's is its figure.
+        logs.done("completed", {f"best_{sweep.metric}": result.points[0]["mean"]}, result.path, skip=("checkpoints",))
+        return result
+
+
+def _logged_settings(sweep: SweepSpec, members: list[populations.Member]) -> dict[str, Any]:
+    """What a sweep's parent run shows as its parameters (the whole space is its sweep.toml)."""
+    return {"metric": sweep.metric, "direction": sweep.direction, "method": sweep.search.method,
+            "points": len(members) // sweep.seeds, "seeds": sweep.seeds, "members": len(members),
+            "patience": sweep.patience}
+
+
+def _member_logs(logs: tracking.Family) -> dict[str, populations.Hook]:
+    """`populations.run`'s hooks feeding each member's child loggers: its epochs (a resumed
+    member's earlier ones first), the weights when asked, its status when it stops."""
+    if not logs.parents:
+        return {}
+
+    def on_epoch(m: populations.Member, part: populations.Part) -> None:
+        logs.open(m.index, m.spec, m.tags["params"], {"mnistlab.member": m.index, "mnistlab.point": m.tags["point"]},
+                  history=m.history[:-1])
+        logs.on_epoch(m.index, m.history[-1], part.params(m) if logs.wants_weights else None)
+
+    def on_done(m: populations.Member, part: populations.Part) -> None:
+        logs.end(m.index, m.status, {"final": m.final})
+
+    return {"on_epoch": on_epoch, "on_done": on_done}
+
+
+def _sweep(sweep: SweepSpec, members: list[populations.Member], logs: tracking.Family, *, data_dir, sweeps_dir,
+           resume, arrays, on_epoch, memory_budget, started: float) -> SweepResult:
+    """The sweep itself (see `run_sweep`), each member's epochs and end also sent to `logs`."""
     load = populations.loader(data_dir, arrays)
     folder = _open_folder(sweep, members, Path(sweeps_dir), resume, load)
     checkpoints = populations.Checkpoints(folder)
@@ -438,7 +478,7 @@ def run_sweep(sweep: SweepSpec, *, data_dir: str | Path | None = None, sweeps_di
         write_metrics()
         report = populations.run(members, load, metric=sweep.metric, patience=sweep.patience, lanes=sweep.lanes,
                                  memory_budget=memory_budget, checkpoints=checkpoints, after_epoch=after_epoch,
-                                 after_part=after_part)
+                                 after_part=after_part, **_member_logs(logs))
         write_metrics()
         return _record(sweep, folder, members, rows(), report, checkpoints, time.perf_counter() - started)
     except KeyboardInterrupt as stop:

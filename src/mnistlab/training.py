@@ -33,7 +33,8 @@ def train(spec: RunSpec, *, data_dir: str | Path | None = None, runs_dir: str | 
           on_progress: Callable[[engine.Progress], None] | None = None,
           log: Sequence[str] = ()) -> TrainResult:
     """Train `spec` and record it under `runs_dir` (None: record nothing); `log` also sends
-    its epochs to TensorBoard or MLflow (`tracking`: "tensorboard[:DIR]", "mlflow[:URI]")."""
+    its epochs to TensorBoard or MLflow (`tracking`: "tensorboard[:DIR]",
+    "tensorboard+histograms[:DIR]", "mlflow[:URI]")."""
     started = time.perf_counter()
     with tracking.Session(log, spec, runs_dir) as logs:  # opened first: a bad target fails before training
         arrays = arrays if arrays is not None else data.load(spec.dataset, data_dir)
@@ -49,7 +50,7 @@ def train(spec: RunSpec, *, data_dir: str | Path | None = None, runs_dir: str | 
             kept["params"] = part.params(m)
             if writer:
                 writer.log_epoch(m.history[-1])
-            logs.on_epoch(m.history[-1])
+            logs.on_epoch(m.history[-1], kept["params"])  # the weights: for `tensorboard+histograms`
             if on_epoch:
                 on_epoch(m.history[-1])
 

@@ -50,7 +50,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, get_args
+from typing import Any, Callable, Iterator, Literal, Sequence, get_args
 
 import filelock
 import tomli_w
@@ -58,7 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import numpy as np
 
-from mnistlab import data, errors, populations, runs, search
+from mnistlab import data, errors, populations, runs, search, tracking
 from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError, interrupt_code
 
@@ -593,14 +593,39 @@ def run(tune: TuneSpec, trials: int, *, study_dir: str | Path | None = None, sto
         settings: TuneSettings | None = None, data_dir: str | Path | None = None,
         arrays: data.Arrays | None = None, timeout: float | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
-        memory_budget: int | None = None) -> TuneResult:
+        memory_budget: int | None = None, log: Sequence[str] = ()) -> TuneResult:
     """Work on the study until it has `trials` finished (complete, pruned or diverged) trials.
 
     Re-running resumes: the study lives in its storage. Any number of workers may run this
     at once against one storage (see the module's docstring for the counting rule).
     `timeout`: a budget in seconds. No batch is asked after it; trials still training when it
     runs out are stopped at the end of their epoch, failed and queued again (as after Ctrl-C).
+    `log` ("tensorboard[:DIR]", "tensorboard+histograms[:DIR]", "mlflow[:URI]", see
+    `tracking`) logs this worker's work as a parent and each trial it trains as a child: the
+    trial's settings, its epochs (the mean over its seeds), its status.
     """
+    settings = settings or tune.settings
+    folder = Path(study_dir) if study_dir is not None else Path("studies") / tune.name
+    # Opened before the study's folder and storage: a bad target fails before anything is written.
+    with tracking.Family(log, "study", tune.name, metric=tune.sweep.metric, records_dir=folder.parent,
+                         searched=tune.names, params=_logged_settings(tune, settings, trials)) as logs:
+        result = _run(tune, trials, study_dir=study_dir, storage=storage, settings=settings, data_dir=data_dir,
+                      arrays=arrays, timeout=timeout, on_event=on_event, memory_budget=memory_budget, logs=logs)
+        status = "interrupted" if result.interrupted else "stopped" if result.timed_out else "completed"
+        logs.done(status, {f"best_{tune.sweep.metric}": result.summary.get("best_value")}, result.path,
+                  skip=(DATABASE, f"{DATABASE}.lock", "trials"))  # the storage; best/ is the trial kept
+        return result
+
+
+def _logged_settings(tune: TuneSpec, settings: TuneSettings, trials: int) -> dict[str, Any]:
+    """What a study's parent run shows as its parameters (the whole space is its tune.toml)."""
+    return {"metric": tune.sweep.metric, "direction": tune.sweep.direction, "trials": trials,
+            "sampler": settings.sampler, "pruner": settings.pruner, "batch": settings.batch, "seeds": settings.seeds}
+
+
+def _run(tune: TuneSpec, trials: int, *, study_dir, storage, settings: TuneSettings, data_dir, arrays, timeout,
+         on_event, memory_budget, logs: tracking.Family) -> TuneResult:
+    """`run`'s work, each trial's epochs and end also sent to `logs`."""
     # One function on purpose: the ask loop, the storage lock, the heartbeats and the three
     # ways out (done, stopped, failed) share `opened`, the trials this worker holds, and each
     # way out must settle exactly those.
@@ -629,7 +654,7 @@ def run(tune: TuneSpec, trials: int, *, study_dir: str | Path | None = None, sto
     opened: dict[int, Open] = {}
     deadline = started + timeout if timeout is not None else None
     ctx = _Worker(tune, settings, study, folder, populations.loader(data_dir, arrays), base, on_event, memory_budget,
-                  opened, deadline)
+                  opened, deadline, logs=logs)
     interrupted = timed_out = False
     exit_code = 0
     with warnings.catch_warnings(), Heartbeats(rdb, settings.heartbeat_interval) as beats:
@@ -655,8 +680,8 @@ def run(tune: TuneSpec, trials: int, *, study_dir: str | Path | None = None, sto
                                      "target": trials})
                     time.sleep(min(settings.heartbeat_interval, 5))
                     continue
-                _emit(on_event, {"event": "batch", "trials": [t.number for t in batch],
-                                 "finished": now.finished, "target": trials})
+                _emit(on_event, {"event": "batch", "trials": [t.number for t in batch], "finished": now.finished,
+                                 "target": trials, "epochs": max(opened[t.number].spec.training.epochs for t in batch)})
                 ctx.train_batch([opened[t.number] for t in batch])
                 write_outputs(study, folder, tune, settings, url, trials, with_importances=False)
         except (KeyboardInterrupt, _OutOfTime) as stop:
@@ -777,6 +802,7 @@ class _Worker:
     opened: dict[int, Open]
     deadline: float | None = None
     beats: Heartbeats | None = None
+    logs: tracking.Family | None = None
 
     def __post_init__(self):
         self.messages: list[str] = []
@@ -815,6 +841,7 @@ class _Worker:
             records = [m.history[e] for m in o.members]
             o.history.append({k: (float(np.mean([r[k] for r in records])) if k != "epoch" else records[0][k])
                               for k in records[0]})
+            self.log_epoch(o, part)
             value = o.history[-1][metric]
             if populations.better(value, o.best_value, metric):
                 o.best_value, o.best_epoch = value, e + 1
@@ -826,6 +853,22 @@ class _Worker:
         if not any(m.training for m in o.members):
             value = float(np.mean([m.final[metric] for m in o.members]))
             self.close(o, part, TrialState.COMPLETE, "completed", value)
+
+    def open_logs(self, o: Open) -> None:
+        """The trial's child loggers: opened at its first epoch, or at its end if it never had one."""
+        if self.logs is not None:
+            self.logs.open(o.trial.number, o.spec, o.point, {"mnistlab.trial": o.trial.number,
+                                                               "mnistlab.seeds": len(o.members)})
+
+    def log_epoch(self, o: Open, part: populations.Part) -> None:
+        """The trial's last epoch (the mean over its seeds) to its loggers; the weights, when
+        asked, are its first seed's, if that is in this part and at this epoch."""
+        if self.logs is None or not self.logs.parents:
+            return
+        self.open_logs(o)
+        first = o.members[0]
+        at_epoch = self.logs.wants_weights and any(m is first for m in part.members) and first.epochs == len(o.history)
+        self.logs.on_epoch(o.trial.number, o.history[-1], part.params(first) if at_epoch else None)
 
     def close(self, o: Open, part: populations.Part, state, status: str, value: float | None = None) -> None:
         """Stop the trial's members still training and tell Optuna; keep the trial's run if it is the best."""
@@ -856,6 +899,9 @@ class _Worker:
             self.opened.pop(trial.number, None)
             if self.beats is not None:
                 self.beats.remove(trial._trial_id)
+        if self.logs is not None and self.logs.parents:  # a trial that diverged in its first epoch too
+            self.open_logs(o)
+            self.logs.end(trial.number, status if frozen is not None else "taken over", {"final": attrs["final"]})
         if frozen is None:
             return
         best = best_trial(self.study)
