@@ -801,6 +801,15 @@ def run_claim(claim: Claim, budget: Budget, seeds: int, load: Callable[[str], da
             on_event({"event": "group", "claim": claim.key, "group": int(part.key.split(".")[0]) + 1, "groups": groups,
                       "members": len(part.members), "epochs": max(x.spec.training.epochs for x in part.members)})
 
+    def after_epoch(part: populations.Part, result) -> None:
+        # After the part's members are updated: the ones that just finished count as done.
+        # "members" here are the claim's (a progress bar's length); a "group" event's are the group's.
+        if on_event:
+            on_event({"event": "epoch", "claim": claim.key, "group": int(part.key.split(".")[0]) + 1,
+                      "groups": groups, "epoch": result.epoch,
+                      "epochs": max(x.spec.training.epochs for x in part.members),
+                      "members": len(group), "members_done": sum(not m.training for m in group)})
+
     def after_part(part: populations.Part) -> None:
         measure_part(part, budget.target, claim.analysis)
         now = time.perf_counter()
@@ -808,7 +817,7 @@ def run_claim(claim: Claim, budget: Budget, seeds: int, load: Callable[[str], da
                      "seconds": now - mark[0], "compile_seconds": part.population.compile_seconds})
         mark[0] = now
 
-    populations.run(group, load, lanes=lanes, on_epoch=on_epoch, after_part=after_part)
+    populations.run(group, load, lanes=lanes, on_epoch=on_epoch, after_epoch=after_epoch, after_part=after_part)
     result = analyse(claim, group, budget, seeds)
     if claim.analysis == "sets":
         multi = load("mnist-multi")
@@ -854,7 +863,8 @@ def run(budget: Budget, *, seeds: int | None = None, only: list[str] | None = No
     out, kept = [], {}
     for claim in selected:
         if on_event:
-            on_event({"event": "claim", "claim": claim.key, "title": claim.title})
+            on_event({"event": "claim", "claim": claim.key, "title": claim.title,
+                      "members": len(claim.variants) * seeds})  # as `members` makes them
         result, group = run_claim(claim, budget, seeds, load, lanes, on_event)
         out.append(result)
         kept[claim.key] = group

@@ -1,6 +1,7 @@
 """Tests for mnistlab.ablate (claims as data, grouping, analysis, the selection-bias
 protocol) and, end to end through the CLI, `mnistlab ablate` with its report."""
 
+import dataclasses
 import html
 import json
 import math
@@ -160,6 +161,38 @@ def test_a_missing_seed_drops_out_of_the_pairing():
     assert c["difference"]["n"] == 1 and c["verdict"] == stats.INCONCLUSIVE  # one pair: no interval
 
 
+# ------------------------------------------------------------------ progress events
+
+
+def test_a_claim_reports_each_epoch_of_each_group_and_the_members_done(synthetic):
+    # Two programs (ReLU, sigmoid) of 4 initializers x 2 seeds each, 2 epochs: 16 members.
+    budget = dataclasses.replace(ablate.TEST, epochs=2)
+    claim = ablate.CLAIMS["initialization"](budget)
+    events = []
+    _, group = ablate.run_claim(claim, budget, 2, lambda name: synthetic, lanes=1, on_event=events.append)
+    assert len(group) == 16
+    shown = [(e["event"], e["group"], e.get("epoch"), e.get("members_done")) for e in events]
+    assert shown == [("group", 1, None, None), ("epoch", 1, 1, 0), ("epoch", 1, 2, 8),
+                     ("group", 2, None, None), ("epoch", 2, 1, 8), ("epoch", 2, 2, 16)]
+    for e in events:
+        assert e["claim"] == "initialization" and e["groups"] == 2 and e["epochs"] == 2
+        assert e["members"] == (16 if e["event"] == "epoch" else 8)  # the claim's, the group's
+
+
+def test_a_claim_event_says_how_many_members_it_trains():
+    budget = dataclasses.replace(ablate.TEST, claims=("initialization",))
+    events = []
+    with pytest.raises(RuntimeError, match="stop here"):
+        def on_event(e):
+            events.append(e)
+            if e["event"] == "claim":
+                raise RuntimeError("stop here")  # before any training
+        ablate.run(budget, on_event=on_event)
+    claim = events[-1]
+    assert claim["claim"] == "initialization"
+    assert claim["members"] == len(ablate.members(ablate.CLAIMS["initialization"](budget), budget.seeds)) == 16
+
+
 # ------------------------------------------------------------------ end to end
 
 
@@ -184,7 +217,7 @@ def ablated(mnist_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("ablate")
     docs = root / "docs"
     docs.mkdir()
-    done = mnistlab("ablate", "--budget", "test", "--out-dir", str(root / "out"), "--docs", str(docs),
+    done = mnistlab("ablate", "--budget", "test", "--out-dir", str(root / "out"), "--docs", str(docs), "--json",
                     env={"MNISTLAB_DATA": str(mnist_root)})
     assert done.returncode == 0, done.stderr + done.stdout
     (folder,) = list((root / "out").iterdir())
@@ -205,7 +238,17 @@ def test_ablate_writes_results_and_reports(ablated):
     # test budget: regularization none + 3 kinds x 2 strengths, output 4 variants; 2 seeds each
     assert len(members) == sum(c["members"] for c in results["claims"]) == (7 + 4) * 2
     assert {m["claim"] for m in members} == {"regularization", "output"}
-    assert "verdicts" in done.stdout
+    assert "verdicts" in done.stderr  # --json: the table goes to stderr
+
+
+def test_ablate_json_is_the_folder_and_every_verdict(ablated):
+    done, folder, docs = ablated
+    shown = json.loads(done.stdout)
+    results = json.loads((folder / ablate.RESULTS).read_text())
+    assert shown["ablation_dir"] == str(folder) and shown["results"] == str(folder / ablate.RESULTS)
+    assert str(docs / "ablate-test.html") in shown["reports"] and shown["seconds"] == results["seconds"]
+    assert shown["verdicts"] == [{"claim": claim["key"], "statement": c["statement"], "difference": c["difference"],
+                                  "verdict": c["verdict"]} for claim in results["claims"] for c in claim["comparisons"]]
 
 
 def test_every_verdict_follows_from_the_recorded_numbers(ablated):

@@ -13,26 +13,40 @@ import typer
 from mnistlab import console
 from mnistlab.errors import UserError, interrupt_code, raise_on_sigterm
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Dense networks on MNIST with exact Keras semantics, trained fast.")
 
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset files.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only the final table.")]
 Run = Annotated[Path, typer.Argument(help="A run folder.")]
+Json = Annotated[bool, typer.Option("--json", callback=console.for_scripts, help="One JSON object on stdout (the "
+                                    "folder's path and the figures; keys in the README); the rest on stderr.")]
+Log = Annotated[Optional[list[str]], typer.Option(
+    "--log", help="Also log to tensorboard\\[:DIR], tensorboard+histograms\\[:DIR] or mlflow\\[:URI] (repeatable; "
+                  "extras mnistlab\\[tensorboard], mnistlab\\[mlflow]).")]
+
+complete = console.completer  # shell completion: `mnistlab --install-completion` (bash, zsh, fish)
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=console.version, is_eager=True,
+                                                help="Print mnistlab's version and exit.")] = False) -> None:
+    """Dense networks on MNIST with exact Keras semantics, trained fast."""
 
 
 @app.command()
 def train(
     config: Annotated[Optional[Path], typer.Argument(help="A TOML run specification.")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="A named configuration (see `mnistlab presets`).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: section.key=value (repeatable).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="A named configuration (see `mnistlab presets`).",
+                                                  autocompletion=complete("spec", "presets"))] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: section.key=value (repeatable).",
+                                                      autocompletion=complete("data", "DATASETS", "dataset="))] = None,
     data_dir: DataDir = None,
     runs_dir: Annotated[Path, typer.Option(help="Where run folders are written.")] = Path("runs"),
     test: Annotated[bool, typer.Option("--test", help="Evaluate once on the test set at the end.")] = False,
     quiet: Quiet = False,
-    log: Annotated[Optional[list[str]], typer.Option(
-        "--log", help="Also log to tensorboard\\[:DIR] or mlflow\\[:URI] (repeatable; extras "
-                      "mnistlab\\[tensorboard], mnistlab\\[mlflow]).")] = None,
+    json_: Json = False,
+    log: Log = None,
 ) -> None:
     """Train a network and record it in a run folder."""
     from mnistlab import spec as spec_lib
@@ -58,6 +72,8 @@ def sweep(
     sweeps_dir: Annotated[Path, typer.Option(help="Where sweep folders are written.")] = Path("sweeps"),
     top: Annotated[int, typer.Option(help="Rows of the results table.")] = 15,
     quiet: Quiet = False,
+    json_: Json = False,
+    log: Log = None,
 ) -> None:
     """Train many configurations at once (grid, random or list), ranked by their mean over seeds."""
     from mnistlab import search
@@ -71,11 +87,11 @@ def sweep(
 
         space = tune_lib.sweep_as_study(spec)  # its trials are the points
         return _study(space, len(space.points), folder=sweeps_dir / spec.name, storage=storage,
-                      settings=space.settings, data_dir=data_dir, timeout=None, quiet=quiet)
+                      settings=space.settings, data_dir=data_dir, timeout=None, quiet=quiet, log=log)
     with console.members_progress(quiet) as on_epoch:
         try:
             result = search.run_sweep(spec, data_dir=data_dir, sweeps_dir=sweeps_dir, resume=resume,
-                                      on_epoch=on_epoch)
+                                      on_epoch=on_epoch, log=log or [])
         except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: every finished epoch is checkpointed
             console.interrupted(f"the finished epochs are checkpointed in {getattr(stop, 'folder', sweeps_dir)}; "
                                 f"continue with `mnistlab sweep {config} --resume`")
@@ -83,12 +99,13 @@ def sweep(
     console.sweep_results(spec, result, top)
 
 
-def _study(space, trials: int, *, folder: Path, storage, settings, data_dir, timeout, quiet: bool) -> None:
+def _study(space, trials: int, *, folder: Path, storage, settings, data_dir, timeout, quiet: bool, log) -> None:
     """Work on an Optuna study (tune, or a sweep in a storage) and print its trials, best first."""
     from mnistlab import tune as tune_lib
 
-    result = tune_lib.run(space, trials, study_dir=folder, storage=storage, settings=settings, data_dir=data_dir,
-                          timeout=timeout, on_event=console.study_events(space, quiet))
+    with console.study_events(space, quiet) as on_event:
+        result = tune_lib.run(space, trials, study_dir=folder, storage=storage, settings=settings,
+                              data_dir=data_dir, timeout=timeout, on_event=on_event, log=log or [])
     console.study_results(space, result)
     if result.interrupted:
         console.interrupted("the trials in training were failed and queued again; run the same command to resume")
@@ -114,6 +131,8 @@ def tune(
     retest: Annotated[bool, typer.Option("--retest", help="With --final: test again (recorded as a re-test).")] = False,
     data_dir: DataDir = None,
     quiet: Quiet = False,
+    json_: Json = False,
+    log: Log = None,
 ) -> None:
     """Search hyper-parameters with Optuna; resumable, shared by workers; the test set read once."""
     from mnistlab import tune as tune_lib
@@ -127,7 +146,7 @@ def tune(
         trials = space.sweep.search.trials
     if trials is not None:
         _study(space, trials, folder=folder, storage=storage, settings=settings, data_dir=data_dir, timeout=timeout,
-               quiet=quiet)
+               quiet=quiet, log=log)
     if final:
         done = tune_lib.final(space, study_dir=folder, storage=storage, settings=settings,
                               with_validation=with_validation, retest=retest, data_dir=data_dir,
@@ -138,7 +157,8 @@ def tune(
 @app.command()
 def ablate(
     budget: Annotated[str, typer.Option(help="quick (under 20 minutes on 2 CPU cores), full (hours), "
-                                        "or test (seconds, for the test suite).")] = "quick",
+                                        "or test (seconds, for the test suite).",
+                                        autocompletion=complete("ablate", "BUDGETS"))] = "quick",
     seeds: Annotated[Optional[int], typer.Option(help="Seeds per variant (default: the budget's; at least 2).")] = None,
     only: Annotated[Optional[list[str]], typer.Option(
         "--only", help="Run only these claims (repeatable or comma-separated): regularization, dropout, "
@@ -148,14 +168,15 @@ def ablate(
                                                  "ablate-<budget>.md / .html (figures in ablate-<budget>/).")] = None,
     data_dir: DataDir = None,
     quiet: Quiet = False,
+    json_: Json = False,
 ) -> None:
     """Measure the tutorial's claims over seeds: verdicts from 95% intervals, Markdown + HTML report."""
     from mnistlab import ablate_report
 
     try:
-        done = ablate_report.run_and_report(budget, seeds=seeds, only=only, out_dir=out_dir, docs=docs,
-                                            data_dir=str(data_dir) if data_dir else None,
-                                            on_event=console.ablate_events(budget, quiet))
+        with console.ablate_events(budget, quiet) as on_event:
+            done = ablate_report.run_and_report(budget, seeds=seeds, only=only, out_dir=out_dir, docs=docs,
+                                                data_dir=str(data_dir) if data_dir else None, on_event=on_event)
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: an ablation keeps no partial results
         console.interrupted("an ablation is written whole at its end; nothing was written")
         raise typer.Exit(interrupt_code(stop)) from None
@@ -165,14 +186,23 @@ def ablate(
 @app.command()
 def evaluate(
     run: Run,
-    split: Annotated[str, typer.Option(help="test, validation or train.")] = "test",
+    split: Annotated[str, typer.Option(help="test, validation or train.",
+                                       autocompletion=complete("training", "SPLITS"))] = "test",
     data_dir: DataDir = None,
+    json_: Json = False,
 ) -> None:
     """Evaluate a trained run on a split; a test evaluation is recorded in its summary."""
     from mnistlab import training
 
-    result = training.evaluate(run, split, data_dir)
-    console.say(f"{split}: loss {result['loss']:.4f} - accuracy {result['accuracy']:.4f} ({result['samples']} samples)")
+    console.evaluation(run, split, training.evaluate(run, split, data_dir))
+
+
+@app.command("runs")
+def runs_(folder: Annotated[Path, typer.Argument(help="A folder of runs.")] = Path("runs"), json_: Json = False) -> None:
+    """List the runs in a folder, newest first: status, epochs, accuracies, start."""
+    from mnistlab import runs
+
+    console.run_listing(runs.listing(folder))
 
 
 @app.command()
@@ -259,7 +289,8 @@ def plot(
     run: Run,
     out_file: Annotated[Path, typer.Option("--out", "-o", help="The picture to write (.png, .svg or .pdf).")],
     what: Annotated[str, typer.Option(help="curves, confusion, mistakes, weights, feature-maps (convolutional "
-                                      "models), histograms or activity.")] = "curves",
+                                      "models), histograms or activity.",
+                                      autocompletion=complete("report", "PLOTS"))] = "curves",
     split: Annotated[Optional[str], typer.Option(help="validation or test, for confusion, mistakes and feature maps "
                                                  "(test: only when the run recorded a test evaluation).")] = None,
     data_dir: DataDir = None,
@@ -275,6 +306,7 @@ def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run folders.")],
     out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the comparison: "
                                                      ".html (a page) or .png (the curves).")] = None,
+    json_: Json = False,
 ) -> None:
     """Final figures, differing settings and curves of several runs, side by side."""
     from mnistlab import report as report_lib
@@ -293,6 +325,8 @@ def main() -> None:
     except UserError as e:
         console.error(str(e))
         sys.exit(2)
+    finally:
+        console.flush_json()  # --json: the one object, also after an error or an interrupt
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +28,8 @@ def mnistlab(*args, env=None, **kwargs):
 @pytest.fixture(scope="module")
 def trained(mnist_root, tmp_path_factory):
     runs_dir = tmp_path_factory.mktemp("runs")
-    done = mnistlab("train", *QUICK, "--test", "--runs-dir", str(runs_dir), env={"MNISTLAB_DATA": str(mnist_root)})
+    done = mnistlab("train", *QUICK, "--test", "--json", "--runs-dir", str(runs_dir),
+                    env={"MNISTLAB_DATA": str(mnist_root)})
     assert done.returncode == 0, done.stderr + done.stdout
     (run_dir,) = list(runs_dir.iterdir())
     return done, run_dir
@@ -43,9 +45,65 @@ def test_train_records_a_complete_run(trained):
     assert summary["status"] == "completed"
     assert summary["train_samples"] == 8000 and summary["validation_samples"] == 2000
     assert summary["test"]["samples"] == 10000 and summary["test"]["accuracy"] >= 0.90
-    assert "Epoch 2/2" in done.stdout and "val_accuracy" in done.stdout
+    assert "Epoch 2/2" in done.stderr and "val_accuracy" in done.stderr  # --json: people read stderr
     resolved = (run_dir / runs.CONFIG).read_text()
     assert "beta_2 = 0.999" in resolved and "subset = 10000" in resolved
+
+
+def test_train_json_is_one_object_of_the_recorded_figures(trained):
+    done, run_dir = trained
+    shown = json.loads(done.stdout)  # stdout holds the object and nothing else
+    summary = json.loads((run_dir / runs.SUMMARY).read_text())
+    assert shown["run_dir"] == str(run_dir) and shown["status"] == "completed" and shown["epochs"] == 2
+    assert shown["final"] == summary["final"] and shown["test"] == summary["test"]
+    assert shown["best_epoch"] == summary["best_epoch"] and shown["wall_seconds"] == summary["wall_seconds"]
+
+
+def test_runs_lists_newest_first_and_names_an_unreadable_folder(trained, tmp_path):
+    _, run_dir = trained
+    shutil.copytree(run_dir, tmp_path / "b-copy")
+    shutil.copytree(run_dir, tmp_path / "c-broken")
+    (tmp_path / "c-broken" / runs.SUMMARY).write_text("{cut")
+    (tmp_path / "not-a-run").mkdir()
+    os.utime(tmp_path / "c-broken" / runs.CONFIG, (1e9, 1e9))  # 2001: the oldest
+    done = mnistlab("runs", str(tmp_path), "--json")
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(done.stdout)["runs"]
+    assert [Path(r["run_dir"]).name for r in listed] == ["b-copy", "c-broken"]
+    summary = json.loads((run_dir / runs.SUMMARY).read_text())
+    assert listed[0]["status"] == "completed" and listed[0]["epochs"] == 2
+    assert listed[0]["val_accuracy"] == summary["final"]["val_accuracy"]
+    assert listed[0]["test_accuracy"] == summary["test"]["accuracy"]
+    assert listed[1]["status"] == "unreadable" and "not valid JSON" in listed[1]["problem"]
+    assert listed[1]["started"].startswith("2001-09-")
+    table = mnistlab("runs", str(tmp_path)).stdout
+    assert table.index("b-copy") < table.index("c-broken") and "unreadable" in table
+    missing = mnistlab("runs", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "nowhere: no such folder" in missing.stderr
+
+
+def test_version_and_shell_completion():
+    import importlib.metadata
+
+    done = mnistlab("--version")
+    assert done.returncode == 0 and done.stdout == f"mnistlab {importlib.metadata.version('mnistlab')}\n"
+    program = str(Path(sys.executable).parent / "mnistlab")  # the installed script: completion keys on its name
+
+    def complete(shell: str, words: str) -> list[str]:
+        env = {**os.environ, "_MNISTLAB_COMPLETE": f"complete_{shell}", "_TYPER_COMPLETE_ARGS": words,
+               "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1)}
+        if shell == "fish":
+            env["_TYPER_COMPLETE_FISH_ACTION"] = "get-args"
+        done = subprocess.run([program], capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    from mnistlab import data, report, spec
+
+    assert complete("bash", "mnistlab train --preset f") == [p for p in spec.presets() if p.startswith("f")] != []
+    assert complete("fish", "mnistlab train --set d") == [f"dataset={name}" for name in data.DATASETS]
+    zsh = " ".join(complete("zsh", "mnistlab plot run --what c"))  # zsh's _arguments line, each choice quoted
+    assert [p for p in report.PLOTS if f'"{p}"' in zsh] == [p for p in report.PLOTS if p.startswith("c")] != []
 
 
 def test_evaluate_reproduces_and_records_the_test_figure(trained, mnist_root):
@@ -57,6 +115,12 @@ def test_evaluate_reproduces_and_records_the_test_figure(trained, mnist_root):
     assert after["test"]["accuracy"] == pytest.approx(before["test"]["accuracy"], abs=1e-6)
     assert len(after["evaluations"]) == 2
     assert f"accuracy {before['test']['accuracy']:.4f}" in done.stdout
+    scripted = mnistlab("evaluate", str(run_dir), "--split", "validation", "--json",
+                        env={"MNISTLAB_DATA": str(mnist_root)})
+    assert scripted.returncode == 0 and "accuracy" in scripted.stderr, scripted.stderr
+    recorded = json.loads((run_dir / runs.SUMMARY).read_text())["evaluations"][-1]
+    assert json.loads(scripted.stdout) == {"run_dir": str(run_dir), "split": "validation", "loss": recorded["loss"],
+                                           "accuracy": recorded["accuracy"], "samples": 2000}
 
 
 def test_help_shows_the_extras_in_brackets():

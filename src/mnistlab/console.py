@@ -3,10 +3,15 @@
 The commands (`cli`) parse and call; the flows they call report through callbacks
 (`on_epoch`, `on_progress`, `on_event`), and this module turns those into lines, bars
 and tables with rich. Nothing here computes a figure: every number comes in as data.
+
+With `--json` (`for_scripts`) every line, bar and table goes to stderr, and what a
+command ends with is also gathered (`emit`) into one JSON object that `flush_json`
+writes on stdout: `mnistlab train --json | jq .run_dir`.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,12 +19,38 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.table import Column, Table
+from rich.text import Text
 
 # soft_wrap: a Keras line or a path is never broken across lines when piped to a file.
-out = Console(soft_wrap=True)
+stdout = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+out = stdout  # where people read; stderr under --json, so stdout holds the JSON object only
+_json: dict[str, Any] | None = None  # the object --json writes, gathered while the command runs
+
+
+def for_scripts(on: bool) -> bool:
+    """The `--json` option's callback: human output to stderr, the figures to `emit`."""
+    global out, _json
+    out, _json = (err, {}) if on else (stdout, None)
+    return on
+
+
+def emit(**fields: Any) -> None:
+    """Add fields to the JSON object (under --json; otherwise nothing)."""
+    if _json is not None:
+        _json.update(fields)
+
+
+def flush_json() -> None:
+    """Write the gathered object on stdout, once, as the command ends (even on an error)."""
+    global _json
+    if _json:
+        # default=str: paths; NaN stays NaN (a diverged figure), which json.load reads back.
+        sys.stdout.write(json.dumps(_json, default=str) + "\n")
+        sys.stdout.flush()
+    _json = None if _json is None else {}
 
 
 def say(text: str) -> None:
@@ -32,6 +63,7 @@ def warn(text: str) -> None:
 
 def error(text: str) -> None:
     err.print(f"[red]error:[/red] {text}", highlight=False)
+    emit(error=text)
 
 
 def interrupted(text: str) -> None:
@@ -48,6 +80,27 @@ def keras_line(record: dict[str, Any], epochs: int) -> str:
     return " - ".join(parts)
 
 
+def version(shown: bool) -> None:
+    """The `--version` option's callback."""
+    if shown:
+        from mnistlab import __version__
+
+        say(f"mnistlab {__version__}")
+        raise SystemExit(0)
+
+
+def completer(module: str, names: str, prefix: str = "") -> Callable[[str], list[str]]:
+    """A shell completer offering what `mnistlab.<module>.<names>` lists (a function, a
+    mapping or a tuple), each after `prefix`; the module is imported only when a TAB asks."""
+    def complete(incomplete: str) -> list[str]:
+        import importlib
+
+        found = getattr(importlib.import_module(f"mnistlab.{module}"), names)
+        return [c for c in (prefix + n for n in (found() if callable(found) else found)) if c.startswith(incomplete)]
+
+    return complete
+
+
 def listing(header: tuple[str, ...], rows) -> None:
     """A plain table: `mnistlab presets`, `mnistlab datasets`."""
     table = Table(*header)
@@ -56,7 +109,7 @@ def listing(header: tuple[str, ...], rows) -> None:
     out.print(table)
 
 
-# ------------------------------------------------------------------ train
+# ------------------------------------------------------------------ train, evaluate, runs
 
 
 @contextmanager
@@ -101,6 +154,9 @@ def run_summary(summary: dict[str, Any], run_dir: Path | None) -> int:
     out.print(table)
     if run_dir:
         out.print(f"recorded in {run_dir}")
+    emit(run_dir=run_dir, name=summary["name"], status=summary["status"], epochs=summary["epochs_completed"],
+         final=final, best_epoch=summary.get("best_epoch"), test=summary.get("test"),
+         wall_seconds=summary["wall_seconds"])
     if summary["status"] == "diverged":
         err.print(f"[red]diverged[/red] at epoch {summary['diverged_at_epoch']}: {summary['hint']}")
         return 2
@@ -108,6 +164,27 @@ def run_summary(summary: dict[str, Any], run_dir: Path | None) -> int:
         err.print(f"interrupted ({summary['interrupted_by']}): the epochs already finished are recorded")
         return 143 if summary["interrupted_by"] == "SIGTERM" else 130
     return 0
+
+
+def evaluation(run_dir: Path, split: str, result: dict[str, Any]) -> None:
+    say(f"{split}: loss {result['loss']:.4f} - accuracy {result['accuracy']:.4f} ({result['samples']} samples)")
+    emit(run_dir=run_dir, split=split, **result)
+
+
+def run_listing(rows: list[dict[str, Any]]) -> None:
+    """`mnistlab runs`: one line per run, newest first."""
+    # no_wrap: a folder name is copied whole, never folded
+    table = Table(Column("run", no_wrap=True), "status", "epochs", "val_accuracy", "test_accuracy", "started")
+    for r in rows:
+        status = r["status"] if r["status"] != "unreadable" else f"[red]unreadable[/red]: {r['problem']}"
+        table.add_row(Path(r["run_dir"]).name, status, _optional(r["epochs"]), _optional(r["val_accuracy"]),
+                      _optional(r["test_accuracy"]), r["started"])
+    out.print(table)
+    emit(runs=rows)
+
+
+def _optional(value: Any) -> str:
+    return "-" if value is None else _value_text(value)
 
 
 # ------------------------------------------------------------------ sweeps and studies
@@ -180,39 +257,118 @@ def sweep_results(spec, result, top: int) -> None:
         f"{s['seconds']:.1f} s; best point {s['best_point']['point']}: {result.path / 'best'} holds its seed "
         f"{best['seed']} (member {best['member']}), the one closest to the point's mean; per point: "
         f"{result.path / search.POINTS_CSV}, per member: {result.path / search.RESULTS_CSV}")
+    emit(sweep_dir=result.path, metric=spec.metric, best_run=result.path / "best", best_point=s["best_point"],
+         completed=s["completed"], stopped=s["stopped"], diverged=s["diverged"], seconds=s["seconds"],
+         points=result.points)
 
 
-def study_events(space, quiet: bool) -> Callable[[dict[str, Any]], None]:
-    """on_event for `tune.run`: the plan, a line per finished trial and batch; one per wait."""
-    metric, names, waiting, trials = space.sweep.metric, space.names, [], []
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:d}:{minutes:02d}:{secs:02d}"
 
-    def on_event(e: dict[str, Any]) -> None:
-        if quiet:
-            return
-        if e["event"] == "start":
-            trials.append(e["trials"])
-            say(f"{space.name}: {e['trials']} trials, sampler {e['sampler']}, pruner {e['pruner']}, batch "
-                f"{e['batch']}, ranked by {metric}; study folder {e['folder']}")
-        elif e["event"] == "wait":
-            if not waiting:  # once per wait: the other workers' trials fill the count
-                say(f"waiting: {e['running']} trial(s) of other workers running, {e['finished']}/"
-                    f"{e['target']} finished")
-            waiting.append(e)
-            return
-        waiting.clear()
-        if e["event"] == "trial":
-            value = "-" if e["value"] is None else f"{e['value']:.4f}"
-            best = "" if e["best_value"] is None else f" - best {e['best_value']:.4f} (trial {e['best_trial']})"
-            params = ", ".join(f"{short(k, names)}={v:.3g}" if isinstance(v, float) else f"{short(k, names)}={v}"
-                               for k, v in e["params"].items())
-            say(f"trial {e['trial']} {e['status']}: {metric} {value} after {e['epochs']} epochs{best} - "
-                f"{e['finished']}/{trials[-1]} - {params}")
-        elif e["event"] == "batch":
-            say(f"training trials {', '.join(map(str, e['trials']))} ({e['finished']}/{e['target']} finished)")
-        elif e["event"] == "message":
-            say(e["text"])
 
-    return on_event
+def time_left(elapsed: float | None, done: float, left: float | None) -> float | None:
+    """Seconds left at the average pace so far; None before the first step is done."""
+    if elapsed is None or left is None or done <= 0:
+        return None
+    return elapsed / done * left
+
+
+class PaceColumn(ProgressColumn):
+    """Time left at the bar's average pace since it started (or was reset).
+
+    Not rich's TimeRemainingColumn: that one divides by the speed of the last 30 seconds,
+    and trials, claims and epochs end minutes apart, several at once (a batch's trials at
+    the same epoch), which makes its estimate blank or wildly short. A bar resumed part-way
+    (a study's trials finished before this worker came) says so in its field `since`: those
+    steps were not done at this pace.
+    """
+
+    max_refresh = 0.5  # as rich's: no jitter
+
+    def render(self, task: Task) -> Text:
+        if task.total is None:
+            return Text("")
+        seconds = time_left(task.elapsed, task.completed - task.fields.get("since", 0), task.remaining)
+        return Text("-:--:--" if seconds is None else _clock(seconds), style="progress.remaining")
+
+
+def _bars(quiet: bool) -> Progress:
+    """Transient bars where people read (`out`); lines print above them through `bar.console`."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[note]}"), PaceColumn(), console=out, transient=True, disable=quiet)
+
+
+def _printer_above(bar: Progress, quiet: bool) -> Callable[[str], None]:
+    """say(), for lines shown above `bar` while it runs; nothing when quiet."""
+    def say_above(text: str) -> None:
+        if not quiet:
+            bar.refresh()  # the bars drawn under the line as they stand now, not at the last tick
+            bar.console.print(text, highlight=False)
+
+    return say_above
+
+
+def _trial_line(e: dict[str, Any], metric: str, names: list[str], target: int) -> str:
+    value = "-" if e["value"] is None else f"{e['value']:.4f}"
+    best = "" if e["best_value"] is None else f" - best {e['best_value']:.4f} (trial {e['best_trial']})"
+    params = ", ".join(f"{short(k, names)}={v:.3g}" if isinstance(v, float) else f"{short(k, names)}={v}"
+                       for k, v in e["params"].items())
+    return (f"trial {e['trial']} {e['status']}: {metric} {value} after {e['epochs']} epochs{best} - "
+            f"{e['finished']}/{target} - {params}")
+
+
+@contextmanager
+def study_events(space, quiet: bool) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """on_event for `tune.run`: the plan, a line per finished trial and batch, one per wait,
+    above two bars: the study's finished trials (of the target) and the epochs of the
+    batch in training. Quiet: nothing."""
+    metric, names = space.sweep.metric, space.names
+    with _bars(quiet) as bar:
+        trials = bar.add_task("trials", total=None, note="", since=0)
+        epochs = bar.add_task("epochs", total=None, note="", visible=False)
+        target, waiting, resumed = [0], [False], [False]
+        say_above = _printer_above(bar, quiet)
+
+        def finished(done: int, of: int) -> None:
+            if not resumed[0]:  # the trials finished before this run were not done at its pace
+                resumed[0] = True
+                bar.reset(trials, total=of, completed=done, since=done, note="")  # reset replaces the fields
+            bar.update(trials, total=of, completed=done)
+
+        def on_event(e: dict[str, Any]) -> None:
+            kind = e["event"]
+            if kind == "wait":
+                finished(e["finished"], e["target"])
+                if not waiting[0]:  # once per wait: the other workers' trials fill the count
+                    say_above(f"waiting: {e['running']} trial(s) of other workers running, {e['finished']}/"
+                              f"{e['target']} finished")
+                waiting[0] = True
+                return
+            waiting[0] = False
+            if kind == "start":
+                target[0] = e["trials"]
+                bar.update(trials, total=e["trials"])
+                say_above(f"{space.name}: {e['trials']} trials, sampler {e['sampler']}, pruner {e['pruner']}, "
+                          f"batch {e['batch']}, ranked by {metric}; study folder {e['folder']}")
+            elif kind == "batch":
+                finished(e["finished"], e["target"])
+                numbers = ", ".join(map(str, e["trials"]))
+                bar.reset(epochs, total=e["epochs"], visible=True,
+                          description=f"epochs, trials {numbers}", note="")
+                say_above(f"training trials {numbers} ({e['finished']}/{e['target']} finished)")
+            elif kind == "epoch":
+                bar.update(epochs, completed=e["epoch"], note=f"{e['running']} training")
+            elif kind == "trial":
+                bar.update(trials, completed=e["finished"])
+                say_above(_trial_line(e, metric, names, target[0]))
+            elif kind == "message":
+                say_above(e["text"])
+            elif kind == "done":
+                bar.update(epochs, visible=False)
+
+        yield on_event
 
 
 def study_results(space, result) -> None:
@@ -226,6 +382,8 @@ def study_results(space, result) -> None:
     say(f"{c.complete} complete, {c.pruned} pruned, {c.failed} failed ({c.diverged} diverged); best {metric} "
         f"{'-' if s['best_value'] is None else format(s['best_value'], '.4f')} (trial {s['best_trial']}); "
         f"study folder {result.path}; open it live: {s['dashboard']}")
+    emit(study_dir=result.path, storage=result.storage, metric=metric, best_value=s["best_value"],
+         best_trial=s["best_trial"], counts=vars(c), trials=result.trials)
 
 
 def final_epochs(quiet: bool) -> Callable[[dict[str, Any]], None] | None:
@@ -249,27 +407,48 @@ def final_result(space_name: str, done) -> None:
         again = f" (re-test #{r['evaluation']})" if r["retest"] else ""
         say(f"final{again}: trial {r['trial']} retrained on {r['data']}: {figures}; run {r['run']}; "
             f"recorded in {done.path / tune.FINAL}")
+    emit(study_dir=done.path, final={**r, "tested_now": not done.again})
 
 
 # ------------------------------------------------------------------ ablate
 
 
-def ablate_events(budget: str, quiet: bool) -> Callable[[dict[str, Any]], None]:
-    """on_event for `ablate.run`: the plan, each claim as it starts and its verdicts."""
-    def on_event(e: dict[str, Any]) -> None:
-        if quiet:
-            return
-        if e["event"] == "start":
-            say(f"ablate, budget {budget}: {e['claims']} claims, {e['seeds']} seeds ({e['expected']})")
-        elif e["event"] == "claim":
-            say(f"[bold]{e['claim']}[/bold]: {e['title']}")
-        elif e["event"] == "group":
-            say(f"  group {e['group']}/{e['groups']}: {e['members']} members x {e['epochs']} epochs")
-        elif e["event"] == "claim done":
-            counts = {v: e["verdicts"].count(v) for v in dict.fromkeys(e["verdicts"])}
-            say(f"  done in {e['seconds']:.0f} s: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
+@contextmanager
+def ablate_events(budget: str, quiet: bool) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """on_event for `ablate.run`: the plan, each claim as it starts and its verdicts, above
+    three bars: the claims done (of those run), the claim's members done (and its group in
+    training) and that group's epochs. Quiet: nothing."""
+    with _bars(quiet) as bar:
+        claims = bar.add_task("claims", total=None, note="")
+        members = bar.add_task("members", total=None, note="", visible=False)
+        epochs = bar.add_task("epochs", total=None, note="", visible=False)
+        say_above = _printer_above(bar, quiet)
 
-    return on_event
+        def on_event(e: dict[str, Any]) -> None:
+            kind = e["event"]
+            if kind == "start":
+                bar.update(claims, total=e["claims"])
+                say_above(f"ablate, budget {budget}: {e['claims']} claims, {e['seeds']} seeds ({e['expected']})")
+            elif kind == "claim":
+                bar.update(claims, note=e["claim"])
+                bar.reset(members, total=e.get("members"), visible=True, note="")
+                bar.update(epochs, visible=False)
+                say_above(f"[bold]{e['claim']}[/bold]: {e['title']}")
+            elif kind == "group":
+                bar.update(members, note=f"group {e['group']}/{e['groups']}")
+                bar.reset(epochs, total=e["epochs"], visible=True, note=f"{e['members']} members")
+                say_above(f"  group {e['group']}/{e['groups']}: {e['members']} members x {e['epochs']} epochs")
+            elif kind == "epoch":
+                bar.update(members, total=e["members"], completed=e["members_done"])
+                bar.update(epochs, total=e["epochs"], completed=e["epoch"])
+            elif kind == "claim done":
+                bar.advance(claims)
+                bar.update(members, visible=False)
+                bar.update(epochs, visible=False)
+                counts = {v: e["verdicts"].count(v) for v in dict.fromkeys(e["verdicts"])}
+                say_above(f"  done in {e['seconds']:.0f} s: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
+
+        yield on_event
 
 
 def verdicts(done) -> None:
@@ -283,6 +462,10 @@ def verdicts(done) -> None:
     out.print(table)
     say(f"{done.results['seconds'] / 60:.1f} minutes; results in {done.folder / ablate.RESULTS}; report: "
         + ", ".join(map(str, done.written)))
+    emit(ablation_dir=done.folder, results=done.folder / ablate.RESULTS, reports=done.written,
+         seconds=done.results["seconds"],
+         verdicts=[{"claim": claim["key"], "statement": c["statement"], "difference": c["difference"],
+                    "verdict": c["verdict"]} for claim in done.results["claims"] for c in claim["comparisons"]])
 
 
 # ------------------------------------------------------------------ compare
@@ -305,6 +488,8 @@ def comparison(c: dict[str, Any]) -> None:
         for key, values in c["differing"]:
             diff.add_row(key, *[report.fmt_param(v) for v in values])
         out.print(diff)
+    emit(runs=[{"run_dir": path, **{key: values[i] for key, values in c["table"]}} for i, path in enumerate(c["paths"])],
+         differing={key: values for key, values in c["differing"]})
 
 
 def serving(host: str) -> Callable[[str, Any], None]:

@@ -9,6 +9,7 @@ bytes the registry names; anything a user can fix raises `UserError`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -22,6 +23,8 @@ from typing import Literal
 
 import numpy as np
 import pooch
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
 from mnistlab.errors import UserError
 
@@ -325,6 +328,47 @@ def _why(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e)[:120]}"
 
 
+class DownloadBar:
+    """Pooch's custom progress bar (`total`, `update`, `reset`, `close`) drawn by rich on
+    stderr, so a download shows its bar without tqdm.
+
+    The bar appears only once Pooch sets `total`, which it does when it really fetches: a
+    file already in the cache shows nothing. `close` may be called again (the caller's,
+    after Pooch's own on success) and after a failed download, which Pooch does not close.
+    """
+
+    def __init__(self, name: str, console: Console | None = None):
+        self.name = name
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                            TimeRemainingColumn(), console=console or Console(stderr=True))
+        self.task = None
+
+    @property
+    def total(self) -> int | None:
+        return None if self.task is None else self.bar.tasks[0].total
+
+    @total.setter
+    def total(self, size: int) -> None:
+        # 0: the server sent no Content-Length; the bar then counts bytes without an end.
+        if self.task is None:
+            self.task = self.bar.add_task(f"downloading {self.name}", total=size or None)
+            self.bar.start()
+        else:
+            self.bar.update(self.task, total=size or None)
+
+    def update(self, size: int) -> None:
+        self.bar.advance(self.task, size)
+
+    def reset(self) -> None:
+        # Pooch counts each chunk as a full chunk (its size may differ), then resets and
+        # adds the exact total at the end.
+        self.bar.reset(self.task)
+
+    def close(self) -> None:
+        if self.bar.live.is_started:  # rich's stop writes a blank line to a file even if never started
+            self.bar.stop()
+
+
 def _download(info: DatasetInfo, mirrors: tuple[str, ...]) -> tuple[Path | None, list[str]]:
     """Fetches each file into the cache from the first mirror that serves it intact.
 
@@ -336,7 +380,9 @@ def _download(info: DatasetInfo, mirrors: tuple[str, ...]) -> tuple[Path | None,
         for base in mirrors:
             url = base.rstrip("/") + "/" + fname
             try:
-                pooch.retrieve(url, known_hash=known, fname=fname, path=folder)
+                # A bar on stderr while the file streams in (rich's, not tqdm's).
+                with contextlib.closing(DownloadBar(f"{info.name} {fname}")) as bar:
+                    pooch.retrieve(url, known_hash=known, fname=fname, path=folder, progressbar=bar)
                 break
             except (OSError, ValueError) as e:  # requests' errors are OSErrors.
                 tried.append(f"{url}: {_why(e)}")

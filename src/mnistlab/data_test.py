@@ -5,6 +5,7 @@ import functools
 import gzip
 import hashlib
 import http.server
+import io
 import math
 import os
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 from mnistlab import data
 from mnistlab.errors import UserError
@@ -243,6 +245,59 @@ def test_download_lands_in_cache_then_cache_is_used(env, server):
     again = data.load("tiny", mirrors=[f"{base}/good/"])
     assert len(log) == 4  # No request the second time.
     assert again.source == env / "cache" / "tiny"
+
+
+def test_a_download_shows_a_bar_of_its_bytes_on_stderr(env, server, monkeypatch):
+    base, _ = server
+    written = io.StringIO()
+    bars = []
+
+    class Recorded(data.DownloadBar):
+        """Keeps what Pooch sent: each update since the last reset."""
+
+        def __init__(self, name):
+            super().__init__(name, Console(file=written, force_terminal=True, width=200))
+            self.updates = []
+            bars.append(self)
+
+        def update(self, size):
+            self.updates.append(size)
+            super().update(size)
+
+        def reset(self):
+            self.updates = []
+            super().reset()
+
+    monkeypatch.setattr(data, "DownloadBar", Recorded)
+    data.load("tiny", mirrors=[f"{base}/good/"])
+    assert [b.name for b in bars] == [f"tiny {n}" for n in data.IDX_NAMES]
+    for bar, role in zip(bars, data.ROLES):
+        size = len(TINY_FILES[role])
+        (task,) = bar.bar.tasks
+        assert bar.total == task.total == size  # Pooch's Content-Length
+        assert sum(bar.updates) == task.completed == size
+        assert not bar.bar.live.is_started  # closed
+    shown = written.getvalue()
+    assert all(f"downloading tiny {n}" in shown for n in data.IDX_NAMES)
+    bars.clear()
+    data.load("tiny", mirrors=[f"{base}/good/"])  # from the cache: no bar
+    assert bars == [] and written.getvalue() == shown
+
+
+def test_a_failed_download_s_bar_is_closed(env, server, monkeypatch):
+    base, _ = server
+    bars, original = [], data.DownloadBar
+
+    def recorded(name):
+        bars.append(original(name, Console(file=io.StringIO(), force_terminal=True)))
+        return bars[-1]
+
+    monkeypatch.setattr(data, "DownloadBar", recorded)
+    with pytest.raises(UserError):
+        data.load("tiny", mirrors=[f"{base}/cut/"])  # half the file, then the server hangs up
+    # Pooch closes only a bar whose download ended well; its live display (a thread) must not outlive it.
+    (bar,) = bars
+    assert bar.task is not None and not bar.bar.live.is_started
 
 
 def test_mirrors_from_environment(env, server, monkeypatch):

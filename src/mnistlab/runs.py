@@ -321,3 +321,28 @@ def record_evaluation(run: Run, split: str, result: dict[str, float]) -> None:
     if split == "test":
         summary["test"] = entry
     atomic_write(run.path / SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+
+def listing(folder: str | Path) -> list[dict[str, Any]]:
+    """The runs in `folder` (its run subfolders), newest first: what `mnistlab runs` shows.
+    A run is dated by its config.toml, written once when it starts. A folder that cannot be
+    read is listed as "unreadable" with the reason, so one bad folder hides no others."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder; give a folder of runs (default: runs, or --runs-dir of train)")
+    found = sorted((p for p in folder.iterdir() if (p / CONFIG).is_file()),
+                   key=lambda p: ((p / CONFIG).stat().st_mtime, p.name), reverse=True)
+    return [_listed(path) for path in found]
+
+
+def _listed(path: Path) -> dict[str, Any]:
+    started = time.strftime("%Y-%m-%d %H:%M", time.localtime((path / CONFIG).stat().st_mtime))
+    try:
+        run = open_run(path)
+    except (UserError, OSError, ValueError) as err:
+        return {"run_dir": str(path), "name": path.name, "status": "unreadable", "started": started,
+                "epochs": None, "val_accuracy": None, "test_accuracy": None, "problem": str(err)}
+    final = run.summary.get("final") or (run.metrics[-1] if run.metrics else {})
+    return {"run_dir": str(path), "name": run.spec.name, "status": run.status, "started": started,
+            "epochs": len(run.metrics), "val_accuracy": final.get("val_accuracy"),
+            "test_accuracy": (run.summary.get("test") or {}).get("accuracy")}

@@ -181,8 +181,13 @@ def test_a_killed_run_says_so_and_readers_name_it(mnist_root, tmp_path):
     for reader, extra in READERS:
         done = mnistlab(reader, run, *extra, root=mnist_root, cwd=tmp_path, input="")
         assert done.returncode == 2 and "stopped without finishing" in done.stderr, done.stderr
-    done = mnistlab("compare", run, run, root=mnist_root, cwd=tmp_path)
+    done = mnistlab("compare", run, run, "--json", root=mnist_root, cwd=tmp_path)
     assert done.returncode == 0 and "is unfinished (killed)" in done.stderr
+    shown = json.loads(done.stdout)  # --json: a row per run, the settings that differ (none: the same run)
+    assert [r["status"] for r in shown["runs"]] == ["killed"] * 2 and shown["differing"] == {}
+    assert shown["runs"][0]["epochs"] == len(runs.open_run(run).metrics) == shown["runs"][0]["epochs"]
+    listed = json.loads(mnistlab("runs", tmp_path / "runs", "--json", root=mnist_root).stdout)["runs"]
+    assert [(r["run_dir"], r["status"]) for r in listed] == [(str(run), runs.KILLED)]
 
 
 def test_run_files_follow_the_umask(finished_run):

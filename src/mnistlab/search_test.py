@@ -368,11 +368,11 @@ def test_the_table_shows_each_column_once_and_points_over_seeds(tmp_path, mnist_
            "set": ["training.subset=1500", "training.validation_split=0.2", "training.batch_size=100"],
            "search": {"method": "list", "points": [{"training.epochs": 1}, {"training.epochs": 2}]}}
     (tmp_path / "s.toml").write_text(tomli_w.dumps(raw))
-    done = subprocess.run([sys.executable, "-m", "mnistlab", "sweep", str(tmp_path / "s.toml"), "-q",
+    done = subprocess.run([sys.executable, "-m", "mnistlab", "sweep", str(tmp_path / "s.toml"), "-q", "--json",
                            "--sweeps-dir", str(tmp_path / "out")], capture_output=True, text=True,
                           env={**os.environ, "MNISTLAB_DATA": str(mnist_root), "COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
-    header = next(line for line in done.stdout.splitlines() if "point" in line and "seeds" in line)
+    header = next(line for line in done.stderr.splitlines() if "point" in line and "seeds" in line)
     titles = [t.strip() for t in header.strip("┃│ ").split("┃") if t.strip()]
     assert len(titles) == len(set(titles)) and "epochs" in titles
     (folder,) = (tmp_path / "out").iterdir()
@@ -385,7 +385,11 @@ def test_the_table_shows_each_column_once_and_points_over_seeds(tmp_path, mnist_
         half = 12.706205 * np.std(values, ddof=1) / np.sqrt(2)  # t(0.975, 1)
         assert p["n"] == 2 and p["mean"] == pytest.approx(np.mean(values))
         assert p["ci_high"] - p["mean"] == pytest.approx(half, rel=1e-6)
-        assert f"{p['mean']:.4f} ± {half:.4f}" in done.stdout
+        assert f"{p['mean']:.4f} ± {half:.4f}" in done.stderr
+    shown = json.loads(done.stdout)  # --json: the points as points.json holds them, and where they are
+    assert shown["points"] == points and shown["sweep_dir"] == str(folder) and shown["metric"] == "val_accuracy"
+    assert shown["best_point"]["point"] == points[0]["point"] and shown["best_run"] == str(folder / "best")
+    assert shown["completed"] == 4 and shown["diverged"] == 0
     csv_header = (folder / search.POINTS_CSV).read_text().splitlines()[0].split(",")
     assert csv_header[:5] == ["point", "n", "mean", "ci_low", "ci_high"]
     best = runs.open_run(folder / "best")

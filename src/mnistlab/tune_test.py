@@ -192,6 +192,9 @@ def test_pruning_follows_the_median_rule_inside_populations(pruned_study):
     batches = [e["trials"] for e in events if e["event"] == "batch"]
     epochs = {x.number: len(x.intermediate_values) for x in trials}
     assert any(epochs[p.number] < epochs[o] for p in pruned for b in batches if p.number in b for o in b)
+    # Each batch says how long its longest trial trains (the progress bar's length).
+    for e in (e for e in events if e["event"] == "batch"):
+        assert e["epochs"] == 3 >= max(epochs[n] for n in e["trials"])  # BASE: 3 epochs; pruned ones stop sooner
 
 
 def test_best_trial_is_a_run_folder_with_its_weights(pruned_study, no_test, keras_validation):
@@ -521,13 +524,19 @@ def _has_study(url, name):
 def test_two_workers_started_together_on_a_new_sqlite_study_both_run(mnist_root, tmp_path):
     raw = space("race", settings={"batch": 1})
     (tmp_path / "space.toml").write_text(tomli_w.dumps(raw))
-    common = ["tune", tmp_path / "space.toml", "--trials", 4, "--study-dir", tmp_path / "study"]
+    common = ["tune", tmp_path / "space.toml", "--trials", 4, "--study-dir", tmp_path / "study", "--json"]
     workers = [mnistlab(*common, env={"MNISTLAB_DATA": str(mnist_root)}) for _ in range(2)]
     outputs = [w.communicate(timeout=300) for w in workers]
     for w, (out, err) in zip(workers, outputs):
         assert w.returncode == 0, err + out
     trials = trials_of(tune.default_storage(tmp_path / "study"), "race")
     assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 4 and len(trials) == 4
+    best = max(trials, key=lambda t: t.value)  # val_accuracy: higher is better
+    for out, _ in outputs:  # --json: each worker ends with the study as its storage holds it
+        shown = json.loads(out)
+        assert shown["study_dir"] == str(tmp_path / "study") and shown["counts"]["complete"] == 4
+        assert (shown["best_trial"], shown["best_value"]) == (best.number, best.value)
+        assert sorted(row["trial"] for row in shown["trials"]) == [0, 1, 2, 3]
 
 
 def test_two_workers_started_together_on_a_new_postgresql_database_both_run(postgres, mnist_root, tmp_path):
