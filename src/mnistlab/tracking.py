@@ -26,8 +26,8 @@ the record of truth; these are views of it in tools people already have open.
   each epoch, in `train/` as `<layer>/<weight>/histogram` (Keras' `histogram_freq=1`).
 - `mlflow[:URI]`: an MLflow run in experiment "mnistlab" with the resolved specification as
   parameters, every epoch's metrics at step = epoch, the test figures, and the run folder
-  as a tag. At the end the run folder's files are the run's artifacts, and its network
-  `model/model.onnx` (written by `export`; needs the `onnx` package). URI defaults to
+  as a tag. At the end the run folder's files are the run's artifacts, and its network an
+  MLflow model named "model" (the onnx flavour, the graph `export` writes). URI defaults to
   MLflow's own default (`MLFLOW_TRACKING_URI`, else MLflow's local store); artifacts go
   where the experiment's artifact location says.
 
@@ -404,28 +404,29 @@ def _log_folder(client, run_id: str, folder: Path, skip: Sequence[str] = ()) -> 
 
 
 def _log_onnx(client, run_id: str, run_dir: Path) -> None:
-    """The run's network as `model/model.onnx`, as `mnistlab export` writes it.
+    """The run's network as an MLflow model named "model" (the onnx flavour, the graph
+    `mnistlab export` writes): listed under the run's logged models, loadable with
+    `mlflow.onnx.load_model("models:/<id>")` and servable with `mlflow models serve`.
 
-    An artifact, not `mlflow.onnx.log_model`: that imports pandas, which mlflow-skinny does
-    not install, and logs through the fluent API's global active run, where these loggers
-    hold their own client. A run without weights (diverged) has no model; without the
-    `onnx` package the run says so in a tag."""
-    from mnistlab import runs
+    Through the client (`mlflow.onnx.save_model` writes the folder, `create_logged_model`
+    and `log_model_artifacts` send it), not `mlflow.onnx.log_model`, which logs through the
+    fluent API's global active run where these loggers hold their own client. A run without
+    weights (diverged) has no model."""
+    import mlflow.onnx
+    from mlflow.entities import LoggedModelStatus
+
+    from mnistlab import export, runs
 
     if not (run_dir / runs.WEIGHTS).is_file():
         return
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        client.set_tag(run_id, "mnistlab.model", "not logged: pip install onnx")
-        return
-    from mnistlab import export
-
     record = runs.open_run(run_dir)
+    experiment_id = client.get_run(run_id).info.experiment_id
+    logged = client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        path.write_bytes(export.onnx_model(record.spec, record.params()).SerializeToString())
-        client.log_artifact(run_id, str(path), "model")
+        folder = Path(tmp) / "model"
+        mlflow.onnx.save_model(export.onnx_model(record.spec, record.params()), str(folder))
+        client.log_model_artifacts(logged.model_id, str(folder))
+    client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
 
 
 def _finish_run(client, run_id: str, status: str, metrics: dict[str, float], folder: Path | None,

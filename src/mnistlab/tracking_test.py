@@ -1,6 +1,7 @@
 """tracking.py: what TensorBoard and MLflow read back is what training recorded."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,11 +140,19 @@ def artifacts(client, run_id, path=None):
 
 
 def onnx_spec(client, run_id, tmp_path):
-    """The specification inside the run's `model/model.onnx`."""
+    """The specification inside the run's logged model, after checking it is one: named
+    "model", ready, of the onnx flavour (its MLmodel file), the only one of the run."""
+    import mlflow.artifacts
     import onnx
+    import yaml
 
-    path = client.download_artifacts(run_id, "model/model.onnx", str(tmp_path))
-    props = {p.key: p.value for p in onnx.load(path).metadata_props}
+    experiment = client.get_run(run_id).info.experiment_id
+    (logged,) = [m for m in client.search_logged_models([experiment]) if m.source_run_id == run_id]
+    assert logged.name == "model" and logged.status.name == "READY"
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=logged.artifact_location,
+                                                      dst_path=str(tmp_path / logged.model_id)))
+    flavor = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["onnx"]
+    props = {p.key: p.value for p in onnx.load(folder / flavor["data"]).metadata_props}
     return json.loads(props["mnistlab.spec"])
 
 
@@ -220,7 +229,7 @@ def test_train_command_logs_to_both(mnist_root, mlflow_uri, tmp_path):
     assert run.data.metrics["val_accuracy"] == pytest.approx(metrics[-1]["val_accuracy"])
     assert json.loads((run_dir / runs.SUMMARY).read_text())["status"] == "completed"
     # The run folder, whole, and its network as ONNX under model/.
-    assert artifacts(client, run.info.run_id) == {p.name for p in run_dir.iterdir()} | {"model/model.onnx"}
+    assert artifacts(client, run.info.run_id) == {p.name for p in run_dir.iterdir()}
     assert onnx_spec(client, run.info.run_id, tmp_path) == runs.open_run(run_dir).spec.resolved()
 
 
@@ -333,7 +342,7 @@ def test_a_sweep_is_an_hparams_experiment_and_a_parent_mlflow_run(synthetic, mlf
     assert parent.data.params["metric"] == "val_accuracy" and parent.data.params["members"] == "2"
     logged = artifacts(client, parent.info.run_id)
     written = {str(p.relative_to(result.path)) for p in result.path.rglob("*") if p.is_file()}
-    assert logged == {p for p in written if not p.startswith("checkpoints/")} | {"model/model.onnx"}
+    assert logged == {p for p in written if not p.startswith("checkpoints/")}
     assert "best/weights.safetensors" in logged and "results.csv" in logged
     assert onnx_spec(client, parent.info.run_id, tmp_path) == runs.open_run(result.path / "best").spec.resolved()
     runs_ = children(client, parent.info.run_id)
@@ -370,10 +379,11 @@ def test_a_study_logs_a_child_per_trial(synthetic, mlflow_uri, tmp_path):
     assert parent.data.metrics["best_val_loss"] == pytest.approx(result.summary["best_value"])
     logged = artifacts(client, parent.info.run_id)
     written = {str(p.relative_to(result.path)) for p in result.path.glob("*") if p.is_file()}
-    assert {"study.json", "trials.csv", "tune.toml", "model/model.onnx"} <= logged
+    assert {"study.json", "trials.csv", "tune.toml"} <= logged
     # The storage (and its lock) stays out; of the trial folders, best/ is the one kept.
-    assert logged - {"model/model.onnx"} == {p for p in written if not p.startswith("study.db")} | {
+    assert logged == {p for p in written if not p.startswith("study.db")} | {
         f"best/{p.name}" for p in (result.path / "best").iterdir()}
+    assert onnx_spec(client, parent.info.run_id, tmp_path) == runs.open_run(result.path / "best").spec.resolved()
     runs_ = children(client, parent.info.run_id)
     assert set(runs_) == set(trials)
     for name, run in runs_.items():
