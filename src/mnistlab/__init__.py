@@ -21,7 +21,16 @@ def sweep(spec, **kwargs):
     return search.run_sweep(spec, **kwargs)
 
 
+def summary(spec):
+    """Keras' model.summary() of a `RunSpec`, a TOML file or a run folder; shown, the table:
+    `mnistlab.summary(mnistlab.preset("seed"))`."""
+    from mnistlab import data, model, spec as spec_lib
+
+    spec = spec if isinstance(spec, RunSpec) else spec_lib.from_source(spec)
+    return model.summary(spec.model, data.get_info(spec.dataset).image_shape)
+
+
 engine.enable_compile_cache()  # from Python as from the command line
 
-__all__ = ["RunSpec", "TrainResult", "UserError", "load", "preset", "sweep", "train", "with_overrides"]
+__all__ = ["RunSpec", "TrainResult", "UserError", "load", "preset", "summary", "sweep", "train", "with_overrides"]
 __version__ = importlib.metadata.version("mnistlab")

@@ -19,13 +19,16 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset files.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only the final table.")]
 Run = Annotated[Path, typer.Argument(help="A run folder.")]
+complete = console.completer  # shell completion: `mnistlab --install-completion` (bash, zsh, fish)
 Json = Annotated[bool, typer.Option("--json", callback=console.for_scripts, help="One JSON object on stdout (the "
                                     "folder's path and the figures; keys in the README); the rest on stderr.")]
+Preset = Annotated[Optional[str], typer.Option(help="A named configuration (see `mnistlab presets`).",
+                                              autocompletion=complete("spec", "presets"))]
+Set = Annotated[Optional[list[str]], typer.Option("--set", help="Override: section.key=value (repeatable).",
+                                                  autocompletion=complete("data", "DATASETS", "dataset="))]
 Log = Annotated[Optional[list[str]], typer.Option(
     "--log", help="Also log to tensorboard\\[:DIR], tensorboard+histograms\\[:DIR] or mlflow\\[:URI] (repeatable; "
                   "extras mnistlab\\[tensorboard], mnistlab\\[mlflow]).")]
-
-complete = console.completer  # shell completion: `mnistlab --install-completion` (bash, zsh, fish)
 
 
 @app.callback()
@@ -36,11 +39,9 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=console.ve
 
 @app.command()
 def train(
-    config: Annotated[Optional[Path], typer.Argument(help="A TOML run specification.")] = None,
-    preset: Annotated[Optional[str], typer.Option(help="A named configuration (see `mnistlab presets`).",
-                                                  autocompletion=complete("spec", "presets"))] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: section.key=value (repeatable).",
-                                                      autocompletion=complete("data", "DATASETS", "dataset="))] = None,
+    config: Annotated[Optional[Path], typer.Argument(help="A TOML run specification (or a run folder: its own).")] = None,
+    preset: Preset = None,
+    set_: Set = None,
     data_dir: DataDir = None,
     runs_dir: Annotated[Path, typer.Option(help="Where run folders are written.")] = Path("runs"),
     test: Annotated[bool, typer.Option("--test", help="Evaluate once on the test set at the end.")] = False,
@@ -203,6 +204,20 @@ def runs_(folder: Annotated[Path, typer.Argument(help="A folder of runs.")] = Pa
     from mnistlab import runs
 
     console.run_listing(runs.listing(folder))
+
+
+@app.command()
+def summary(
+    source: Annotated[Optional[Path], typer.Argument(help="A run folder or a TOML run specification.")] = None,
+    preset: Preset = None,
+    set_: Set = None,
+    json_: Json = False,
+) -> None:
+    """Keras' model.summary(): each layer's output shape and weights; the totals, trainable or not."""
+    import mnistlab
+    from mnistlab import spec as spec_lib
+
+    console.model_summary(mnistlab.summary(spec_lib.from_source(source, preset, set_ or [])))
 
 
 @app.command()

@@ -82,6 +82,18 @@ def test_runs_lists_newest_first_and_names_an_unreadable_folder(trained, tmp_pat
     assert missing.returncode == 2 and "nowhere: no such folder" in missing.stderr
 
 
+def test_summary_of_a_run_and_of_a_preset_as_keras_prints_it(trained):
+    _, run_dir = trained
+    done = mnistlab("summary", str(run_dir), "--json")
+    assert done.returncode == 0 and "Total params: 203,530 (795.04 KB)" in done.stderr, done.stderr
+    shown = json.loads(done.stdout)  # the fast preset: 784-256-10
+    assert (shown["total"], shown["trainable"], shown["non_trainable"]) == (784 * 256 + 256 + 2570, 203_530, 0)
+    assert [(layer["name"], layer["output_shape"]) for layer in shown["layers"]] == [
+        ("dense", [None, 256]), ("dense_1", [None, 10])]
+    done = mnistlab("summary", "--preset", "seed", "--set", "model.layers.0.units=500")
+    assert done.returncode == 0 and "dense (Dense)" in done.stdout and f"{784 * 500 + 500:,}" in done.stdout
+
+
 def test_version_and_shell_completion():
     import importlib.metadata
 

@@ -166,6 +166,15 @@ def run_summary(summary: dict[str, Any], run_dir: Path | None) -> int:
     return 0
 
 
+def model_summary(summary) -> None:
+    """`mnistlab summary`: Keras' model.summary() table and its totals."""
+    out.print(summary.table())
+    for line in summary.totals():
+        say(line)
+    emit(layers=[vars(r) for r in summary.rows], total=summary.total, trainable=summary.trainable,
+         non_trainable=summary.non_trainable)
+
+
 def evaluation(run_dir: Path, split: str, result: dict[str, Any]) -> None:
     say(f"{split}: loss {result['loss']:.4f} - accuracy {result['accuracy']:.4f} ({result['samples']} samples)")
     emit(run_dir=run_dir, split=split, **result)

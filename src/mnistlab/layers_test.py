@@ -112,9 +112,13 @@ def test_export_report_and_predict_know_every_layer_type(kind, images):
     # At inference each layer's output is the next one's input, up to the logits.
     outputs = [np.asarray(x) for _, x in model.walk(spec.model, params, images)]
     np.testing.assert_allclose(outputs[-1], np.asarray(model.logits(spec.model, params, {}, images)), atol=1e-6)
-    rows = report.architecture(spec.model, (28, 28), params)
+    rows = report.architecture(spec.model, (28, 28))
     assert [row["name"] for row in rows] == ["input", *model.layer_names(spec.model)]
     assert sum(int(row["params"].replace(",", "")) for row in rows) == sum(v.size for v in params.values())
+    summary = model.summary(spec.model, (28, 28))  # Keras' model.summary(): moving statistics not trainable
+    assert [r.kind for r in summary.rows] == [type(layer).__name__ for layer in spec.model.layers]
+    assert summary.total == sum(v.size for v in params.values())
+    assert summary.non_trainable == sum(v.size for k, v in params.items() if k.endswith(("moving_mean", "moving_variance")))
     described = [predict.describe_layer(name, layer) for name, layer in zip(model.layer_names(spec.model),
                                                                             spec.model.layers)]
     assert [d["type"] for d in described] == [layer.type for layer in spec.model.layers]
@@ -147,7 +151,7 @@ def test_the_report_shows_the_settings_not_left_at_their_default(layer, shown):
 def test_the_report_table_lists_each_layer_as_keras_summary_does():
     spec = spec_lib.from_dict({"model": {"layers": [CONV, {"type": "max_pooling2d", "pool_size": 2},
                                                     {"type": "flatten"}, *HEAD]}})
-    rows = report.architecture(spec.model, (28, 28), model.init(spec.model, seed=0, input_shape=(28, 28)))
+    rows = report.architecture(spec.model, (28, 28))
     assert [(r["name"], r["settings"], r["shape"], r["params"]) for r in rows] == [
         ("input", "pixels x 0.003922", "28x28x1", "0"),
         ("conv2d", "filters=3, kernel_size=3x3, activation=relu", "26x26x3", f"{3 * 3 * 3 + 3}"),

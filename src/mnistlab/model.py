@@ -12,6 +12,8 @@ applies it for prediction.
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
 from typing import Iterator, Mapping
 
 import jax
@@ -247,3 +249,79 @@ def constrain(spec: ModelSpec, params: Params, hyper: Hyper) -> Params:
     changed = [(name, layer.constrain(own(params, name, "/"), own(hyper, name, ".")))
                for name, layer in zip(layer_names(spec), spec.layers)]
     return {**params, **_named(changed, "/")}
+
+
+# ------------------------------------------------------------------ Keras' model.summary()
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    name: str  # Keras' automatic name: dense, dense_1, ...
+    kind: str  # Keras' class name: Dense, Conv2D, ...
+    output_shape: tuple[int | None, ...]  # with the batch axis, None as Keras prints it
+    params: int
+    trainable: int  # of `params`: batch normalization's moving statistics are not
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What Keras' `model.summary()` shows: a row per layer, the totals. Printed (repr),
+    the same table: `mnistlab.model.summary(mnistlab.preset("seed").model)`."""
+
+    rows: tuple[SummaryRow, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(r.params for r in self.rows)
+
+    @property
+    def trainable(self) -> int:
+        return sum(r.trainable for r in self.rows)
+
+    @property
+    def non_trainable(self) -> int:
+        return self.total - self.trainable
+
+    def table(self):
+        """The rich table Keras 3 prints (it draws its summary with rich too)."""
+        from rich.table import Table
+
+        table = Table("Layer (type)", "Output Shape", "Param #", title='Model: "sequential"', title_justify="left")
+        table.columns[2].justify = "right"
+        for r in self.rows:
+            shape = "(" + ", ".join(map(str, r.output_shape)) + ")"
+            table.add_row(f"{r.name} ({r.kind})", shape, f"{r.params:,}")
+        return table
+
+    def totals(self) -> list[str]:
+        """Keras' three lines under the table, sizes at 4 bytes a weight (float32)."""
+        return [f" {what} params: {n:,} ({readable_size(4 * n)})" for what, n in
+                (("Total", self.total), ("Trainable", self.trainable), ("Non-trainable", self.non_trainable))]
+
+    def __repr__(self) -> str:
+        from rich.console import Console
+
+        screen = Console(width=100, record=True, file=io.StringIO())
+        screen.print(self.table())
+        return screen.export_text() + "\n".join(self.totals())
+
+
+def readable_size(size: float) -> str:
+    """Bytes as Keras' summary writes them: 3.03 MB (units of 1,024)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1024:
+            return f"{size:.2f} {unit}"
+        size /= 1024
+    return f"{size:.2f} PB"
+
+
+def summary(spec: ModelSpec, image_shape: tuple[int, ...] = (28, 28)) -> Summary:
+    """Keras' model.summary() of `spec` for images of `image_shape` (no weights needed:
+    the counts follow from the shapes)."""
+    shapes = output_shapes(spec.layers, as_shape(image_shape))
+    rows = []
+    for name, layer, before, after in zip(layer_names(spec), spec.layers, shapes, shapes[1:]):
+        counts = {k: int(np.prod(s)) for k, s in layer.weight_shapes(before).items()}
+        rows.append(SummaryRow(name, type(layer).__name__, (None, *after), sum(counts.values()),
+                               sum(n for k, n in counts.items() if k not in layers.STATISTICS)))
+    return Summary(tuple(rows))

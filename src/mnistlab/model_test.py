@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mnistlab import model
+from mnistlab import spec as spec_lib
 from mnistlab.spec import Dense, Dropout, Flatten, ModelSpec, RandomRotation, RandomTranslation, Regularizer
 
 jax.config.update("jax_enable_x64", False)
@@ -139,3 +140,38 @@ def test_consecutive_augmentations_are_one_resampling_of_their_composed_maps():
         expected = scipy.ndimage.map_coordinates(images[i].astype(np.float64), [read_rows, read_cols], order=1,
                                                  mode="grid-constant", cval=0.5)
         np.testing.assert_allclose(np.asarray(got[i]).reshape(12, 10), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("preset, total", [
+    ("seed", 795_010),       # the tutorial's 784-1000-10: 784*1000 + 1000 + 1000*10 + 10
+    ("keras-mlp", 669_706),  # Keras' mnist_mlp example, as its model.summary() prints
+    ("cnn", 34_826),         # Keras' mnist_convnet example, as its model.summary() prints
+])
+def test_the_summary_counts_keras_publishes_for_its_examples(preset, total):
+    summary = model.summary(spec_lib.preset(preset).model, (28, 28))
+    assert summary.total == summary.trainable == total and summary.non_trainable == 0
+
+
+def test_the_summary_of_batch_normalization_keeps_its_statistics_out_of_the_trainable():
+    spec = spec_lib.ModelSpec(layers=[
+        {"type": "conv2d", "filters": 8, "kernel_size": 3}, {"type": "batch_normalization"},
+        {"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}])
+    summary = model.summary(spec, (28, 28))
+    assert [(r.name, r.kind, r.output_shape, r.params, r.trainable) for r in summary.rows] == [
+        ("conv2d", "Conv2D", (None, 26, 26, 8), 3 * 3 * 8 + 8, 3 * 3 * 8 + 8),
+        ("batch_normalization", "BatchNormalization", (None, 26, 26, 8), 4 * 8, 2 * 8),  # gamma, beta trained
+        ("flatten", "Flatten", (None, 26 * 26 * 8), 0, 0),
+        ("dense", "Dense", (None, 10), 26 * 26 * 8 * 10 + 10, 26 * 26 * 8 * 10 + 10)]
+    assert summary.non_trainable == 2 * 8
+    shown = repr(summary)
+    assert "batch_normalization (BatchNormalization)" in shown and "(None, 26, 26, 8)" in shown
+    total = 80 + 32 + 54_090
+    assert shown.endswith(f" Total params: {total:,} ({total * 4 / 1024:.2f} KB)\n"
+                          f" Trainable params: {total - 16:,} ({(total - 16) * 4 / 1024:.2f} KB)\n"
+                          " Non-trainable params: 16 (64.00 B)")
+
+
+@pytest.mark.parametrize("size, text", [(0, "0.00 B"), (1023, "1023.00 B"), (1024, "1.00 KB"),
+                                        (795_010 * 4, "3.03 MB"), (3 * 1024 ** 3, "3.00 GB")])
+def test_sizes_read_as_keras_writes_them(size, text):
+    assert model.readable_size(size) == text

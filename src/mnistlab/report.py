@@ -508,7 +508,7 @@ def run_context(d: RunData, prefix: str = "", environment: dict[str, Any] | None
             "spec_name": run.spec.name, "cards": _cards(d, fit), "verdict": _verdict(metrics, fit, summary),
             "epochs": epochs, "per_class": _per_class(d), "layers": _layers(d),
             "env": _machine(d, environment), "evaluations": evaluations,
-            "architecture": architecture(run.spec.model, d.image_shape, d.params) if d.params is not None else [],
+            "architecture": architecture(run.spec.model, d.image_shape) if d.params is not None else [],
             "config": config_path.read_text() if config_path.exists() else "",
             "no_weights": d.no_weights, "prefix": prefix,
             "figures": {f.key[len(prefix):]: f for f in run_figures(d, prefix)}}
@@ -630,19 +630,18 @@ def _setting_text(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def architecture(spec, image_shape: tuple[int, ...], params: dict[str, np.ndarray]) -> list[dict[str, str]]:
-    """Every layer as Keras' model.summary() lists it: name, settings (those not left at
-    their default), output shape of one image, and its number of weights."""
+def architecture(spec, image_shape: tuple[int, ...]) -> list[dict[str, str]]:
+    """Every layer as Keras' model.summary() lists it (`model.summary`), with its settings
+    (those not left at their default); shapes of one image."""
     from mnistlab import model
 
-    shapes = spec_lib.output_shapes(spec.layers, image_shape)
-    rows = [{"name": "input", "settings": f"pixels x {spec.input_rescale:.4g}", "shape": _shape_text(shapes[0]),
+    first = spec_lib.output_shapes(spec.layers, image_shape)[0]
+    rows = [{"name": "input", "settings": f"pixels x {spec.input_rescale:.4g}", "shape": _shape_text(first),
              "params": "0"}]
-    for name, layer, after in zip(model.layer_names(spec), spec.layers, shapes[1:]):
+    for row, layer in zip(model.summary(spec, image_shape).rows, spec.layers):
         settings = layer.summary_settings()
-        count = sum(int(np.prod(v.shape)) for k, v in params.items() if k.rpartition("/")[0] == name)
-        rows.append({"name": name, "settings": ", ".join(f"{k}={_setting_text(v)}" for k, v in settings.items()),
-                     "shape": _shape_text(after), "params": f"{count:,}"})
+        rows.append({"name": row.name, "settings": ", ".join(f"{k}={_setting_text(v)}" for k, v in settings.items()),
+                     "shape": _shape_text(row.output_shape[1:]), "params": f"{row.params:,}"})
     return rows
 
 

@@ -232,6 +232,30 @@ class Holdout(Settings):
     method: Literal["last", "stratified"] = "last"
 
 
+class EarlyStopping(Settings):
+    """Keras' `EarlyStopping` callback, as a setting of the run (`[training.early_stopping]`).
+
+    After each epoch from `start_from_epoch` (0-based, as Keras counts) the `monitor`ed
+    figure is an improvement when it beats the best so far by more than `min_delta` (its
+    sign is ignored, as Keras' `abs`); `patience` epochs without one stop training. `mode`
+    "auto" minimizes losses and maximizes accuracies. With a `baseline`, the count of epochs
+    without improvement restarts only on epochs that also beat it. `restore_best_weights`:
+    the run keeps the weights of its best epoch (Keras 3: also when it did not stop early).
+    """
+
+    monitor: Literal["val_loss", "val_accuracy", "loss", "accuracy"] = "val_loss"
+    min_delta: float = 0.0
+    patience: int = Field(default=0, ge=0)
+    mode: Literal["auto", "min", "max"] = "auto"
+    baseline: float | None = None
+    restore_best_weights: bool = False
+    start_from_epoch: int = Field(default=0, ge=0)
+
+    @property
+    def minimize(self) -> bool:
+        return self.mode == "min" or (self.mode == "auto" and self.monitor.endswith("loss"))
+
+
 class TrainingSpec(Settings):
     epochs: int = Field(default=20, gt=0)
     batch_size: int = Field(default=32, gt=0)
@@ -242,6 +266,17 @@ class TrainingSpec(Settings):
     # Not Keras: train on the first `subset` training images only (quick experiments,
     # tests, reduced budgets). The validation split is taken from these.
     subset: int | None = Field(default=None, gt=0)
+    early_stopping: EarlyStopping | None = None
+
+    @model_validator(mode="after")
+    def _monitored(self) -> "TrainingSpec":
+        # Keras only warns, and then never stops: a setting that can do nothing is refused here.
+        stopping = self.early_stopping
+        if stopping is not None and stopping.monitor.startswith("val_") and self.validation.fraction <= 0:
+            raise ValueError(f"early_stopping.monitor = '{stopping.monitor}' needs validation data: set "
+                             "training.validation_split (e.g. 0.1), or monitor = "
+                             f"'{stopping.monitor.removeprefix('val_')}'")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -459,9 +494,12 @@ def with_overrides(spec: RunSpec, assignments: list[str]) -> RunSpec:
 
 def from_source(path: str | Path | None = None, preset_name: str | None = None,
                 assignments: list[str] | None = None) -> RunSpec:
-    """A TOML file's specification or a preset's (default "seed"), then `key=value` overrides:
-    what `mnistlab train [CONFIG] [--preset NAME] [--set ...]` trains."""
+    """A TOML file's specification, a run folder's (its config.toml) or a preset's (default
+    "seed"), then `key=value` overrides: what `mnistlab train [CONFIG] [--preset NAME]
+    [--set ...]` trains, and what `mnistlab summary` describes."""
     if path is not None and preset_name is not None:
         raise UserError("give either CONFIG or --preset, not both")
+    if path is not None and Path(path).is_dir():
+        path = Path(path) / "config.toml"  # a run folder: the resolved specification it ran
     spec = load(path) if path is not None else preset(preset_name or "seed")
     return with_overrides(spec, assignments or [])

@@ -307,3 +307,13 @@ def test_flatten_gives_dotted_paths_with_list_indices():
     tree = {"optimizer": {"learning_rate": 0.003}, "model": {"layers": [{"units": 3}, {"rate": 0.5}]}, "name": "x"}
     assert spec_lib.flatten(tree) == {"optimizer.learning_rate": 0.003, "model.layers.0.units": 3,
                                       "model.layers.1.rate": 0.5, "name": "x"}
+
+
+def test_a_run_folder_is_a_source_of_its_own_specification(tmp_path):
+    ran = spec_lib.with_overrides(spec_lib.preset("fast"), ["training.epochs=3"])
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.toml").write_text(tomli_w.dumps(ran.resolved()))
+    assert spec_lib.from_source(tmp_path / "run", None, ["training.epochs=4"]).resolved() == spec_lib.with_overrides(
+        ran, ["training.epochs=4"]).resolved()
+    with pytest.raises(UserError, match="config.toml"):  # a folder that is not a run
+        spec_lib.from_source(tmp_path, None, [])
