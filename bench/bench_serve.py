@@ -44,7 +44,7 @@ def train_seed_network(runs_dir: Path) -> Path:
     import mnistlab
 
     spec = mnistlab.with_overrides(mnistlab.preset("seed"), ["training.subset=10000", "training.epochs=1"])
-    return mnistlab.train(spec, runs_dir=runs_dir).run_dir
+    return mnistlab.train(spec, runs_dir=runs_dir, verbose=0).run_dir
 
 
 def canvas_pngs(n: int, size: int = 140) -> tuple[list[bytes], list[int]]:

@@ -5,7 +5,7 @@ import importlib.metadata
 from mnistlab import engine
 from mnistlab.errors import UserError
 from mnistlab.spec import RunSpec, load, preset, with_overrides
-from mnistlab.training import TrainResult, train
+from mnistlab.training import Callback, History, TrainResult, resume, train
 
 
 def sweep(spec, **kwargs):
@@ -32,5 +32,6 @@ def summary(spec):
 
 engine.enable_compile_cache()  # from Python as from the command line
 
-__all__ = ["RunSpec", "TrainResult", "UserError", "load", "preset", "summary", "sweep", "train", "with_overrides"]
+__all__ = ["Callback", "History", "RunSpec", "TrainResult", "UserError", "load", "preset", "resume", "summary",
+           "sweep", "train", "with_overrides"]
 __version__ = importlib.metadata.version("mnistlab")

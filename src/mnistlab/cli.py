@@ -45,19 +45,33 @@ def train(
     data_dir: DataDir = None,
     runs_dir: Annotated[Path, typer.Option(help="Where run folders are written.")] = Path("runs"),
     test: Annotated[bool, typer.Option("--test", help="Evaluate once on the test set at the end.")] = False,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue this killed or interrupted run "
+                                                   "folder from its last finished epoch, to the same numbers.")] = None,
     quiet: Quiet = False,
     json_: Json = False,
     log: Log = None,
 ) -> None:
     """Train a network and record it in a run folder."""
+    from mnistlab import runs
     from mnistlab import spec as spec_lib
     from mnistlab import training
 
-    spec = spec_lib.from_source(config, preset, set_ or [])
+    if resume is not None and (config is not None or preset is not None or set_):
+        raise UserError("--resume continues the run as its config.toml says: give no CONFIG, --preset or --set")
+    spec = runs.open_run(resume).spec if resume is not None else spec_lib.from_source(config, preset, set_ or [])
     with console.epochs_progress(spec.training.epochs, quiet) as (on_epoch, on_progress):
-        result = training.train(spec, data_dir=data_dir, runs_dir=runs_dir, test=test, on_epoch=on_epoch,
-                                on_progress=on_progress, log=log or [])
+        shown = dict(data_dir=data_dir, on_epoch=on_epoch, on_progress=on_progress, log=log or [], verbose=0)
+        if resume is not None:
+            result = training.resume(resume, test=test or None, **shown)
+        else:
+            result = training.train(spec, runs_dir=runs_dir, test=test, **shown)
     code = console.run_summary(result.summary, result.run_dir)
+    stopping = result.summary.get("early_stopping") or {}
+    if stopping.get("stopped_epoch"):
+        console.say(f"early stopping: stopped after epoch {stopping['stopped_epoch']}, {stopping['monitor']} best at "
+                    f"epoch {stopping['best_epoch']}; the run keeps epoch {stopping['weights_from_epoch']}'s weights")
+    if result.status == "interrupted" and result.run_dir is not None:
+        console.interrupted(f"continue it with `mnistlab train --resume {result.run_dir}`")
     if code:
         raise typer.Exit(code)
 
@@ -274,16 +288,29 @@ def serve(
 def export(
     run: Run,
     out_path: Annotated[Path, typer.Option("--out", "-o", help="The file to write (model.onnx, weights.npz, ...).")],
-    format_: Annotated[Optional[str], typer.Option("--format", help="onnx, safetensors or npz "
+    format_: Annotated[Optional[str], typer.Option("--format", help="onnx, safetensors, npz or keras "
                                                    "(default: from --out's suffix).")] = None,
     input_type: Annotated[str, typer.Option(help="ONNX input: uint8 or float32 pixels 0..255.")] = "uint8",
     force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
 ) -> None:
-    """Export the network: ONNX (image -> probabilities), or the weights as safetensors / npz."""
+    """Export the network: ONNX or Keras (image -> probabilities), or the weights as safetensors / npz."""
     from mnistlab import export as export_lib, runs
 
     fmt = export_lib.write(runs.open_run(run), out_path, format_, input_type=input_type, overwrite=force)
     console.say(f"wrote {out_path} ({fmt})")
+
+
+@app.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="A Keras model file: model.keras (or model.h5).")],
+    runs_dir: Annotated[Path, typer.Option(help="Where the run folder is written.")] = Path("runs"),
+    dataset: Annotated[str, typer.Option(help="The dataset the model reads (see `mnistlab datasets`).",
+                                         autocompletion=complete("data", "DATASETS"))] = "mnist",
+) -> None:
+    """Make a run folder from a Keras Sequential model: its layers, weights and compile settings."""
+    from mnistlab import keras_io
+
+    console.say(f"wrote {keras_io.import_run(file, runs_dir, dataset=dataset)}")
 
 
 @app.command()

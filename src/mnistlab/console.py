@@ -23,6 +23,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Column, Table
 from rich.text import Text
 
+from mnistlab import training
+
 # soft_wrap: a Keras line or a path is never broken across lines when piped to a file.
 stdout = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -68,16 +70,6 @@ def error(text: str) -> None:
 
 def interrupted(text: str) -> None:
     err.print(f"interrupted: {text}", highlight=False)
-
-
-def keras_line(record: dict[str, Any], epochs: int) -> str:
-    """`Epoch 3/20 - 1.52s - loss: 0.2310 - ... - learning_rate: 0.001`, as Keras prints."""
-    parts = [f"Epoch {record['epoch']}/{epochs}", f"{record['seconds']:.2f}s"]
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        if key in record:
-            parts.append(f"{key}: {record[key]:.4f}")
-    parts.append(f"learning_rate: {record['learning_rate']:.4g}")
-    return " - ".join(parts)
 
 
 def version(shown: bool) -> None:
@@ -126,7 +118,7 @@ def epochs_progress(epochs: int, quiet: bool) -> Iterator[tuple[Callable, Callab
 
         def on_epoch(record: dict[str, Any]) -> None:
             if not quiet:
-                bar.console.print(keras_line(record, epochs))
+                bar.console.print(training.keras_line(record, epochs))
             bar.reset(task, epoch=record["epoch"] + 1)
 
         yield on_epoch, on_progress
@@ -397,7 +389,7 @@ def study_results(space, result) -> None:
 
 def final_epochs(quiet: bool) -> Callable[[dict[str, Any]], None] | None:
     """on_epoch for `tune.final`: the retraining's Keras lines, marked as the final's."""
-    return None if quiet else (lambda r: say("final: " + keras_line(r, r["epochs"])))
+    return None if quiet else (lambda r: say("final: " + training.keras_line(r, r["epochs"])))
 
 
 def final_result(space_name: str, done) -> None:
@@ -535,13 +527,15 @@ def predictions(predictor, results: Iterator, top: int, as_json: bool) -> int:
                 sys.stdout.flush()
                 error(str(result))
             continue
-        best = predictor.top(result, top)
+        best, sure = predictor.top(result, top), predictor.assess(result)
         if as_json:
             write(json.dumps({"file": name, "class": best[0][0], "label": predictor.label(best[0][0]),
                               "top": [{"class": c, "label": predictor.label(c), "probability": p} for c, p in best],
-                              "probabilities": [float(p) for p in result]}) + "\n")
+                              "probabilities": [float(p) for p in result], **sure}) + "\n")
         else:
-            write(f"{name}: " + "  ".join(f"{predictor.label(c)} ({p:.4f})" for c, p in best) + "\n")
+            doubt = f"  - unsure: {predictor.label(best[0][0])}? could be {sure['runner_up']['label']}" \
+                if sure["unsure"] else ""
+            write(f"{name}: " + "  ".join(f"{predictor.label(c)} ({p:.4f})" for c, p in best) + doubt + "\n")
     sys.stdout.flush()
     if failed:
         err.print(f"{failed} of {count} images could not be used (see the errors above)", highlight=False)

@@ -1,7 +1,8 @@
-"""A trained run's network out of mnistlab: ONNX, safetensors, or NumPy `.npz`.
+"""A trained run's network out of mnistlab: ONNX, safetensors, NumPy `.npz`, or Keras.
 
     export.write(run, Path("model.onnx"))                      # format from the suffix
     export.write(run, Path("w.npz"), fmt="npz")
+    export.write(run, Path("model.keras"))                     # a Keras 3 model (see keras_io)
 
 ONNX: the graph is built with `onnx.helper` straight from the spec, layer by layer (each
 layer type writes its own nodes: `layers.Layer.onnx`), so it is the same arithmetic as
@@ -46,7 +47,7 @@ from mnistlab import data, layers, model, runs
 from mnistlab.errors import UserError
 from mnistlab.spec import RunSpec, output_shapes, takes_image
 
-FORMATS = {"onnx": ".onnx", "safetensors": ".safetensors", "npz": ".npz"}
+FORMATS = {"onnx": ".onnx", "safetensors": ".safetensors", "npz": ".npz", "keras": ".keras"}
 INPUT_TYPES = ("uint8", "float32")
 OPSET = 17
 IR_VERSION = 8  # readable by every onnxruntime since 1.10
@@ -60,7 +61,7 @@ def format_for(out: Path, fmt: str | None) -> str:
         if fmt is None:
             raise UserError(f"--out {out}: cannot tell the format from the suffix '{out.suffix}'. "
                             f"Pass --format ({', '.join(FORMATS)}) or name the file *.onnx, "
-                            "*.safetensors or *.npz.")
+                            "*.safetensors, *.npz or *.keras.")
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     return fmt
@@ -188,6 +189,10 @@ def write(run: runs.Run, out: Path, fmt: str | None = None, *, input_type: str =
         runs.atomic_write(out, onnx_model(run.spec, params, input_type=input_type).SerializeToString())
     elif fmt == "safetensors":
         runs.save_weights(out, params, run.spec)
+    elif fmt == "keras":
+        from mnistlab import keras_io  # Keras is an extra: imported only when asked for
+
+        keras_io.save(run.spec, params, out)
     else:
         import io
 

@@ -293,8 +293,10 @@ def test_weight_files_hold_the_parameters_and_the_spec(trained_run, tmp_path, ca
 
 @pytest.mark.parametrize("args, message", [
     (["--out", "{tmp}/model.bin"], "cannot tell the format from the suffix '.bin'. Pass --format (onnx, "
-                                   "safetensors, npz) or name the file *.onnx, *.safetensors or *.npz."),
-    (["--out", "{tmp}/model.onnx", "--format", "tflite"], "--format 'tflite': expected one of onnx, safetensors, npz"),
+                                   "safetensors, npz, keras) or name the file *.onnx, *.safetensors, *.npz or "
+                                   "*.keras."),
+    (["--out", "{tmp}/model.onnx", "--format", "tflite"],
+     "--format 'tflite': expected one of onnx, safetensors, npz, keras"),
     (["--out", "{tmp}/model.onnx", "--input-type", "int16"], "--input-type 'int16': expected one of uint8, float32"),
     (["--out", "{tmp}/no/such/folder/model.onnx"], "does not exist. Create it first"),
     (["--out", "{tmp}/exists.onnx"], "the file exists. Choose another name or pass --force"),

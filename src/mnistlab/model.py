@@ -201,9 +201,11 @@ def final_activation_index(spec: ModelSpec) -> int:
     raise AssertionError("spec validation guarantees a final softmax/sigmoid")
 
 
-def probabilities(spec: ModelSpec, params: Params, images: jax.Array) -> jax.Array:
-    """What the Keras model outputs at inference: softmax or sigmoid of the logits."""
+def probabilities(spec: ModelSpec, params: Params, images: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """What the Keras model outputs at inference: softmax or sigmoid of the logits, the
+    logits divided by `temperature` first (`calibration`: 1 is the network as trained)."""
     z = logits(spec, params, {}, images)
+    z = z if temperature == 1.0 else z / temperature
     return jax.nn.softmax(z) if spec.output_activation == "softmax" else jax.nn.sigmoid(z)
 
 

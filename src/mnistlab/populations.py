@@ -23,9 +23,10 @@ The data key is derived by exclusion: every field outside `model` and `optimizer
 not a member field belongs to it, so a field added later trains apart until it is
 classified, and is never shared by mistake.
 
-A member stops at its own epoch count, when it diverges, when it has not improved for
-`patience` epochs, or when a hook says so (Optuna's pruner); it is frozen inside its
-running population (`engine.Population.freeze`) while the others go on.
+A member stops at its own epoch count, when it diverges, when its own
+`training.early_stopping` says so (Keras' EarlyStopping rule, `watch`), or when a hook says
+so (Optuna's pruner, a callback); it is frozen inside its running population
+(`engine.Population.freeze`) while the others go on.
 """
 
 from __future__ import annotations
@@ -62,7 +63,10 @@ ROLES: dict[str, dict[str, str]] = {
     "TrainingSpec": {"epochs": MEMBER, "batch_size": PROGRAM, "eval_batch_size": PROGRAM, "shuffle": PROGRAM,
                      # Initial weights, batch order and dropout masks; with a stratified holdout it
                      # also draws the validation images, and is then part of the data key.
-                     "seed": MEMBER, "validation": NESTED, "subset": DATA},
+                     "seed": MEMBER, "validation": NESTED, "subset": DATA, "early_stopping": NESTED},
+    # When a member stops and which of its weights it keeps: its own, outside the program.
+    "EarlyStopping": dict.fromkeys(("monitor", "min_delta", "patience", "mode", "baseline",
+                                    "restore_best_weights", "start_from_epoch"), MEMBER),
     "Holdout": {"fraction": DATA, "method": DATA},
     "ModelSpec": {"layers": NESTED, "input_rescale": PROGRAM},
     "Initializer": dict.fromkeys(("name", "mean", "stddev", "minval", "maxval", "value"), MEMBER),
@@ -158,6 +162,53 @@ def better(value: float, best: float | None, metric: str) -> bool:
     return value > best if direction(metric) == "maximize" else value < best
 
 
+@dataclass(frozen=True)
+class Watch:
+    """Keras' EarlyStopping state: epochs without improvement, the best figure and its
+    1-based epoch number (0: none yet)."""
+
+    wait: int = 0
+    best: float | None = None
+    best_epoch: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"wait": self.wait, "best": self.best, "best_epoch": self.best_epoch}
+
+
+def watch(settings: spec_lib.EarlyStopping, state: Watch, record: dict[str, Any]) -> tuple[Watch, bool]:
+    """Keras' `EarlyStopping.on_epoch_end` as a pure function: (the new state, stop now?).
+
+    `record["epoch"]` is 1-based; Keras' `epoch` argument is that minus 1. A figure the
+    epoch did not produce, or an epoch before `start_from_epoch`, changes nothing.
+    """
+    epoch, value = record["epoch"] - 1, record.get(settings.monitor)
+    if value is None or epoch < settings.start_from_epoch:
+        return state, False
+    delta = -abs(settings.min_delta) if settings.minimize else abs(settings.min_delta)
+
+    def improves(reference: float | None) -> bool:
+        if reference is None:
+            return True
+        shifted = value - delta
+        return shifted < reference if settings.minimize else shifted > reference
+
+    if improves(state.best):
+        # The count restarts only when the baseline is beaten too.
+        wait = 0 if settings.baseline is None or improves(settings.baseline) else state.wait + 1
+        return Watch(wait, value, record["epoch"]), False
+    wait = state.wait + 1
+    return Watch(wait, state.best, state.best_epoch), wait >= settings.patience and epoch > 0
+
+
+def replay(spec: RunSpec, history: list[dict[str, Any]]) -> Watch:
+    """The early-stopping state after `history`, from the records alone."""
+    state = Watch()
+    if spec.training.early_stopping is not None:
+        for record in history:
+            state, _ = watch(spec.training.early_stopping, state, record)
+    return state
+
+
 @dataclass
 class Member:
     """One configuration being trained: the record every caller reads.
@@ -175,6 +226,10 @@ class Member:
     best_value: float | None = None
     train_samples: int = 0
     validation_samples: int = 0
+    watch: Watch = Watch()  # of `spec.training.early_stopping`, when it has one
+    # The weights of `watch.best_epoch`, kept with `restore_best_weights`: what the member
+    # ends with (`Part.params`), as Keras sets them back at the end of training.
+    best_weights: dict[str, np.ndarray] | None = None
 
     @property
     def seed(self) -> int:
@@ -198,15 +253,22 @@ class Member:
         """The bookkeeping a checkpoint keeps (the weights go beside it)."""
         return {"index": self.index, "status": self.status, "history": self.history, "best_epoch": self.best_epoch,
                 "best_value": self.best_value, "train_samples": self.train_samples,
-                "validation_samples": self.validation_samples}
+                "validation_samples": self.validation_samples, "watch": self.watch.as_dict()}
 
     def restore(self, state: dict[str, Any]) -> None:
         for key in ("status", "history", "best_epoch", "best_value", "train_samples", "validation_samples"):
             setattr(self, key, state[key])
+        # Checkpoints written before early stopping was kept per member hold no watch: replay it.
+        self.watch = Watch(**state["watch"]) if "watch" in state else replay(self.spec, self.history)
+
+    @property
+    def restores_best(self) -> bool:
+        stopping = self.spec.training.early_stopping
+        return stopping is not None and stopping.restore_best_weights
 
 
-def _advance(m: Member, record: dict[str, Any], diverged: bool, metric: str, patience: int | None) -> None:
-    """Fold one trained epoch into a member: divergence, best value, its own end, patience."""
+def _advance(m: Member, record: dict[str, Any], diverged: bool, metric: str) -> None:
+    """Fold one trained epoch into a member: divergence, best value, its own end, early stopping."""
     m.history.append(record)
     m.status = RUNNING
     value = record.get(metric)  # None when not produced (no validation data): nothing to rank by
@@ -215,9 +277,12 @@ def _advance(m: Member, record: dict[str, Any], diverged: bool, metric: str, pat
         return
     if value is not None and better(value, m.best_value, metric):
         m.best_value, m.best_epoch = value, record["epoch"]
+    stop = False
+    if m.spec.training.early_stopping is not None:
+        m.watch, stop = watch(m.spec.training.early_stopping, m.watch, record)
     if m.epochs >= m.spec.training.epochs:
         m.status = COMPLETED
-    elif patience and record["epoch"] - m.best_epoch >= patience:
+    elif stop:
         m.status = STOPPED
 
 
@@ -239,6 +304,9 @@ class Part:
     y_val: np.ndarray | None = None
 
     def params(self, m: Member) -> dict[str, np.ndarray]:
+        """The member's weights; once it has stopped with `restore_best_weights`, its best epoch's."""
+        if not m.training and m.best_weights is not None and m.status != DIVERGED:
+            return m.best_weights
         return self.population.member_params(self.members.index(m))
 
     def evaluate(self, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -377,14 +445,23 @@ class Checkpoints:
         path = self._file(part.key)
         if path.exists():
             meta = self._meta(path)
-            part.population.load_state_arrays(load_file(path), meta["epochs"], meta["diverged"])
+            arrays = load_file(path)
+            part.population.load_state_arrays(arrays, meta["epochs"], meta["diverged"])
+            for m in part.members:
+                prefix = f"best/{m.index}/"
+                best = {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}
+                m.best_weights = best or None
 
     def save(self, part: Part) -> None:
         meta = {"epochs": part.population.epochs_done, "diverged": part.population.diverged.tolist(),
                 "lanes": part.lanes, "members": [m.state() for m in part.members]}
         path = self._file(part.key)
         tmp = path.with_name(path.name + ".tmp")
-        save_file(part.population.state_arrays(), str(tmp), metadata={"mnistlab.part": json.dumps(meta)})
+        # Kept best weights go in the same file: one rename makes state and best agree.
+        best = {f"best/{m.index}/{k}": np.ascontiguousarray(v) for m in part.members
+                if m.best_weights is not None for k, v in m.best_weights.items()}
+        save_file({**part.population.state_arrays(), **best}, str(tmp),
+                  metadata={"mnistlab.part": json.dumps(meta)})
         tmp.replace(path)
 
     def finish(self, part: Part) -> None:
@@ -417,7 +494,7 @@ class Report:
 
 
 def run(members: list[Member], load: Callable[[str], data.Arrays], *, metric: str = "val_accuracy",
-        patience: int | None = None, lanes: int | None = None, memory_budget: int | None = None,
+        lanes: int | None = None, memory_budget: int | None = None,
         checkpoints: Checkpoints | None = None,
         on_epoch: Hook | None = None,
         on_done: Hook | None = None,
@@ -442,7 +519,7 @@ def run(members: list[Member], load: Callable[[str], data.Arrays], *, metric: st
         report.parts += 1
         if checkpoints is not None and checkpoints.done(part.key):
             continue
-        _train_part(part, report, metric=metric, patience=patience, lanes=lanes, checkpoints=checkpoints,
+        _train_part(part, report, metric=metric, lanes=lanes, checkpoints=checkpoints,
                     on_epoch=on_epoch, on_done=on_done, after_epoch=after_epoch, on_progress=on_progress)
         if after_part is not None:
             after_part(part)
@@ -453,7 +530,7 @@ def run(members: list[Member], load: Callable[[str], data.Arrays], *, metric: st
     return report
 
 
-def _train_part(part: Part, report: Report, *, metric, patience, lanes, checkpoints, on_epoch, on_done,
+def _train_part(part: Part, report: Report, *, metric, lanes, checkpoints, on_epoch, on_done,
                 after_epoch, on_progress) -> None:
     first = part.members[0].spec
     part.x_train, part.y_train, part.x_val, part.y_val = split(first, part.arrays)
@@ -481,7 +558,9 @@ def _train_part(part: Part, report: Report, *, metric, patience, lanes, checkpoi
                 if trained[i] and m.training:
                     record = {"epoch": result.epoch, **{k: v[i] for k, v in result.metrics.items()},
                               "seconds": float(seconds[i])}
-                    _advance(m, record, result.diverged[i], metric, patience)
+                    _advance(m, record, result.diverged[i], metric)
+                    if m.restores_best and m.watch.best_epoch == record["epoch"]:
+                        m.best_weights = part.population.member_params(i)
                     if on_epoch is not None:
                         on_epoch(m, part)
             stopped = [m for i, m in enumerate(part.members) if trained[i] and not m.training]
@@ -523,12 +602,25 @@ def summary(m: Member, **extra: Any) -> dict[str, Any]:
         "train_seconds": float(sum(seconds)), "seconds_per_epoch": seconds,
         "final": m.history[-1] if m.history else None,
     }
+    if m.spec.training.early_stopping is not None:
+        out["early_stopping"] = early_stopping_summary(m)
     if m.status == DIVERGED:
         out["diverged_at_epoch"] = m.epochs
         out["hint"] = DIVERGED_HINT
     out.update(extra)
     out.setdefault("environment", runs.environment())
     return out
+
+
+def early_stopping_summary(m: Member) -> dict[str, Any]:
+    """What early stopping did, in 1-based epoch numbers: the best epoch of its monitor, where
+    it stopped (None: it did not), and whose weights the run keeps."""
+    stopping = m.spec.training.early_stopping
+    ended = m.status in (COMPLETED, STOPPED)
+    restored = m.restores_best and ended and m.best_weights is not None
+    return {"monitor": stopping.monitor, "best": m.watch.best, "best_epoch": m.watch.best_epoch or None,
+            "stopped_epoch": m.epochs if m.status == STOPPED else None,
+            "weights_from_epoch": m.watch.best_epoch if restored else (m.epochs or None)}
 
 
 def finite(params: dict[str, np.ndarray]) -> bool:

@@ -121,10 +121,14 @@ BASES = {
     "adagrad": (_optimizer({"name": "adagrad", "learning_rate": 0.05}), _family("adagrad")),
     "adamw": (_optimizer({"name": "adamw", "learning_rate": 2e-3, "amsgrad": True}), _family("adamw")),
     "conv": (CONV, lambda path: path.startswith("model.layers.")),
+    "stopping": ({**DENSE, "training": {**COMMON["training"], "early_stopping": {
+        "monitor": "val_loss", "patience": 2, "min_delta": 0.01, "baseline": 5.0, "restore_best_weights": True}}},
+        lambda path: path.startswith("training.early_stopping.")),
 }
 
 NAMES = (*layers.ACTIVATIONS, *layers.INITIALIZERS, *spec_lib.OPTIMIZERS, "exponential", "inverse_time",
-         "step", "cosine", "constant", "stratified", "last", "same", "valid", "reflect", "nearest", "wrap")
+         "step", "cosine", "constant", "stratified", "last", "same", "valid", "reflect", "nearest", "wrap",
+         "val_accuracy", "max")
 
 
 def _alternatives(path: str, value) -> list:
@@ -341,7 +345,8 @@ def test_members_stop_at_their_own_epochs_in_one_population(load):
 
 
 def test_patience_and_hooks_stop_members(load):
-    base = spec_lib.with_values(spec_lib.from_dict(DENSE), {"training.epochs": 4})
+    base = spec_lib.with_values(spec_lib.from_dict(DENSE), {"training.epochs": 4,
+                                                            "training.early_stopping.patience": 1})
     members = [populations.Member(i, spec_lib.with_values(base, {"optimizer.learning_rate": lr}))
                for i, lr in enumerate((2e-3, 1e-9, 2e-3))]
 
@@ -351,7 +356,7 @@ def test_patience_and_hooks_stop_members(load):
 
     done = []
     # learning rate 1e-9 learns nothing: its val_loss stops improving at once (patience 1).
-    populations.run(members, load, metric="val_loss", patience=1, lanes=1, on_epoch=prune_third,
+    populations.run(members, load, metric="val_loss", lanes=1, on_epoch=prune_third,
                     on_done=lambda m, part: done.append((m.index, m.status, m.epochs)))
     assert members[0].status == populations.COMPLETED and members[0].epochs == 4
     assert members[2].status == populations.PRUNED and members[2].epochs == 2
@@ -502,3 +507,101 @@ def test_points_rank_by_their_mean_over_seeds_with_student_t_intervals():
     assert best["ci_low"] == pytest.approx(0.94 - half) and best["ci_high"] == pytest.approx(0.94 + half)
     assert search.representative(best, rows, "val_accuracy") == 4  # 0.94: closest to the mean
     np.testing.assert_allclose(points[1]["mean"], (0.90 + 0.92 + 0.97) / 3)
+
+
+# ------------------------------------------------------------------ early stopping: Keras' rule
+
+
+class KerasEarlyStopping:
+    """Keras 3's EarlyStopping.on_epoch_end, transcribed as a stateful object (0-based epochs),
+    to check `populations.watch` against a formulation other than its own."""
+
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto", baseline=None, start_from_epoch=0):
+        self.monitor, self.patience, self.baseline, self.start = monitor, patience, baseline, start_from_epoch
+        lower = mode == "min" or (mode == "auto" and monitor.endswith("loss"))
+        self.op = (lambda a, b: a < b) if lower else (lambda a, b: a > b)
+        self.min_delta = -abs(min_delta) if lower else abs(min_delta)
+        self.wait, self.best, self.best_epoch, self.stopped_epoch = 0, None, 0, None
+
+    def improves(self, value, reference):
+        return reference is None or self.op(value - self.min_delta, reference)
+
+    def on_epoch_end(self, epoch, logs):
+        current = logs.get(self.monitor)
+        if current is None or epoch < self.start:
+            return False
+        self.wait += 1
+        if self.improves(current, self.best):
+            self.best, self.best_epoch = current, epoch
+            if self.baseline is None or self.improves(current, self.baseline):
+                self.wait = 0
+            return False
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            return True
+        return False
+
+
+def fold_watch(settings, values, monitor):
+    """(1-based stop epoch or None, 1-based best epoch) of `populations.watch` over `values`."""
+    state = populations.Watch()
+    for epoch, value in enumerate(values, 1):
+        state, stop = populations.watch(settings, state, {"epoch": epoch, monitor: value})
+        if stop:
+            return epoch, state.best_epoch
+    return None, state.best_epoch
+
+
+def fold_keras(values, **settings):
+    keras = KerasEarlyStopping(**settings)
+    for epoch, value in enumerate(values):
+        if keras.on_epoch_end(epoch, {settings["monitor"]: value}):
+            return epoch + 1, keras.best_epoch + 1
+    return None, (keras.best_epoch + 1 if keras.best is not None else 0)
+
+
+def test_watch_is_keras_early_stopping_on_random_curves():
+    rng = np.random.default_rng(0)
+    checked = 0
+    for trial in range(300):
+        monitor = ["val_loss", "val_accuracy", "loss", "accuracy"][trial % 4]
+        # Noisy curves with plateaus and exact ties: where min_delta and `>` vs `>=` matter.
+        steps = np.round(rng.normal(0, 0.05, 12), 2)
+        values = [float(v) for v in np.round(1 + np.cumsum(steps), 2)]
+        settings = dict(monitor=monitor, min_delta=float(rng.choice([0.0, 0.02, -0.02, 0.1])),
+                        patience=int(rng.integers(0, 4)), mode=str(rng.choice(["auto", "min", "max"])),
+                        baseline=[None, float(values[0])][trial % 2], start_from_epoch=int(rng.choice([0, 0, 2])))
+        ours = fold_watch(spec_lib.EarlyStopping(**settings), values, monitor)
+        assert ours == fold_keras(values, **settings), (values, settings)
+        checked += ours[0] is not None
+    assert 50 < checked < 300  # both stopping and running to the end were exercised
+
+
+@pytest.mark.parametrize("settings, stop, best", [
+    # val_loss 1.0 0.9 0.95 0.89 0.95 0.96: 0.89 improves on 0.9, but not by min_delta 0.02.
+    ({"patience": 2}, 6, 4),
+    ({"patience": 2, "min_delta": 0.02}, 4, 2),
+    ({"patience": 2, "min_delta": -0.02}, 4, 2),  # Keras takes the size of min_delta, not its sign
+    ({"patience": 0}, 3, 2),  # patience 0: the first epoch without improvement stops
+    ({"patience": 3}, None, 4),
+    ({"patience": 1, "start_from_epoch": 3}, 5, 4),  # epochs 1-3 are not watched: 0.89 is the first best
+    ({"patience": 2, "baseline": 0.92}, 6, 4),  # 0.9 beats the baseline: as without one
+    # Nothing beats 0.85: improvements do not restart the count, which reaches 2 after epoch 2.
+    ({"patience": 2, "baseline": 0.85}, 3, 2),
+    ({"patience": 1, "mode": "max"}, 2, 1),  # maximized: 1.0 is never beaten
+])
+def test_watch_by_hand(settings, stop, best):
+    values = [1.0, 0.9, 0.95, 0.89, 0.95, 0.96]
+    assert fold_watch(spec_lib.EarlyStopping(**settings), values, "val_loss") == (stop, best)
+
+
+def test_a_checkpoint_without_early_stopping_state_replays_it_from_the_history():
+    stopping = spec_lib.with_values(spec_lib.from_dict(DENSE), {"training.early_stopping.patience": 3})
+    history = [{"epoch": e, "val_loss": v} for e, v in enumerate([1.0, 0.9, 0.95, 0.97], 1)]
+    trained = populations.Member(0, stopping)
+    for record in history:
+        trained.watch, _ = populations.watch(stopping.training.early_stopping, trained.watch, record)
+    old = {k: v for k, v in trained.state().items() if k != "watch"} | {"history": history}
+    restored = populations.Member(0, stopping)
+    restored.restore(old)
+    assert restored.watch == trained.watch == populations.Watch(wait=2, best=0.9, best_epoch=2)

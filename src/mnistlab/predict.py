@@ -3,6 +3,11 @@
     predictor = Predictor.from_run("runs/20261127-101500-fast")
     probs = predictor.probabilities(images)        # (N, 28, 28) uint8 -> (N, classes) float32
     predictor.top(probs[0], k=3)                   # [(7, 0.998), (9, 0.001), (2, 0.0004)]
+    predictor.assess(probs[0])                     # {"confidence", "unsure", "runner_up", ...}
+
+A run trained with validation data carries its calibration (`calibration.fit`, in its
+summary): the probabilities are then temperature-scaled, so the top one is a confidence,
+and a prediction under the run's threshold is flagged unsure, naming the runner-up.
 
 The parameters go to the device once. The prediction is one jitted program per batch
 size in {1, 2, 4, ..., max_batch}: a batch is zero-padded up to the next of those sizes,
@@ -47,9 +52,13 @@ class Predictor:
         self.class_names: tuple[str, ...] = info.class_names if info else ()
         self.num_classes = int(params[f"{model.layer_names(spec.model)[self._last_dense()]}/kernel"].shape[1])
         self._params = {k: jax.device_put(np.asarray(v, np.float32)) for k, v in params.items()}
-        model_spec = spec.model
-        # One function, traced once per padded batch size (jit's own cache holds them).
-        self._fn = jax.jit(lambda p, x: model.probabilities(model_spec, p, x))  # thread-safe to call
+        # Temperature scaling is for a softmax's one answer; sigmoid outputs are left as trained.
+        found = self.summary.get("calibration") if spec.model.output_activation == "softmax" else None
+        self.calibration: dict[str, float] | None = found
+        model_spec, temperature = spec.model, float(found["temperature"]) if found else 1.0
+        # One function each, traced once per padded batch size (jit's own cache holds them).
+        self._fn = jax.jit(lambda p, x: model.probabilities(model_spec, p, x, temperature))  # thread-safe to call
+        self._logits = jax.jit(lambda p, x: model.logits(model_spec, p, {}, x))
 
     @classmethod
     def from_run(cls, path: str | Path, **kwargs) -> "Predictor":
@@ -68,11 +77,19 @@ class Predictor:
         for n in self.buckets():
             self._run(np.zeros((n, *self.image_shape), np.uint8))
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self._fn(self._params, batch))
+    def _run(self, batch: np.ndarray, fn=None) -> np.ndarray:
+        return np.asarray((fn or self._fn)(self._params, batch))
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(N, *image_shape) uint8 -> (N, num_classes) float32 softmax (or sigmoid) outputs."""
+        return self._batched(images, self._fn)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """(N, *image_shape) uint8 -> (N, num_classes) float32, before the output activation
+        (and any temperature): what `calibration.fit` fits on."""
+        return self._batched(images, self._logits)
+
+    def _batched(self, images: np.ndarray, fn) -> np.ndarray:
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.shape[1:] != self.image_shape:
             raise ValueError(f"expected (N, {', '.join(map(str, self.image_shape))}) uint8 images, "
@@ -86,7 +103,7 @@ class Predictor:
                 padded = np.zeros((size, *self.image_shape), np.uint8)
                 padded[: len(batch)] = batch
                 batch = padded
-            out[start:start + self.max_batch] = self._run(batch)[: min(self.max_batch, n - start)]
+            out[start:start + self.max_batch] = self._run(batch, fn)[: min(self.max_batch, n - start)]
         return out
 
     def label(self, k: int) -> str:
@@ -97,6 +114,16 @@ class Predictor:
         """The k most probable classes of one output row, most probable first (ties: lower class)."""
         order = np.argsort(-probs, kind="stable")[:k]
         return [(int(c), float(probs[c])) for c in order]
+
+    def assess(self, probs: np.ndarray) -> dict[str, Any]:
+        """How sure one prediction is: its confidence (calibrated when the run is), the
+        runner-up, and `unsure` when under the run's threshold (None: a run without a
+        calibration, trained before it existed or without validation data)."""
+        (_, confidence), (second, chance) = self.top(probs, 2)
+        threshold = self.calibration["unsure_below"] if self.calibration else None
+        return {"confidence": confidence, "calibrated": threshold is not None,
+                "unsure": None if threshold is None else confidence < threshold,
+                "runner_up": {"class": second, "label": self.label(second), "probability": chance}}
 
     def description(self) -> dict[str, Any]:
         """What the network is: for `GET /api/model` and `mnistlab predict --json` users.

@@ -7,6 +7,7 @@ serve_test and export_test (they import the fixtures from here).
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,10 +118,56 @@ def test_predictor_matches_the_model_and_is_independent_of_batching(predictor, t
     assert accuracy >= 0.88
 
 
+def calibrated(run_dir: Path, tmp_path: Path, **calibration) -> Path:
+    """A copy of a run whose summary carries the calibration given (as training records it)."""
+    copy = tmp_path / f"calibrated-{len(list(tmp_path.iterdir()))}"
+    shutil.copytree(run_dir, copy)
+    summary = json.loads((copy / runs.SUMMARY).read_text())
+    (copy / runs.SUMMARY).write_text(json.dumps({**summary, "calibration": calibration}))
+    return copy
+
+
+def test_a_calibrated_run_scales_its_logits_and_flags_what_falls_under_its_threshold(trained_run, mnist, tmp_path):
+    run = runs.open_run(trained_run)
+    images = mnist.test_images[:200]
+    z = np.asarray(model.logits(run.spec.model, run.params(), {}, images), np.float64)
+    scaled = np.exp(z / 2.5 - z.max(axis=1, keepdims=True) / 2.5)
+    scaled /= scaled.sum(axis=1, keepdims=True)  # softmax(z / T) by hand
+    threshold = float(np.median(scaled.max(axis=1)))  # half the answers fall under it
+    p = Predictor.from_run(calibrated(trained_run, tmp_path, temperature=2.5, unsure_below=threshold))
+    probs = p.probabilities(images)
+    np.testing.assert_allclose(probs, scaled, atol=1e-6)
+    assert (probs.argmax(axis=1) == z.argmax(axis=1)).all()  # scaling changes no answer
+    for row in probs[:40]:
+        sure = p.assess(row)
+        second = int(np.argsort(-row, kind="stable")[1])
+        assert sure["calibrated"] and sure["confidence"] == pytest.approx(row.max())
+        assert sure["unsure"] == (row.max() < threshold)
+        assert sure["runner_up"] == {"class": second, "label": str(second), "probability": pytest.approx(row[second])}
+    uncalibrated = Predictor(run.spec, run.params())  # a run from before calibration: no flag, as trained
+    np.testing.assert_allclose(uncalibrated.probabilities(images[:5]),
+                               np.asarray(model.probabilities(run.spec.model, run.params(), images[:5])), atol=1e-6)
+    assert uncalibrated.assess(probs[0])["unsure"] is None and not uncalibrated.assess(probs[0])["calibrated"]
+
+
+def test_predict_names_the_runner_up_of_an_unsure_answer(trained_run, mnist, tmp_path, capsys, monkeypatch):
+    run_dir = calibrated(trained_run, tmp_path, temperature=1.0, unsure_below=1.01)  # nothing is sure
+    (path,) = write_pngs(tmp_path / "png", mnist.test_images[:1], mnist.test_labels[:1])
+    probs = Predictor.from_run(run_dir).probabilities(imaging.load(path.read_bytes(), name=path.name)[None])[0]
+    first, second = np.argsort(-probs, kind="stable")[:2]
+    code, out, _ = run_cli(["predict", run_dir, path], capsys, monkeypatch)
+    assert code == 0 and out.rstrip().endswith(f"unsure: {first}? could be {second}")
+    code, out, _ = run_cli(["predict", run_dir, path, "--json"], capsys, monkeypatch)
+    shown = json.loads(out)
+    assert (shown["unsure"], shown["calibrated"], shown["runner_up"]["class"]) == (True, True, second)
+    assert shown["confidence"] == pytest.approx(float(probs.max()))
+
+
 def test_warm_up_compiles_each_bucket_once(trained_run, monkeypatch):
     traced = []  # Python code in a jitted function runs once per trace, i.e. per compilation
     real = model.probabilities
-    monkeypatch.setattr(model, "probabilities", lambda spec, params, x: traced.append(x.shape[0]) or real(spec, params, x))
+    monkeypatch.setattr(model, "probabilities",
+                        lambda spec, params, x, *rest: traced.append(x.shape[0]) or real(spec, params, x, *rest))
     p = Predictor.from_run(trained_run, max_batch=8)
     assert p.buckets() == [1, 2, 4, 8]
     p.warm_up()

@@ -265,8 +265,10 @@ class Run:
         if self.status == RUNNING:
             return f"still training (process {self.summary.get('pid')} on {self.summary.get('host')})"
         if self.status == KILLED:
+            resumable = (self.path / "progress.json").exists()  # the checkpoints `train --resume` continues from
             return (f"its training stopped without finishing after {len(self.metrics)} epoch(s): process "
-                    f"{self.summary.get('pid')} is gone (killed, out of memory or out of disk)")
+                    f"{self.summary.get('pid')} is gone (killed, out of memory or out of disk)"
+                    + (f"; `mnistlab train --resume {self.path}` continues it" if resumable else ""))
         return f"status '{self.status}'"
 
     def params(self) -> dict[str, np.ndarray]:

@@ -127,7 +127,9 @@ class SweepSpec(BaseModel):
     set: list[str] = []
     seeds: int = Field(default=1, gt=0)
     metric: Literal["val_accuracy", "val_loss", "accuracy", "loss"] = "val_accuracy"
-    patience: int | None = Field(default=None, gt=0)  # early stopping on `metric`, per member
+    # Shorthand for each member's training.early_stopping = {patience, monitor = metric}: one
+    # mechanism (Keras' EarlyStopping rule, `populations.watch`), spelt as sweeps always had it.
+    patience: int | None = Field(default=None, gt=0)
     lanes: int | None = Field(default=None, gt=0)  # members side by side; None: measured
     search: Space
 
@@ -167,7 +169,16 @@ def base_spec(sweep: SweepSpec) -> spec_lib.RunSpec:
         spec = spec_lib.load(sweep.base)
     else:
         spec = spec_lib.preset(sweep.base)
-    return spec_lib.with_overrides(spec, list(sweep.set))
+    spec = spec_lib.with_overrides(spec, list(sweep.set))
+    if sweep.patience is not None:
+        given = spec.training.early_stopping
+        if given is not None and "patience" in given.model_fields_set and given.patience != sweep.patience:
+            raise UserError(f"patience = {sweep.patience} and the base's training.early_stopping.patience = "
+                            f"{given.patience} are one setting spelt twice: give one of them")
+        stopping = given.model_dump(exclude_unset=True) if given is not None else {}
+        spec = spec_lib.with_values(spec, {"training.early_stopping": {
+            "monitor": sweep.metric, **stopping, "patience": sweep.patience}}, source="sweep patience")
+    return spec
 
 
 def candidates(sweep: SweepSpec) -> list[populations.Member]:
@@ -476,7 +487,7 @@ def _sweep(sweep: SweepSpec, members: list[populations.Member], logs: tracking.F
     try:
         checkpoints.restore(members)  # for the file below (run restores them too: a few small headers)
         write_metrics()
-        report = populations.run(members, load, metric=sweep.metric, patience=sweep.patience, lanes=sweep.lanes,
+        report = populations.run(members, load, metric=sweep.metric, lanes=sweep.lanes,
                                  memory_budget=memory_budget, checkpoints=checkpoints, after_epoch=after_epoch,
                                  after_part=after_part, **_member_logs(logs))
         write_metrics()

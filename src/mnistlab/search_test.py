@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import tomli_w
 
 import mnistlab
 from mnistlab import data, engine, populations, runs, search
+from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError
 
 pytestmark = pytest.mark.slow  # processes, servers, or training for seconds each
@@ -442,3 +444,29 @@ def test_a_full_disk_stops_a_sweep_with_exit_2_and_resume_advice(mnist_root, tmp
         assert "could not write the sweep" in said and "--resume" in said and "Traceback" not in said
     finally:
         sp.run(["umount", "-l", str(point)], check=False)
+
+
+def test_a_sweeps_patience_is_its_members_early_stopping():
+    # Sweep files have always said `patience = N` at the top: that is Keras' EarlyStopping on
+    # the sweep's metric, given to every member, one mechanism with `training.early_stopping`.
+    old_file = search.sweep_from_dict(tomllib.loads(
+        'name = "t"\nbase = "fast"\nset = ["training.validation_split=0.2"]\nmetric = "val_accuracy"\npatience = 2\n'
+        '[search]\nmethod = "grid"\n[search.params]\n"optimizer.learning_rate" = [1e-3, 3e-3]\n'))
+    for m in search.candidates(old_file):
+        assert m.spec.training.early_stopping == spec_lib.EarlyStopping(monitor="val_accuracy", patience=2)
+    tuned = sweep_spec(patience=2, set=[*BASE, "training.early_stopping.min_delta=0.01"])
+    assert {m.spec.training.early_stopping for m in search.candidates(tuned)} == {
+        spec_lib.EarlyStopping(monitor="val_accuracy", patience=2, min_delta=0.01)}
+    assert search.candidates(sweep_spec())[0].spec.training.early_stopping is None
+    with pytest.raises(mnistlab.UserError, match="one setting spelt twice"):
+        search.candidates(sweep_spec(patience=2, set=[*BASE, "training.early_stopping.patience=3"]))
+
+
+def test_a_sweep_with_patience_stops_members_as_keras_would(mnist, tmp_path):
+    # A learning rate of 1e-9 moves val_loss by far less than min_delta: stopped after epoch 2.
+    sweep = sweep_spec(patience=1, metric="val_loss", seeds=1, set=[*BASE, "training.early_stopping.min_delta=1e-3"],
+                       search={"method": "grid", "params": {"optimizer.learning_rate": [1e-9, 3e-3]}})
+    result = search.run_sweep(sweep, sweeps_dir=tmp_path, arrays=mnist)
+    stalled = next(r for r in result.rows if r["params"]["optimizer.learning_rate"] == 1e-9)
+    assert stalled["status"] == populations.STOPPED and stalled["epochs"] == 2
+    assert result.summary["stopped"] >= 1

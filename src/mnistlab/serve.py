@@ -259,7 +259,7 @@ def create_app(predictor: Predictor, *, max_body: int = MAX_BODY, max_pixels: in
             "class": best[0][0], "label": predictor.label(best[0][0]),
             "probabilities": [float(p) for p in probs],
             "top": [{"class": c, "label": predictor.label(c), "probability": p} for c, p in best],
-            "input": pixels.tolist(), "raw": raw})
+            **predictor.assess(probs), "input": pixels.tolist(), "raw": raw})
 
     return app
 

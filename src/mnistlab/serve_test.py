@@ -155,6 +155,7 @@ def test_predict_answers_with_mnistlabs_own_numbers(api, mnist, predictor):
         assert answer["class"] == int(expected.argmax()) and answer["label"] == str(answer["class"])
         assert [t["class"] for t in answer["top"]] == list(np.argsort(-expected)[:3])
         assert answer["raw"] is False
+        assert {k: answer[k] for k in ("confidence", "calibrated", "unsure", "runner_up")} == predictor.assess(expected)
 
 
 def test_a_conv_run_is_served_with_its_networks_numbers(trained_conv_run, mnist):
@@ -511,6 +512,29 @@ def test_uploading_a_test_image_shows_its_answer(page, mnist, predictor, tmp_pat
                            arg=str(mnist.test_labels[i]), timeout=10_000)
     assert page.locator("#error").is_hidden()
     np.testing.assert_array_equal(seen_image(page), imaging.load(path))
+
+
+def test_an_unsure_answer_is_said_with_its_runner_up(browser, trained_run, mnist, tmp_path):
+    from mnistlab.predict_test import calibrated
+
+    run_dir = calibrated(trained_run, tmp_path, temperature=1.0, unsure_below=1.01)  # nothing is sure
+    probs = Predictor.from_run(run_dir).probabilities(mnist.test_images[:1])[0]
+    first, second = np.argsort(-probs, kind="stable")[:2]
+    path = tmp_path / "digit.png"
+    Image.fromarray(mnist.test_images[0]).save(path)
+    with serving(run_dir) as url:
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.goto(url + "/")
+            page.wait_for_selector("body[data-ready=true]")
+            page.set_input_files("#upload", str(path))
+            page.wait_for_function("() => document.getElementById('confidence').textContent.includes('?')",
+                                   timeout=10_000)
+            assert page.locator("#confidence").text_content() == f"{first}? could be {second}"
+            assert "unsure" in page.locator("#confidence").get_attribute("class")
+        finally:
+            context.close()
 
 
 @pytest.mark.parametrize("name, content, words", [

@@ -206,6 +206,7 @@ def test_a_failing_logger_is_dropped_not_fatal():
     assert seen == [1, 2, 3] and len(warnings) == 1 and "tracking server gone" in warnings[0]
 
 
+@pytest.mark.slow  # MLflow's store: seconds each
 def test_train_command_logs_to_both(mnist_root, mlflow_uri, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -298,6 +299,7 @@ def sweep_of(**over):
     return search.sweep_from_dict({**raw, **over})
 
 
+@pytest.mark.slow  # MLflow's store: seconds each
 def test_a_sweep_is_an_hparams_experiment_and_a_parent_mlflow_run(synthetic, mlflow_uri, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -357,6 +359,7 @@ def test_a_sweep_is_an_hparams_experiment_and_a_parent_mlflow_run(synthetic, mlf
         assert len(curve) == TINY["training"]["epochs"]
 
 
+@pytest.mark.slow  # MLflow's store: seconds each
 def test_a_study_logs_a_child_per_trial(synthetic, mlflow_uri, tmp_path):
     import optuna
     from mlflow.tracking import MlflowClient

@@ -10,6 +10,7 @@ import errno
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -262,3 +263,264 @@ def test_a_run_folder_that_fails_while_training_stops_it_and_keeps_the_result(sy
     kept = runs.open_run(err.value.args[0].split("kept in ")[1].split(" ")[0])
     assert [r["epoch"] for r in kept.metrics] == [1]  # the first epoch's record was refused: training stopped
     assert kept.summary["weights_sha256"] == runs.tensors_digest(kept.params())
+
+
+# ------------------------------------------------------------------ Keras' training controls
+
+
+def timeless(records):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def keras_stop(values, patience, min_delta, minimize):
+    """By hand, Keras' EarlyStopping without baseline or start_from_epoch: the 1-based epoch at
+    which `patience` epochs have gone by since the last improvement by more than |min_delta|
+    (None: training runs to its end)."""
+    best_epoch, best = 0, None
+    for epoch, value in enumerate(values):
+        gain = (best - value if minimize else value - best) if best is not None else math.inf
+        if gain > abs(min_delta):
+            best_epoch, best = epoch, value
+        elif epoch - best_epoch >= patience:
+            return epoch + 1
+    return None
+
+
+@pytest.fixture(scope="module")
+def ten_epochs(synthetic):
+    """An uninterrupted, unstopped run of `spec(epochs=10)`, to hold the stopped ones against."""
+    return mnistlab.train(spec(epochs=10), runs_dir=None, arrays=synthetic, verbose=0)
+
+
+@pytest.mark.parametrize("stopping", [
+    {"patience": 1},
+    {"patience": 2, "min_delta": 0.02},
+    {"patience": 0, "min_delta": -0.005},
+    {"monitor": "val_accuracy", "patience": 1},
+    {"monitor": "accuracy", "patience": 2, "min_delta": 0.001},
+    {"monitor": "loss", "patience": 1, "min_delta": 0.01, "mode": "min"},
+])
+def test_early_stopping_stops_where_keras_rule_says(stopping, synthetic, ten_epochs):
+    settings = spec_lib.EarlyStopping(**stopping)
+    result = mnistlab.train(spec(epochs=10, early_stopping=stopping), runs_dir=None, arrays=synthetic, verbose=0)
+    values = [r[settings.monitor] for r in ten_epochs.history]
+    stop = keras_stop(values, settings.patience, settings.min_delta, settings.monitor.endswith("loss"))
+    assert len(result.history) == (stop or 10)
+    assert result.status == ("stopped" if stop else "completed")
+    # Stopping changes nothing else: the epochs trained are the unstopped run's.
+    assert timeless(result.history) == timeless(ten_epochs.history[:len(result.history)])
+    said = result.summary["early_stopping"]
+    assert said["stopped_epoch"] == stop and said["monitor"] == settings.monitor
+
+
+def test_early_stopping_stops_in_some_of_these_cases(ten_epochs):
+    # The cases above are worth having only if some stop before the end and some do not.
+    losses = [r["val_loss"] for r in ten_epochs.history]
+    assert keras_stop(losses, 2, 0.02, True) is not None and keras_stop(losses, 0, 0.0, True) is None
+
+
+def test_restore_best_weights_keeps_the_best_epoch_as_a_run_of_that_length_trains_it(synthetic, tmp_path):
+    stopping = {"patience": 2, "min_delta": 0.02, "restore_best_weights": True}
+    result = mnistlab.train(spec(epochs=10, early_stopping=stopping), runs_dir=tmp_path / "a", arrays=synthetic,
+                            test=True, verbose=0)
+    said = result.summary["early_stopping"]
+    best = said["weights_from_epoch"]
+    assert result.status == "stopped" and best == said["best_epoch"] == said["stopped_epoch"] - 2
+    losses = [r["val_loss"] for r in result.history]
+    assert best == 1 + losses.index(min(losses[:best]))
+    alone = mnistlab.train(spec(epochs=best), runs_dir=tmp_path / "b", arrays=synthetic, test=True, verbose=0)
+    kept, trained = runs.open_run(result.run_dir).params(), runs.open_run(alone.run_dir).params()
+    for name, value in trained.items():
+        np.testing.assert_array_equal(kept[name], value)
+    # The test figures are those of the weights kept.
+    assert result.summary["test"]["accuracy"] == pytest.approx(alone.summary["test"]["accuracy"], abs=1e-6)
+    assert result.summary["test"]["loss"] == pytest.approx(alone.summary["test"]["loss"], rel=1e-5)
+
+
+def test_early_stopping_on_validation_needs_validation_data():
+    with pytest.raises(UserError, match="early_stopping.monitor = 'val_loss' needs validation data"):
+        spec(validation={"fraction": 0.0}, early_stopping={"patience": 1})
+    with pytest.raises(UserError, match="patience"):
+        spec(early_stopping={"patience": -1})
+
+
+def test_early_stopping_is_reachable_with_set():
+    made = spec_lib.with_overrides(spec(), ["training.early_stopping.patience=3",
+                                            "training.early_stopping.restore_best_weights=true"])
+    assert made.training.early_stopping == spec_lib.EarlyStopping(patience=3, restore_best_weights=True)
+    assert made.resolved()["training"]["early_stopping"]["monitor"] == "val_loss"  # Keras' default, written out
+
+
+class StopAfter(mnistlab.Callback):
+    def __init__(self, epochs):
+        self.epochs, self.heard, self.begun, self.ended = epochs, [], False, None
+
+    def on_train_begin(self, logs=None):
+        self.begun = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.heard.append((epoch, dict(logs)))
+        if epoch + 1 == self.epochs:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        self.ended = logs
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_callback_that_stops_at_epoch_k_leaves_k_epochs(k, synthetic, tmp_path):
+    stopper = StopAfter(k)
+    result = mnistlab.train(spec(epochs=5), runs_dir=tmp_path, arrays=synthetic, callbacks=[stopper], verbose=0)
+    assert result.status == "stopped" and len(result.history) == k
+    assert runs.open_run(result.run_dir).summary["epochs_completed"] == k
+    assert len(runs.open_run(result.run_dir).metrics) == k
+    # Keras' arguments: 0-based epochs, the log names Keras uses, the figures recorded.
+    assert [e for e, _ in stopper.heard] == list(range(k)) == result.epoch
+    assert all(set(logs) == {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+               for _, logs in stopper.heard)
+    assert [logs["val_loss"] for _, logs in stopper.heard] == result.history["val_loss"]
+    assert stopper.begun and stopper.ended == stopper.heard[-1][1]
+
+
+def test_a_plain_object_returning_true_stops_too(synthetic):
+    class Enough:  # no base class: any object with on_epoch_end will do
+        def on_epoch_end(self, epoch, logs):
+            return logs["val_accuracy"] >= 0.0 and epoch == 1
+
+    result = mnistlab.train(spec(epochs=4), runs_dir=None, arrays=synthetic, callbacks=[Enough()], verbose=0)
+    assert result.status == "stopped" and result.epoch == [0, 1]
+
+
+def test_history_is_the_records_and_keras_history(ten_epochs):
+    history = ten_epochs.history
+    assert isinstance(history, list) and history[-1]["epoch"] == 10  # the records, as always
+    assert set(history.history) == set(history.keys()) == {"loss", "accuracy", "val_loss", "val_accuracy",
+                                                            "learning_rate"}
+    for name, values in history.history.items():
+        assert values == [r[name] for r in history] == history[name]
+    assert history.epoch == ten_epochs.epoch == list(range(10))
+    with pytest.raises(KeyError, match="'val_acc': this run logged loss"):
+        history["val_acc"]
+    assert json.loads(json.dumps(history)) == list(history)
+
+
+@pytest.mark.parametrize("verbose", [0, 1, 2, "auto"])
+def test_verbose_prints_as_keras(verbose, synthetic, capsys):
+    mnistlab.train(spec(epochs=3), runs_dir=None, arrays=synthetic, verbose=verbose)
+    out = capsys.readouterr().out
+    if verbose == 0:
+        assert out == ""
+        return
+    lines = out.split("\n")
+    assert lines[-1] == ""  # every epoch's line ends
+    finals = [line.rsplit("\r", 1)[-1] for line in lines[:-1]]
+    assert [line.split(" - ")[0] for line in finals] == ["Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]
+    assert all("val_loss: " in line and "accuracy: " in line for line in finals)
+    bars = out.count("\r")
+    assert (bars >= 6) if verbose in (1, "auto") else bars == 0  # 1: a bar updated over each epoch
+
+
+def test_an_unknown_verbose_is_refused_before_training(synthetic, tmp_path):
+    with pytest.raises(UserError, match="verbose = 3: expected 0"):
+        mnistlab.train(spec(), runs_dir=tmp_path, arrays=synthetic, verbose=3)
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_interrupted_run_resumes_to_the_numbers_of_an_uninterrupted_one(synthetic, tmp_path):
+    stopping = {"patience": 3, "restore_best_weights": True, "monitor": "val_accuracy"}
+
+    def interrupt_after_three(record):
+        if record["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    whole = mnistlab.train(spec(epochs=6, early_stopping=stopping), runs_dir=tmp_path / "whole", arrays=synthetic,
+                           test=True, verbose=0)
+    cut = mnistlab.train(spec(epochs=6, early_stopping=stopping), runs_dir=tmp_path / "cut", arrays=synthetic,
+                         test=True, on_epoch=interrupt_after_three, verbose=0)
+    assert cut.status == "interrupted" and (cut.run_dir / "progress.json").exists()
+    done = mnistlab.resume(cut.run_dir, arrays=synthetic, verbose=0)  # tested as it was asked at the start
+    assert done.status == whole.status and done.run_dir == cut.run_dir
+    assert timeless(done.history) == timeless(whole.history) == timeless(runs.open_run(cut.run_dir).metrics)
+    assert done.summary["test"] == pytest.approx(whole.summary["test"])
+    assert done.summary["early_stopping"] == whole.summary["early_stopping"]
+    # Stopped inside epoch 3's hooks, before its checkpoint: epoch 3 is trained again, to the same numbers.
+    assert done.summary["resumed_after_epoch"] == 2
+    kept, trained = runs.open_run(cut.run_dir).params(), runs.open_run(whole.run_dir).params()
+    for name, value in trained.items():
+        np.testing.assert_array_equal(kept[name], value)
+    assert not (cut.run_dir / "progress.json").exists() and not (cut.run_dir / "checkpoints").exists()
+    with pytest.raises(UserError, match="this run is finished"):
+        mnistlab.resume(cut.run_dir, arrays=synthetic)
+
+
+def test_resume_names_what_it_cannot_resume(tmp_path):
+    with pytest.raises(UserError, match="not a run folder"):
+        mnistlab.resume(tmp_path)
+
+
+@pytest.mark.slow  # a real process, killed
+def test_a_run_killed_with_sigkill_resumes_to_the_same_numbers(mnist_root, mnist, tmp_path):
+    sets = ["training.subset=6000", "training.epochs=30", "training.validation_split=0.2", "model.layers.0.units=128"]
+    env = {**os.environ, "MNISTLAB_DATA": str(mnist_root)}
+    command = [sys.executable, "-m", "mnistlab", "train", "--preset", "seed", "-q",
+               "--runs-dir", str(tmp_path / "runs")]
+    proc = subprocess.Popen([*command, *(a for s in sets for a in ("--set", s))], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    metrics = lambda: list(tmp_path.glob(f"runs/*/{runs.METRICS}"))  # noqa: E731
+    while time.monotonic() < deadline and not (metrics() and len(metrics()[0].read_text().splitlines()) >= 2):
+        assert proc.poll() is None
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (run,) = (tmp_path / "runs").iterdir()
+    assert runs.open_run(run).status == runs.KILLED and len(runs.open_run(run).metrics) < 30
+    done = subprocess.run([*command[:4], "--resume", str(run), "-q"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    whole = mnistlab.train(spec_lib.from_source(None, "seed", sets), runs_dir=tmp_path / "whole", arrays=mnist,
+                           verbose=0)
+    resumed, uninterrupted = runs.open_run(run), runs.open_run(whole.run_dir)
+    assert resumed.status == "completed" and resumed.summary["resumed_after_epoch"] >= 1
+    assert timeless(resumed.metrics) == timeless(uninterrupted.metrics)
+    for name, value in uninterrupted.params().items():
+        np.testing.assert_array_equal(resumed.params()[name], value)
+    refused = subprocess.run([*command[:4], "--resume", str(run), "--preset", "seed"], env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode == 2 and "give no CONFIG, --preset or --set" in refused.stderr
+
+
+def test_the_command_line_sets_early_stopping_and_says_where_it_stopped(mnist_root, tmp_path, capsys, monkeypatch):
+    from mnistlab import cli
+
+    # min_delta 1.0: no epoch after the first improves on it, so patience 1 stops after epoch 2.
+    monkeypatch.setenv("MNISTLAB_DATA", str(mnist_root))
+    monkeypatch.setattr(sys, "argv", ["mnistlab", "train", "--preset", "fast", "-q", "--runs-dir", str(tmp_path),
+                                      *(a for item in ("training.subset=2000", "training.epochs=5",
+                                                    "training.validation_split=0.2",
+                                                    "training.early_stopping.patience=1",
+                                                    "training.early_stopping.min_delta=1.0",
+                                                    "training.early_stopping.restore_best_weights=true")
+                                        for a in ("--set", item))])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    out = capsys.readouterr().out
+    assert (exit_.value.code or 0) == 0
+    assert "early stopping: stopped after epoch 2, val_loss best at epoch 1; the run keeps epoch 1's weights" in out
+    (run,) = tmp_path.iterdir()
+    assert runs.open_run(run).summary["status"] == "stopped" and len(runs.open_run(run).metrics) == 2
+
+
+def test_a_run_with_validation_data_records_its_calibration_and_one_without_none(mnist, tmp_path):
+    from mnistlab import calibration, model
+
+    result = mnistlab.train(spec(), arrays=mnist, runs_dir=tmp_path, verbose=0)
+    # Keras' validation_split: the last quarter of the 2,000 images; the logits of the saved weights.
+    images, labels = mnist.train_images[1500:2000], mnist.train_labels[1500:2000]
+    logits = np.asarray(model.logits(spec().model, runs.open_run(result.run_dir).params(), {}, images))
+    expected = calibration.fit(logits, labels).as_dict()
+    recorded = json.loads((result.run_dir / runs.SUMMARY).read_text())["calibration"]
+    assert recorded == pytest.approx(expected, rel=1e-3) and recorded["samples"] == 500
+    assert recorded["temperature"] != 1.0 and recorded["ece_after"] <= recorded["ece_before"]
+    alone = mnistlab.train(spec(validation={"fraction": 0.0}), arrays=mnist, runs_dir=None, verbose=0)
+    assert "calibration" not in alone.summary  # nothing to fit it on

@@ -822,7 +822,7 @@ class _Worker:
                 raise _OutOfTime
 
         report = populations.run([m for o in batch for m in o.members], self.load, metric=self.tune.sweep.metric,
-                                 patience=self.tune.sweep.patience, lanes=self.tune.sweep.lanes,
+                                 lanes=self.tune.sweep.lanes,
                                  memory_budget=self.memory_budget, on_epoch=on_epoch, after_epoch=after_epoch)
         self.messages += [m for m in report.messages if m not in self.messages]
 
@@ -1101,7 +1101,7 @@ def final(tune: TuneSpec, *, study_dir: str | Path | None = None, storage: str |
         claim["adjusted"] = note
     try:
         # The test set is read at the very end of train(), after the last epoch.
-        result = train(spec, runs_dir=folder / "final", test=True, arrays=arrays,
+        result = train(spec, runs_dir=folder / "final", test=True, arrays=arrays, verbose=0,
                        on_epoch=(lambda r: on_epoch({**r, "epochs": spec.training.epochs})) if on_epoch else None)
     except BaseException:
         with ask_lock(rdb, tune.name):  # stopped before the test set was read: withdraw the claim

@@ -224,7 +224,11 @@ function resetResult() {
 
 function show(answer) {
   labelEl.textContent = answer.label;
-  confidenceEl.textContent = `${(answer.top[0].probability * 100).toFixed(1)}% sure`;
+  // Under the run's calibrated threshold the page says so and names the runner-up.
+  confidenceEl.textContent = answer.unsure
+    ? `${answer.label}? could be ${answer.runner_up.label}`
+    : `${(answer.confidence * 100).toFixed(1)}% sure`;
+  confidenceEl.classList.toggle("unsure", Boolean(answer.unsure));
   answer.probabilities.forEach((p, k) => {
     const li = barsEl.children[k];
     if (!li) return;
