@@ -35,8 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -107,10 +105,9 @@ async def load(url: str, bodies: list[bytes], labels: list[int], *, connections:
     started = time.perf_counter()
     measure_from = started + warmup
     stop_at = measure_from + seconds
-    counter = 0
 
     async def worker(k: int) -> None:
-        nonlocal errors, wrong, counter
+        nonlocal errors, wrong
         reader, writer = await asyncio.open_connection(host, int(port))
         i = k
         try:

@@ -1,8 +1,6 @@
 """mnistlab: the dense networks of the tutorial, with exact Keras semantics, trained fast."""
 
-import importlib.metadata
-
-from mnistlab import engine
+from mnistlab import engine, runs
 from mnistlab.errors import UserError
 from mnistlab.spec import RunSpec, load, preset, with_overrides
 from mnistlab.training import Callback, History, TrainResult, resume, train
@@ -34,4 +32,4 @@ engine.enable_compile_cache()  # from Python as from the command line
 
 __all__ = ["Callback", "History", "RunSpec", "TrainResult", "UserError", "load", "preset", "resume", "summary",
            "sweep", "train", "with_overrides"]
-__version__ = importlib.metadata.version("mnistlab")
+__version__ = runs.VERSION

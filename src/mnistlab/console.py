@@ -75,9 +75,9 @@ def interrupted(text: str) -> None:
 def version(shown: bool) -> None:
     """The `--version` option's callback."""
     if shown:
-        from mnistlab import __version__
+        from mnistlab import runs
 
-        say(f"mnistlab {__version__}")
+        say(f"mnistlab {runs.VERSION}")
         raise SystemExit(0)
 
 

@@ -881,11 +881,9 @@ def _environment():
 
 
 def _page(template: str, **context) -> str:
-    from mnistlab import __version__
-
     css = (TEMPLATES / "report.css").read_text()
     return _environment().get_template(template).render(
-        css=css, generated=time.strftime("%Y-%m-%d %H:%M"), version=__version__, **context)
+        css=css, generated=time.strftime("%Y-%m-%d %H:%M"), version=runs.VERSION, **context)
 
 
 def build(path: str | Path, data_dir: str | Path | None = None) -> Report:

@@ -559,7 +559,7 @@ def test_conv_report_describes_the_layers(cnn_report, cnn_trained, mnist, keras_
     x_val, _ = keras_validation(run.spec, mnist)
     _, maps1, maps2 = numpy_cnn(cnn_trained, x_val)
     dead1, dead2 = int(np.sum(maps1.max(axis=(0, 1, 2)) <= 0)), int(np.sum(maps2.max(axis=(0, 1, 2)) <= 0))
-    assert f"<td>conv2d</td><td>3x3x1x32</td><td class=\"text\">relu</td>" in html
+    assert "<td>conv2d</td><td>3x3x1x32</td><td class=\"text\">relu</td>" in html
     assert f"<td>{dead1}/32 (" in html and f"<td>{dead2}/64 (" in html
     kernel = w["conv2d_1/kernel"].astype(np.float64)
     assert f"{np.sqrt(np.sum(kernel ** 2)):.4g}" in html  # its L2 norm

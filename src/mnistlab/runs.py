@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -34,6 +35,7 @@ from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError
 
 CONFIG, METRICS, SUMMARY, WEIGHTS = "config.toml", "metrics.jsonl", "summary.json", "weights.safetensors"
+VERSION = importlib.metadata.version("mnistlab")  # what every record says wrote it (`mnistlab.__version__`)
 RUNNING, KILLED = "running", "killed"  # the status of a run in training, and of one whose process is gone
 
 
@@ -83,10 +85,8 @@ def environment() -> dict[str, Any]:
     import jax
     import optax
 
-    from mnistlab import __version__
-
     device = jax.devices()[0]
-    return {"mnistlab": __version__, "commit": source_commit(),
+    return {"mnistlab": VERSION, "commit": source_commit(),
             "python": platform.python_version(), "jax": jax.__version__, "optax": optax.__version__,
             "numpy": np.__version__, "platform": platform.platform(), "processor": platform.processor(),
             "device": f"{device.platform}:{device.device_kind}", "device_count": jax.device_count(),

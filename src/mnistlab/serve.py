@@ -38,7 +38,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from mnistlab import __version__, imaging
+from mnistlab import imaging, runs
 from mnistlab.errors import UserError
 from mnistlab.predict import Predictor
 
@@ -202,6 +202,8 @@ PREDICT_BODY = {"requestBody": {"required": True, "description": "An image file 
 def create_app(predictor: Predictor, *, max_body: int = MAX_BODY, max_pixels: int = imaging.MAX_PIXELS,
                max_batch: int = MAX_BATCH, max_pending: int = MAX_PENDING):
     """The FastAPI application over a loaded predictor (see the module docstring)."""
+    # The routes are closures over the predictor and its batcher, as FastAPI apps are
+    # written: one function holds the whole API, a few lines a route.
     batcher = Batcher(predictor, max_batch=max_batch, max_pending=max_pending)
 
     @contextlib.asynccontextmanager
@@ -212,7 +214,7 @@ def create_app(predictor: Predictor, *, max_body: int = MAX_BODY, max_pixels: in
 
     # The OpenAPI description is served (for clients and code generators); the Swagger and
     # ReDoc pages are not: they load their scripts from a CDN, which the page's policy forbids.
-    app = FastAPI(title="mnistlab", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+    app = FastAPI(title="mnistlab", version=runs.VERSION, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json")
     app.state.batcher = batcher
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnistlab import cli, imaging, model, runs, serve
+from mnistlab import imaging, model, runs, serve
+from mnistlab.cli import models
 from mnistlab.errors import UserError
 from mnistlab.predict import Predictor
 from mnistlab.predict_test import (  # noqa: F401 (shared session fixtures)
@@ -111,7 +112,7 @@ def test_the_server_listens_on_loopback_only_by_default(server):
     assert server.startswith("http://127.0.0.1:")
     import inspect
 
-    assert inspect.signature(cli.serve).parameters["host"].default == "127.0.0.1"
+    assert inspect.signature(models.serve).parameters["host"].default == "127.0.0.1"
 
 
 def test_health_and_model_description(api, trained_run, predictor):

@@ -221,6 +221,9 @@ class RunCheckpoints(populations.Checkpoints):
 def _fit(spec: RunSpec, resumed: Path | None, *, data_dir, runs_dir, test: bool | None, arrays, on_epoch,
          on_progress, log, callbacks, verbose) -> TrainResult:
     """`train` (resumed None) and `resume` (the run folder): one path."""
+    # One function on purpose: the hooks below share the run's state (`kept`, the callbacks'
+    # `model`, the writer and its checkpoints), and every way out (finished, stopped early,
+    # interrupted, a full disk) must record that same state.
     started = time.perf_counter()
     printer = Printer(verbose, spec.training.epochs)
     with tracking.Session(log, spec, runs_dir) as tracked:  # opened first: a bad target fails before training

@@ -1,43 +1,17 @@
-"""The `mnistlab` command: parse, call one flow of the package (callable from Python
-alike), show what it reports through `console`. Exit codes: 0 ok, 2 bad input, 1 a bug."""
+"""The commands that train: train, sweep, tune, ablate, and evaluate (which reads a split)."""
 
 from __future__ import annotations
 
-import sys
-import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from mnistlab import console
-from mnistlab.errors import UserError, interrupt_code, raise_on_sigterm
-
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Dense networks on MNIST with exact Keras semantics, trained fast.")
-
-DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset files.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Only the final table.")]
-Run = Annotated[Path, typer.Argument(help="A run folder.")]
-complete = console.completer  # shell completion: `mnistlab --install-completion` (bash, zsh, fish)
-Json = Annotated[bool, typer.Option("--json", callback=console.for_scripts, help="One JSON object on stdout (the "
-                                    "folder's path and the figures; keys in the README); the rest on stderr.")]
-Preset = Annotated[Optional[str], typer.Option(help="A named configuration (see `mnistlab presets`).",
-                                              autocompletion=complete("spec", "presets"))]
-Set = Annotated[Optional[list[str]], typer.Option("--set", help="Override: section.key=value (repeatable).",
-                                                  autocompletion=complete("data", "DATASETS", "dataset="))]
-Log = Annotated[Optional[list[str]], typer.Option(
-    "--log", help="Also log to tensorboard\\[:DIR], tensorboard+histograms\\[:DIR] or mlflow\\[:URI] (repeatable; "
-                  "extras mnistlab\\[tensorboard], mnistlab\\[mlflow]).")]
+from mnistlab.cli.options import DataDir, Json, Log, Preset, Quiet, Run, Set, complete
+from mnistlab.errors import UserError, interrupt_code
 
 
-@app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=console.version, is_eager=True,
-                                                help="Print mnistlab's version and exit.")] = False) -> None:
-    """Dense networks on MNIST with exact Keras semantics, trained fast."""
-
-
-@app.command()
 def train(
     config: Annotated[Optional[Path], typer.Argument(help="A TOML run specification (or a run folder: its own).")] = None,
     preset: Preset = None,
@@ -76,7 +50,6 @@ def train(
         raise typer.Exit(code)
 
 
-@app.command()
 def sweep(
     config: Annotated[Path, typer.Argument(help="A sweep TOML: base configuration + search space.")],
     resume: Annotated[bool, typer.Option("--resume", help="Continue the newest unfinished run of this sweep.")] = False,
@@ -127,7 +100,6 @@ def _study(space, trials: int, *, folder: Path, storage, settings, data_dir, tim
         raise typer.Exit(result.exit_code)
 
 
-@app.command()
 def tune(
     config: Annotated[Path, typer.Argument(help="A search space: a sweep TOML, plus an optional \\[tune] table.")],
     trials: Annotated[Optional[int], typer.Option(
@@ -169,7 +141,6 @@ def tune(
         console.final_result(space.name, done)
 
 
-@app.command()
 def ablate(
     budget: Annotated[str, typer.Option(help="quick (under 20 minutes on 2 CPU cores), full (hours), "
                                         "or test (seconds, for the test suite).",
@@ -198,7 +169,6 @@ def ablate(
     console.verdicts(done)
 
 
-@app.command()
 def evaluate(
     run: Run,
     split: Annotated[str, typer.Option(help="test, validation or train.",
@@ -210,166 +180,3 @@ def evaluate(
     from mnistlab import training
 
     console.evaluation(run, split, training.evaluate(run, split, data_dir))
-
-
-@app.command("runs")
-def runs_(folder: Annotated[Path, typer.Argument(help="A folder of runs.")] = Path("runs"), json_: Json = False) -> None:
-    """List the runs in a folder, newest first: status, epochs, accuracies, start."""
-    from mnistlab import runs
-
-    console.run_listing(runs.listing(folder))
-
-
-@app.command()
-def summary(
-    source: Annotated[Optional[Path], typer.Argument(help="A run folder or a TOML run specification.")] = None,
-    preset: Preset = None,
-    set_: Set = None,
-    json_: Json = False,
-) -> None:
-    """Keras' model.summary(): each layer's output shape and weights; the totals, trainable or not."""
-    import mnistlab
-    from mnistlab import spec as spec_lib
-
-    console.model_summary(mnistlab.summary(spec_lib.from_source(source, preset, set_ or [])))
-
-
-@app.command()
-def presets() -> None:
-    """List the named configurations."""
-    from mnistlab import spec as spec_lib
-
-    console.listing(("preset", "what it is"), spec_lib.presets().items())
-
-
-@app.command()
-def datasets(data_dir: DataDir = None) -> None:
-    """List the known datasets and where each is found now."""
-    from mnistlab import data
-
-    console.listing(("dataset", "classes", "found at", "description"), [
-        (name, str(info.num_classes), str(data.locate_status(name, data_dir) or
-                                          "[dim]not here (downloads on first use)[/dim]"), info.description)
-        for name, info in data.DATASETS.items()])
-
-
-@app.command()
-def predict(
-    run: Run,
-    images: Annotated[list[str], typer.Argument(
-        help="Image files (PNG, JPEG, BMP, GIF), folders of them, or - for one image on stdin.")],
-    json_: Annotated[bool, typer.Option("--json", help="One JSON object per image (JSON Lines).")] = False,
-    top: Annotated[int, typer.Option("--top", min=1, help="How many classes to show per image.")] = 3,
-    raw: Annotated[bool, typer.Option("--raw", help="Skip the MNIST preprocessing: 28x28 images, "
-                                      "light digit on black, taken as they are.")] = False,
-) -> None:
-    """Predict the digit in image files (MNIST preprocessing: crop, 20x20, centre by mass)."""
-    from mnistlab import predict as predict_lib
-
-    predictor = predict_lib.Predictor.from_run(run)
-    results = predict_lib.predict_files(predictor, predict_lib.expand(images), raw_input=raw)
-    if console.predictions(predictor, results, min(top, predictor.num_classes), json_):
-        raise typer.Exit(2)
-
-
-@app.command()
-def serve(
-    run: Run,
-    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port; 0 picks a free one.")] = 8000,
-) -> None:
-    """Serve a draw-a-digit page and a JSON API (POST /api/predict, GET /api/model)."""
-    from mnistlab import serve as serve_lib
-
-    serve_lib.serve(run, host=host, port=port, on_ready=console.serving(host))
-
-
-@app.command()
-def export(
-    run: Run,
-    out_path: Annotated[Path, typer.Option("--out", "-o", help="The file to write (model.onnx, weights.npz, ...).")],
-    format_: Annotated[Optional[str], typer.Option("--format", help="onnx, safetensors, npz or keras "
-                                                   "(default: from --out's suffix).")] = None,
-    input_type: Annotated[str, typer.Option(help="ONNX input: uint8 or float32 pixels 0..255.")] = "uint8",
-    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
-) -> None:
-    """Export the network: ONNX or Keras (image -> probabilities), or the weights as safetensors / npz."""
-    from mnistlab import export as export_lib, runs
-
-    fmt = export_lib.write(runs.open_run(run), out_path, format_, input_type=input_type, overwrite=force)
-    console.say(f"wrote {out_path} ({fmt})")
-
-
-@app.command("import")
-def import_(
-    file: Annotated[Path, typer.Argument(help="A Keras model file: model.keras (or model.h5).")],
-    runs_dir: Annotated[Path, typer.Option(help="Where the run folder is written.")] = Path("runs"),
-    dataset: Annotated[str, typer.Option(help="The dataset the model reads (see `mnistlab datasets`).",
-                                         autocompletion=complete("data", "DATASETS"))] = "mnist",
-) -> None:
-    """Make a run folder from a Keras Sequential model: its layers, weights and compile settings."""
-    from mnistlab import keras_io
-
-    console.say(f"wrote {keras_io.import_run(file, runs_dir, dataset=dataset)}")
-
-
-@app.command()
-def report(
-    folder: Annotated[Path, typer.Argument(help="A run, sweep or study folder.")],
-    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="The HTML file to write "
-                                                     "(default: FOLDER/report.html).")] = None,
-    data_dir: DataDir = None,
-) -> None:
-    """One self-contained HTML page about a run, sweep or study: curves, confusion, mistakes, weights."""
-    from mnistlab import report as report_lib
-
-    console.say(f"wrote {report_lib.write(folder, out_file, data_dir)}")
-
-
-@app.command()
-def plot(
-    run: Run,
-    out_file: Annotated[Path, typer.Option("--out", "-o", help="The picture to write (.png, .svg or .pdf).")],
-    what: Annotated[str, typer.Option(help="curves, confusion, mistakes, weights, feature-maps (convolutional "
-                                      "models), histograms or activity.",
-                                      autocompletion=complete("report", "PLOTS"))] = "curves",
-    split: Annotated[Optional[str], typer.Option(help="validation or test, for confusion, mistakes and feature maps "
-                                                 "(test: only when the run recorded a test evaluation).")] = None,
-    data_dir: DataDir = None,
-) -> None:
-    """Draw one picture of a run with matplotlib."""
-    from mnistlab import report as report_lib
-
-    console.say(f"wrote {report_lib.write_plot(run, out_file, what, split, data_dir)}")
-
-
-@app.command()
-def compare(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run folders.")],
-    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the comparison: "
-                                                     ".html (a page) or .png (the curves).")] = None,
-    json_: Json = False,
-) -> None:
-    """Final figures, differing settings and curves of several runs, side by side."""
-    from mnistlab import report as report_lib
-
-    console.comparison(report_lib.compare(run_dirs))
-    if out_file is not None:
-        console.say(f"wrote {report_lib.write_comparison(run_dirs, out_file)}")
-
-
-def main() -> None:
-    raise_on_sigterm()  # SIGTERM stops a command as Ctrl-C does, keeping what is finished
-    warnings.showwarning = lambda message, *_, **__: console.warn(str(message))  # a logger that failed, ...
-    try:
-        # Standalone mode: click reports usage errors itself (exit 2) and passes typer.Exit on.
-        app()
-    except UserError as e:
-        console.error(str(e))
-        sys.exit(2)
-    finally:
-        console.flush_json()  # --json: the one object, also after an error or an interrupt
-
-
-if __name__ == "__main__":
-    main()
