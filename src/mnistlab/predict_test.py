@@ -345,6 +345,7 @@ def test_bad_arguments_exit_2_with_the_fix(tmp_path, capsys, monkeypatch, traine
     assert code == 2 and "stdin" in err
 
 
+@pytest.mark.slow  # a process
 def test_the_installed_command_reads_stdin_and_exits_2_on_a_bad_file(mnist, trained_run, tmp_path):
     # Once through a real process: the console script, a pipe on stdin, the exit status.
     bad = tmp_path / "bad.gif"

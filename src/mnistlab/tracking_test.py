@@ -463,6 +463,7 @@ def test_a_failing_child_logger_costs_neither_the_sweep_nor_the_other_logger(syn
     assert warning.startswith("Broken stopped logging: ConnectionError: tracking server gone")
 
 
+@pytest.mark.slow  # MLflow's store: seconds each
 def test_an_interrupted_sweep_ends_its_runs_as_killed(synthetic, mlflow_uri, tmp_path):
     from mlflow.tracking import MlflowClient
 
