@@ -68,12 +68,6 @@ INITIALIZER_CLASSES = {
     "random_uniform": "RandomUniform", "truncated_normal": "TruncatedNormal",
 }
 OPTIMIZER_CLASSES = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "rmsprop": "RMSprop", "adagrad": "Adagrad"}
-LAYER_CLASSES = {
-    "dense": "Dense", "activation": "Activation", "dropout": "Dropout", "conv2d": "Conv2D",
-    "max_pooling2d": "MaxPooling2D", "average_pooling2d": "AveragePooling2D", "flatten": "Flatten",
-    "global_average_pooling2d": "GlobalAveragePooling2D", "batch_normalization": "BatchNormalization",
-    "random_translation": "RandomTranslation", "random_rotation": "RandomRotation", "random_zoom": "RandomZoom",
-}
 # The loss Keras computes for each output: class indices against a softmax (what mnistlab's
 # labels are), label sets against sigmoids.
 LOSSES = {"softmax": "sparse_categorical_crossentropy", "sigmoid": "binary_crossentropy"}
@@ -107,7 +101,7 @@ def _keras_layer(keras, layer: layers.Layer, name: str):
         c = layer.kernel_constraint
         # Keras' MaxNorm on axis 0: the norm of each unit's incoming weights, as mnistlab's.
         settings["kernel_constraint"] = None if c is None else keras.constraints.MaxNorm(c.max_value, axis=0)
-    return getattr(keras.layers, LAYER_CLASSES[layer.type])(**settings, name=name)
+    return getattr(keras.layers, type(layer).__name__)(**settings, name=name)  # mnistlab's classes bear Keras' names
 
 
 def learning_rate(keras, opt: spec_lib.OptimizerSpec):
