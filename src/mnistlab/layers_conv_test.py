@@ -8,6 +8,7 @@ import pytest
 import scipy.ndimage
 
 from mnistlab import layers, model
+from mnistlab import spec as spec_lib
 from mnistlab.spec import (
     AveragePooling2D,
     BatchNormalization,
@@ -295,3 +296,37 @@ def test_consecutive_augmentations_compose_into_one_resampling():
     z = model.logits(spec, {"dense/kernel": jnp.eye(120)}, model.hyperparameters(spec), jnp.asarray(IMAGES),
                      jax.random.PRNGKey(0))
     np.testing.assert_allclose(np.asarray(z).reshape(IMAGES.shape), IMAGES, rtol=1e-6)
+
+
+HEAD = [{"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]
+
+
+@pytest.mark.parametrize("model_layers, message", [
+    # an oblong input (28x14 after a 1x2 pooling): each side of window and input in its place
+    ([{"type": "max_pooling2d", "pool_size": [1, 2]}, {"type": "conv2d", "filters": 2, "kernel_size": [3, 20]}, *HEAD],
+     'model.layers[1] (conv2d): a 3x20 window does not fit its 28x14 input; use padding = "same", a smaller window '
+     'or fewer pooling layers before it'),
+    ([{"type": "flatten"}, {"type": "conv2d", "filters": 2, "kernel_size": 3}, *HEAD],
+     "model.layers[1] (conv2d): needs an image (height, width, channels) but gets a vector of 784: put it before "
+     "the flatten layer"),
+    ([{"type": "conv2d", "filters": 2, "kernel_size": 3}, HEAD[1]],
+     "model.layers[1] (dense): gets an image (26, 26, 2); add a flatten or global_average_pooling2d layer before it"),
+])
+def test_a_network_that_cannot_be_built_says_which_layer_and_why(model_layers, message):
+    from mnistlab.errors import UserError
+
+    with pytest.raises(UserError) as raised:
+        spec_lib.from_dict({"model": {"layers": model_layers}})
+    assert raised.value.args[0].endswith(message)
+
+
+def test_windows_over_an_oblong_input_shrink_each_side_by_its_own_size():
+    spec = spec_lib.from_dict({"model": {"layers": [
+        {"type": "max_pooling2d", "pool_size": [1, 2]}, {"type": "conv2d", "filters": 2, "kernel_size": [3, 5]},
+        {"type": "flatten"}, {"type": "dense", "units": 10, "activation": "softmax"}]}})
+    assert spec_lib.output_shapes(spec.model.layers, (28, 28))[1:3] == [(28, 14, 1), (28 - 2, 14 - 4, 2)]
+
+
+def test_batch_normalization_starts_in_float32():
+    weights = layers.BatchNormalization().init_weights((4, 4, 3), lambda tensor: np.random.default_rng(0))
+    assert {k: v.dtype for k, v in weights.items()} == dict.fromkeys(weights, np.dtype(np.float32))

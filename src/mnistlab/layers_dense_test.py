@@ -120,3 +120,36 @@ def test_the_penalised_weights_are_those_with_a_regularizer_and_a_bias_only_when
         "kernel": reg}
     assert Dense(units=4).regularizers() == {}
     assert layers.Conv2D(filters=2, kernel_size=3, bias_regularizer=reg).regularizers() == {"bias": reg}
+
+
+def test_a_misspelt_name_is_named_with_the_closest_known_one():
+    with pytest.raises(ValueError, match=r"^unknown activation 'rleu': did you mean 'relu'\?$"):
+        layers.check_name("rleu", layers.ACTIVATIONS, "activation")
+
+
+def test_truncated_normal_draws_of_a_small_tensor_stay_within_two_sigma():
+    # A small tensor rarely has a draw beyond 3 sigma, so a cut placed anywhere but 2 shows here.
+    unit = Initializer(name="truncated_normal", stddev=1.0)
+    worst = max(np.abs(unit.draw(np.random.default_rng(seed), (20,))).max() for seed in range(300))
+    assert 1.9 < worst <= 2.0
+
+
+@pytest.mark.parametrize("name, draws", [
+    ("random_normal", lambda rng, shape: 0.5 + 0.2 * rng.standard_normal(shape)),
+    ("truncated_normal", lambda rng, shape: 0.5 + 0.2 * layers._truncated_normal(rng, shape)),
+])
+def test_normal_initializers_draw_mean_plus_stddev_times_the_stream(name, draws):
+    w = Initializer(name=name, mean=0.5, stddev=0.2).draw(np.random.default_rng(7), (30, 4))
+    assert w.dtype == np.float32
+    np.testing.assert_array_equal(w, draws(np.random.default_rng(7), (30, 4)).astype(np.float32))
+
+
+def test_weights_regularizer_numbers_and_structure_by_hand():
+    dense = Dense(units=4, kernel_regularizer={"l1": 1e-3, "l2": 1e-2}, bias_regularizer="l2")
+    assert dense.numbers() == {"kernel_l1": 1e-3, "kernel_l2": 1e-2, "bias_l1": 0.0, "bias_l2": 0.01}
+    assert layers.terms(layers.Regularizer(l2=0.01)) == (False, True)  # an l1 of 0 is no term
+    assert layers.terms(layers.Regularizer(l1=0.01)) == (True, False) and layers.terms(None) == (False, False)
+    assert Dense(units=4, use_bias=False).weight_shapes((784,)) == {"kernel": (784, 4)}
+    constrained = Dense(units=4, kernel_constraint={"max_value": 2.0})
+    assert constrained.structure()[-1] is True and Dense(units=4).structure()[-1] is False
+    assert constrained.numbers() == {"max_norm": 2.0}
