@@ -187,3 +187,13 @@ def test_same_pads_of_an_oblong_window_follow_each_axis():
     # ONNX's order: [top, left, bottom, right]; height 28 with 3 rows, width 28 with 6 columns at stride 2
     assert layers.onnx_pads((28, 28, 1), (3, 6), (1, 2), "same") == [1, 2, 1, 2]
     assert layers.onnx_pads((28, 28, 1), (3, 6), (1, 2), "valid") == [0, 0, 0, 0]
+
+
+def test_same_padded_max_pooling_exports_as_it_computes(images):
+    # 26x26 after the convolution, a 3x3 window every 2 pixels, padded: 13x13 both ways.
+    pool = {"type": "max_pooling2d", "pool_size": 3, "strides": 2, "padding": "same"}
+    spec = spec_lib.from_dict({"model": {"layers": [CONV, pool, {"type": "flatten"}, *HEAD]}})
+    assert spec_lib.output_shapes(spec.model.layers, (28, 28))[2] == (13, 13, 3)
+    params = trained_like(spec)
+    np.testing.assert_allclose(onnx_probabilities(spec, params, images),
+                               np.asarray(model.probabilities(spec.model, params, images)), atol=1e-5)
