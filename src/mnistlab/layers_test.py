@@ -189,11 +189,12 @@ def test_same_pads_of_an_oblong_window_follow_each_axis():
     assert layers.onnx_pads((28, 28, 1), (3, 6), (1, 2), "valid") == [0, 0, 0, 0]
 
 
-def test_same_padded_max_pooling_exports_as_it_computes(images):
-    # 26x26 after the convolution, a 3x3 window every 2 pixels, padded: 13x13 both ways.
-    pool = {"type": "max_pooling2d", "pool_size": 3, "strides": 2, "padding": "same"}
+@pytest.mark.parametrize("padding, side", [("same", 13), ("valid", 12)])
+def test_max_pooling_that_does_not_divide_its_input_exports_as_it_computes(padding, side, images):
+    # 26x26 after the convolution, a 3x3 window every 2 pixels: padded 13x13, unpadded 12x12.
+    pool = {"type": "max_pooling2d", "pool_size": 3, "strides": 2, "padding": padding}
     spec = spec_lib.from_dict({"model": {"layers": [CONV, pool, {"type": "flatten"}, *HEAD]}})
-    assert spec_lib.output_shapes(spec.model.layers, (28, 28))[2] == (13, 13, 3)
+    assert spec_lib.output_shapes(spec.model.layers, (28, 28))[2] == (side, side, 3)
     params = trained_like(spec)
     np.testing.assert_allclose(onnx_probabilities(spec, params, images),
                                np.asarray(model.probabilities(spec.model, params, images)), atol=1e-5)
