@@ -204,8 +204,7 @@ def final_activation_index(spec: ModelSpec) -> int:
 def probabilities(spec: ModelSpec, params: Params, images: jax.Array, temperature: float = 1.0) -> jax.Array:
     """What the Keras model outputs at inference: softmax or sigmoid of the logits, the
     logits divided by `temperature` first (`calibration`: 1 is the network as trained)."""
-    z = logits(spec, params, {}, images)
-    z = z if temperature == 1.0 else z / temperature
+    z = logits(spec, params, {}, images) / temperature  # exact at 1: x / 1.0 == x in floating point
     return jax.nn.softmax(z) if spec.output_activation == "softmax" else jax.nn.sigmoid(z)
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from mnistlab import model
 from mnistlab import spec as spec_lib
-from mnistlab.spec import Dense, Dropout, Flatten, ModelSpec, RandomRotation, RandomTranslation, Regularizer
+from mnistlab.spec import (Activation, BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxNorm, ModelSpec,
+                           RandomRotation, RandomTranslation, Regularizer)
 
 jax.config.update("jax_enable_x64", False)
 
@@ -34,6 +35,41 @@ def test_penalty_gradient_matches_autodiff():
     auto = jax.grad(lambda p: model.penalty(spec, p, hyper))(params)
     for name, g in model.penalty_grad(spec, params, hyper).items():
         np.testing.assert_allclose(g, auto[name], rtol=1e-6)
+
+
+def test_penalty_gradient_is_keras_formula_term_by_term():
+    # Keras: d/dw (l1*sum|w| + l2*sum(w^2)) = l1*sign(w) + 2*l2*w, sign(0) = 0; a term that is
+    # absent adds nothing (an l2-only kernel has no l1 part, an l1-only bias no l2 part).
+    spec = ModelSpec(layers=[
+        Dense(units=3, activation="relu", kernel_regularizer=Regularizer(l2=0.01),
+              bias_regularizer=Regularizer(l1=0.2)),
+        Dense(units=2, activation="softmax", kernel_regularizer=Regularizer(l1=0.1, l2=0.3))])
+    w0 = np.array([[1.0, -2.0, 0.0], [0.5, 0.0, -1.0]], np.float32)
+    b0 = np.array([0.0, -0.4, 2.0], np.float32)
+    w1 = np.array([[0.0, 1.5], [-0.5, 0.0], [2.0, -3.0]], np.float32)
+    params = {"dense/kernel": jnp.asarray(w0), "dense/bias": jnp.asarray(b0),
+              "dense_1/kernel": jnp.asarray(w1), "dense_1/bias": jnp.zeros(2)}
+    grads = model.penalty_grad(spec, params, model.hyperparameters(spec))
+    assert sorted(grads) == ["dense/bias", "dense/kernel", "dense_1/kernel"]  # the bias of dense_1 is not penalized
+    np.testing.assert_allclose(grads["dense/kernel"], 2 * 0.01 * w0, rtol=1e-6)
+    np.testing.assert_allclose(grads["dense/bias"], [0.0, -0.2, 0.2], rtol=1e-6)
+    np.testing.assert_allclose(grads["dense_1/kernel"], 0.1 * np.sign(w1) + 2 * 0.3 * w1, rtol=1e-6)
+
+
+def test_max_norm_scales_each_unit_s_incoming_weights_back_to_the_member_s_max():
+    # Keras' MaxNorm: w * clip(norm, 0, c) / (1e-7 + norm), a norm per unit (kernel column).
+    # c comes from `hyper` (a member may vary it), not from the specification's value.
+    spec = ModelSpec(layers=[Dense(units=3, activation="relu", kernel_constraint=MaxNorm(max_value=2.0)),
+                             Dense(units=2, activation="softmax")])
+    kernel = np.array([[3.0, 0.6, 0.0], [4.0, 0.8, 0.0]], np.float32)  # column norms 5, 1, 0
+    params = {"dense/kernel": jnp.asarray(kernel), "dense/bias": jnp.array([9.0, -9.0, 9.0]),
+              "dense_1/kernel": jnp.full((3, 2), 7.0), "dense_1/bias": jnp.ones(2)}
+    out = model.constrain(spec, params, {"dense.max_norm": 1.5})
+    assert list(out) == list(params)
+    np.testing.assert_allclose(out["dense/kernel"], kernel * np.array([1.5 / (1e-7 + 5.0), 1.0 / (1e-7 + 1.0), 0.0]),
+                               rtol=1e-6)
+    for name in ("dense/bias", "dense_1/kernel", "dense_1/bias"):  # no constraint: untouched
+        np.testing.assert_array_equal(out[name], params[name])
 
 
 @pytest.mark.slow
@@ -75,10 +111,120 @@ def test_final_activation_is_left_to_the_loss():
     np.testing.assert_allclose(model.probabilities(spec, params, x), jax.nn.softmax(z), rtol=1e-6)
 
 
+@pytest.mark.parametrize("layers, final", [
+    ([Dense(units=3, activation="relu"), Dense(units=2, activation="softmax")], 1),
+    ([Dense(units=3, activation="sigmoid")], 0),
+    ([Dense(units=2), Activation(activation="softmax")], 1),
+    ([Dense(units=2), Dropout(rate=0.5), Activation(activation="sigmoid")], 2),
+    ([Dense(units=3, activation="relu"), Dense(units=2, activation="softmax"), Dropout(rate=0.5)], 1),
+], ids=["dense-softmax", "dense-sigmoid", "activation", "activation-after-dropout", "dropout-after-softmax"])
+def test_the_output_activation_is_the_last_dense_or_activation_that_has_one(layers, final):
+    spec = ModelSpec(layers=layers)
+    assert model.final_activation_index(spec) == final
+    # ... and it is what the logits leave out: the network up to it, its activation not applied.
+    params = {k: jnp.asarray(v) for k, v in model.init(spec, 0, 4).items()}
+    x = jnp.arange(8, dtype=jnp.uint8).reshape(2, 4)
+    h = (x / 255.0) @ params["dense/kernel"] + params["dense/bias"]
+    if "dense_1/kernel" in params:  # relu, then dense_1 without its softmax
+        h = jax.nn.relu(h) @ params["dense_1/kernel"] + params["dense_1/bias"]
+    np.testing.assert_allclose(model.logits(spec, params, {}, x), h, rtol=1e-5)
+
+
+def test_a_specification_without_a_final_softmax_or_sigmoid_is_refused():
+    # Built without validation (as one that grew a new activation before model did): a
+    # linear output is not silently taken for the logits of a softmax.
+    for layers in ([Dense(units=3, activation="relu"), Dense(units=2)],
+                   [Dense(units=2, activation="softmax"), Dense(units=2)]):
+        with pytest.raises(AssertionError, match="^spec validation guarantees a final softmax/sigmoid$"):
+            model.final_activation_index(ModelSpec.model_construct(layers=layers))
+
+
 def test_keras_layer_names():
     spec = ModelSpec(layers=[Dense(units=3), Dropout(rate=0.1), Dense(units=3), Dropout(rate=0.1),
                              Dense(units=2, activation="softmax")])
     assert model.layer_names(spec) == ["dense", "dropout", "dense_1", "dropout_1", "dense_2"]
+
+
+def test_parameters_are_drawn_from_a_stream_per_tensor_seeded_by_seed_layer_and_tensor():
+    # Glorot uniform (Keras' Dense default): U(-sqrt(6 / (fan_in + fan_out)), +sqrt(...)),
+    # from NumPy's generator seeded [seed, layer index, tensor index]: the second layer's
+    # draws are the same whatever the first layer's input size.
+    spec = ModelSpec(layers=[Dense(units=3, activation="relu", bias_initializer="random_uniform"),
+                             Dense(units=2, activation="softmax")])
+    params = model.init(spec, 7, 4)
+    limit = lambda fan_in, fan_out: np.sqrt(6 / (fan_in + fan_out))  # noqa: E731
+    drawn = lambda i, tensor: np.random.default_rng([7, i, tensor])  # noqa: E731
+    expected = {"dense/kernel": drawn(0, 0).uniform(-limit(4, 3), limit(4, 3), (4, 3)),
+                "dense/bias": drawn(0, 1).uniform(-0.05, 0.05, 3),  # Keras' random_uniform
+                "dense_1/kernel": drawn(1, 0).uniform(-limit(3, 2), limit(3, 2), (3, 2)),
+                "dense_1/bias": np.zeros(2)}
+    assert list(params) == list(expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(params[name], value.astype(np.float32))
+    wider_input = model.init(spec, 7, 9)
+    np.testing.assert_array_equal(wider_input["dense_1/kernel"], params["dense_1/kernel"])
+
+
+def test_parameter_shapes_are_keras_weights_in_keras_order():
+    spec = ModelSpec(layers=[Conv2D(filters=4, kernel_size=3), BatchNormalization(), Flatten(),
+                             Dense(units=10, activation="softmax")])
+    assert list(model.parameter_shapes(spec, (8, 8, 3)).items()) == [
+        ("conv2d/kernel", (3, 3, 3, 4)), ("conv2d/bias", (4,)),
+        ("batch_normalization/gamma", (4,)), ("batch_normalization/beta", (4,)),
+        ("batch_normalization/moving_mean", (4,)), ("batch_normalization/moving_variance", (4,)),
+        ("dense/kernel", (6 * 6 * 4, 10)), ("dense/bias", (10,))]
+    assert model.parameter_shapes(tiny_spec(), 5) == {"dense/kernel": (5, 3), "dense/bias": (3,),
+                                                      "dense_1/kernel": (3, 2), "dense_1/bias": (2,)}
+
+
+def test_only_the_moving_statistics_are_kept_from_the_optimizer():
+    spec = ModelSpec(layers=[BatchNormalization(), Dense(units=2, activation="softmax")])
+    params = model.init(spec, 0, 4)
+    trainable, statistics = model.split_statistics(params)
+    assert list(trainable) == ["batch_normalization/gamma", "batch_normalization/beta", "dense/kernel", "dense/bias"]
+    assert list(statistics) == ["batch_normalization/moving_mean", "batch_normalization/moving_variance"]
+    assert all(trainable[k] is params[k] for k in trainable) and all(statistics[k] is params[k] for k in statistics)
+    assert model.is_statistic("batch_normalization_1/moving_variance") and not model.is_statistic("dense/kernel")
+
+
+def test_specifications_differing_only_in_member_numbers_share_a_structure():
+    def spec(units=3, l1=0.0, l2=0.01, rate=0.2):
+        return ModelSpec(layers=[Dense(units=units, activation="relu", kernel_regularizer=Regularizer(l1=l1, l2=l2)),
+                                 Dropout(rate=rate), Dense(units=2, activation="softmax")])
+
+    base = model.structure(spec())
+    assert model.structure(spec(l2=0.05, rate=0.5)) == base and hash(model.structure(spec(rate=0.4))) == hash(base)
+    assert model.structure(spec(units=4)) != base  # another shape
+    assert model.structure(spec(l1=0.1)) != base  # an l1 term: another program
+
+
+def test_inputs_are_rescaled_float32_shaped_as_the_first_layer_takes_them():
+    flat = ModelSpec(input_rescale=0.5, layers=[Dense(units=2, activation="softmax")])
+    image = ModelSpec(input_rescale=0.5, layers=[Flatten(), Dense(units=2, activation="softmax")])
+    grey = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    colour = np.arange(2 * 3 * 4 * 3, dtype=np.uint8).reshape(2, 3, 4, 3)
+    for spec, images, expected in [(flat, grey, grey.reshape(2, 12) * 0.5),  # dense lessons: flattened
+                                   (image, grey, grey[..., None] * 0.5),  # an image: one channel
+                                   (image, colour, colour * 0.5)]:  # a colour image keeps its three
+        got = model.inputs(spec, jnp.asarray(images))
+        assert got.dtype == jnp.float32
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_a_float64_process_still_runs_the_network_in_float32():
+    # The pixels go in as float32 and batch normalization's sample weights are float32, so
+    # float32 weights give float32 logits and statistics even with float64 turned on.
+    jax.config.update("jax_enable_x64", True)
+    try:
+        spec = ModelSpec(layers=[BatchNormalization(), Dense(units=2, activation="softmax")])
+        params = {k: jnp.asarray(v) for k, v in model.init(spec, 0, 4).items()}
+        images = jnp.arange(12, dtype=jnp.uint8).reshape(3, 4)
+        assert model.inputs(spec, images).dtype == jnp.float32
+        for mask in (None, jnp.array([True, True, False])):
+            z, moved = model.forward(spec, params, model.hyperparameters(spec), images, jax.random.PRNGKey(0), mask)
+            assert z.dtype == jnp.float32 and {v.dtype for v in moved.values()} == {jnp.dtype(jnp.float32)}
+    finally:
+        jax.config.update("jax_enable_x64", False)
 
 
 def test_walk_yields_each_layers_output_at_inference():
@@ -105,12 +251,55 @@ def test_in_training_a_dropout_layer_draws_its_mask_from_the_key_folded_with_its
     np.testing.assert_allclose(model.logits(spec, params, model.hyperparameters(spec), x, key), expected, rtol=1e-5)
 
 
+def test_batch_normalization_trains_on_the_masked_samples_and_infers_with_its_moving_statistics():
+    # Keras: in training, normalise with the batch's mean and biased variance and move
+    # moving = momentum * moving + (1 - momentum) * batch; at inference, the moving ones.
+    # The mask leaves the padding of a last batch out of the batch statistics.
+    spec = ModelSpec(input_rescale=1.0, layers=[BatchNormalization(momentum=0.9), Dense(units=2, activation="softmax")])
+    params = {k: jnp.asarray(v) for k, v in model.init(spec, 0, 4).items()}
+    params.update({"batch_normalization/gamma": jnp.array([1.0, 2.0, 0.5, -1.0]),
+                   "batch_normalization/beta": jnp.array([0.0, 0.1, -0.2, 0.3]),
+                   "batch_normalization/moving_mean": jnp.array([0.1, 0.2, 0.3, 0.4]),
+                   "batch_normalization/moving_variance": jnp.array([1.0, 2.0, 3.0, 4.0])})
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    x = np.random.default_rng(5).normal(size=(3, 4)).astype(np.float32)  # 3 samples, 4 features: apart
+    hyper = model.hyperparameters(spec)
+
+    def expected(mean, var):
+        h = (x - mean) / np.sqrt(var + 1e-3) * p["batch_normalization/gamma"] + p["batch_normalization/beta"]
+        return h @ p["dense/kernel"] + p["dense/bias"]
+
+    for mask, kept in [(None, x), (jnp.array([True, True, False]), x[:2])]:
+        z, moved = model.forward(spec, params, hyper, jnp.asarray(x), jax.random.PRNGKey(0), mask)
+        mean, var = kept.mean(0, dtype=np.float64), kept.var(0, dtype=np.float64)
+        np.testing.assert_allclose(z, expected(mean, var), rtol=1e-4, atol=1e-5)
+        assert sorted(moved) == ["batch_normalization/moving_mean", "batch_normalization/moving_variance"]
+        np.testing.assert_allclose(moved["batch_normalization/moving_mean"],
+                                   0.9 * p["batch_normalization/moving_mean"] + 0.1 * mean, rtol=1e-5)
+        np.testing.assert_allclose(moved["batch_normalization/moving_variance"],
+                                   0.9 * p["batch_normalization/moving_variance"] + 0.1 * var, rtol=1e-5)
+    z, moved = model.forward(spec, params, hyper, jnp.asarray(x))  # inference: nothing moves
+    assert moved == {}
+    np.testing.assert_allclose(z, expected(p["batch_normalization/moving_mean"],
+                                           p["batch_normalization/moving_variance"]), rtol=1e-4, atol=1e-5)
+
+
 def test_sigmoid_outputs_are_independent_probabilities():
     spec = ModelSpec(layers=[Dense(units=3, activation="sigmoid")])
     params = {k: jnp.asarray(v) for k, v in model.init(spec, 0, 4).items()}
     x = jnp.arange(8, dtype=jnp.uint8).reshape(2, 4)
     z = (x / 255.0) @ params["dense/kernel"] + params["dense/bias"]
     np.testing.assert_allclose(model.probabilities(spec, params, x), 1 / (1 + np.exp(-np.asarray(z))), rtol=1e-5)
+
+
+@pytest.mark.parametrize("activation, temperature", [("softmax", 2.0), ("softmax", 0.5), ("sigmoid", 2.0)])
+def test_probabilities_divide_the_logits_by_the_temperature(activation, temperature):
+    spec = ModelSpec(layers=[Dense(units=3, activation=activation)])
+    params = {k: jnp.asarray(v) for k, v in model.init(spec, 0, 4).items()}
+    x = jnp.arange(8, dtype=jnp.uint8).reshape(2, 4)
+    z = np.asarray((x / 255.0) @ params["dense/kernel"] + params["dense/bias"], np.float64) / temperature
+    expected = np.exp(z) / np.exp(z).sum(1, keepdims=True) if activation == "softmax" else 1 / (1 + np.exp(-z))
+    np.testing.assert_allclose(model.probabilities(spec, params, x, temperature), expected, rtol=1e-5)
 
 
 def test_consecutive_augmentations_are_one_resampling_of_their_composed_maps():
@@ -142,6 +331,59 @@ def test_consecutive_augmentations_are_one_resampling_of_their_composed_maps():
         np.testing.assert_allclose(np.asarray(got[i]).reshape(12, 10), expected, atol=1e-5)
 
 
+def test_one_augmentation_alone_reads_reflected_pixels_in_every_channel():
+    # A run of one layer: its key is the step's key folded with its index (0), split in one.
+    # Keras' default fill, "reflect", is SciPy's (half-sample symmetric); colour channels
+    # are resampled alike and stay last.
+    import scipy.ndimage
+
+    spec = ModelSpec(input_rescale=1.0, layers=[RandomTranslation(height_factor=0.3, width_factor=0.2), Flatten(),
+                                                Dense(units=6 * 5 * 3, activation="softmax", use_bias=False)])
+    images = np.random.default_rng(8).uniform(0, 1, size=(2, 6, 5, 3)).astype(np.float32)
+    key = jax.random.PRNGKey(5)
+    got = model.logits(spec, {"dense/kernel": jnp.eye(90)}, model.hyperparameters(spec), jnp.asarray(images), key)
+    (k_translation,) = jax.random.split(jax.random.fold_in(key, 0), 1)
+    t1, t2 = jax.random.split(k_translation)
+    u, v = (np.asarray(jax.random.uniform(k, (2,), jnp.float32, -1.0, 1.0)) for k in (t1, t2))
+    rows, cols = np.meshgrid(np.arange(6.0), np.arange(5.0), indexing="ij")
+    for i in range(2):
+        where = [rows - u[i] * 0.3 * 6, cols - v[i] * 0.2 * 5]  # shifts up to 1.8 rows: the border is read
+        expected = np.stack([scipy.ndimage.map_coordinates(images[i, ..., c].astype(np.float64), where, order=1,
+                                                           mode="reflect") for c in range(3)], -1)
+        np.testing.assert_allclose(np.asarray(got[i]).reshape(6, 5, 3), expected, atol=1e-5)
+
+
+def test_augmentation_runs_apart_resample_apart_and_zero_factors_change_nothing():
+    # Two runs split by a layer that is not an augmentation (dropout at rate 0: the identity),
+    # each drawing from the step's key folded with its own last index. The first run has
+    # zero factors: the image as it was. The second rotates, then translates (the reverse of
+    # the order above): an output pixel p reads the rotation's output at p - shift, which
+    # reads the image at R(p - shift - c) + c.
+    import scipy.ndimage
+
+    fill = dict(fill_mode="constant", fill_value=0.5)
+    spec = ModelSpec(input_rescale=1.0, layers=[
+        RandomTranslation(height_factor=0.0, width_factor=0.0), RandomRotation(factor=0.0), Dropout(rate=0.0),
+        RandomRotation(factor=0.1, **fill), RandomTranslation(height_factor=0.2, width_factor=0.1, **fill),
+        Flatten(), Dense(units=7 * 6, activation="softmax", use_bias=False)])
+    images = np.random.default_rng(9).uniform(0, 1, size=(3, 7, 6)).astype(np.float32)
+    key = jax.random.PRNGKey(6)
+    got = model.logits(spec, {"dense/kernel": jnp.eye(42)}, model.hyperparameters(spec), jnp.asarray(images), key)
+    k_rotation, k_translation = jax.random.split(jax.random.fold_in(key, 4), 2)
+    r1, _ = jax.random.split(k_rotation)
+    angle = np.asarray(jax.random.uniform(r1, (3,), jnp.float32, -1.0, 1.0)) * 0.1 * 2 * np.pi
+    t1, t2 = jax.random.split(k_translation)
+    u, v = (np.asarray(jax.random.uniform(k, (3,), jnp.float32, -1.0, 1.0)) for k in (t1, t2))
+    rows, cols = np.meshgrid(np.arange(7.0), np.arange(6.0), indexing="ij")
+    for i in range(3):
+        dy, dx = rows - u[i] * 0.2 * 7 - 3.0, cols - v[i] * 0.1 * 6 - 2.5
+        cos, sin = np.cos(angle[i]), np.sin(angle[i])
+        where = [cos * dy - sin * dx + 3.0, sin * dy + cos * dx + 2.5]
+        expected = scipy.ndimage.map_coordinates(images[i].astype(np.float64), where, order=1, mode="grid-constant",
+                                                 cval=0.5)
+        np.testing.assert_allclose(np.asarray(got[i]).reshape(7, 6), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("preset, total", [
     ("seed", 795_010),       # the tutorial's 784-1000-10: 784*1000 + 1000 + 1000*10 + 10
     ("keras-mlp", 669_706),  # Keras' mnist_mlp example, as its model.summary() prints
@@ -171,7 +413,37 @@ def test_the_summary_of_batch_normalization_keeps_its_statistics_out_of_the_trai
                           " Non-trainable params: 16 (64.00 B)")
 
 
+def test_the_summary_prints_keras_table_and_totals_whatever_the_terminal(monkeypatch, capsys):
+    # Columns as wide as their widest cell plus a space each side; the counts right-aligned
+    # with thousands separators; a left-justified title padded to the table's width (46).
+    # 4 inputs: 4*300 + 300 = 1,500; 300*2 + 2 = 602; 2,102 weights of 4 bytes = 8.21 KB.
+    monkeypatch.setenv("COLUMNS", "30")  # a narrow terminal: the table is drawn 100 wide all the same
+    spec = ModelSpec(layers=[Dense(units=300, activation="relu"), Dropout(rate=0.5),
+                             Dense(units=2, activation="softmax")])
+    shown = repr(model.summary(spec, (2, 2)))
+    assert shown == "\n".join([
+        'Model: "sequential"'.ljust(46),
+        "┏━━━━━━━━━━━━━━━━━━━┳━━━━━━━━━━━━━━┳━━━━━━━━━┓",
+        "┃ Layer (type)      ┃ Output Shape ┃ Param # ┃",
+        "┡━━━━━━━━━━━━━━━━━━━╇━━━━━━━━━━━━━━╇━━━━━━━━━┩",
+        "│ dense (Dense)     │ (None, 300)  │   1,500 │",
+        "│ dropout (Dropout) │ (None, 300)  │       0 │",
+        "│ dense_1 (Dense)   │ (None, 2)    │     602 │",
+        "└───────────────────┴──────────────┴─────────┘",
+        " Total params: 2,102 (8.21 KB)",
+        " Trainable params: 2,102 (8.21 KB)",
+        " Non-trainable params: 0 (0.00 B)"])
+    assert capsys.readouterr().out == ""  # drawn into the string, not onto the screen
+
+
+def test_a_summary_wider_than_100_columns_is_fitted_into_100():
+    row = model.SummaryRow("d" * 120, "Dense", (None, 2), 6, 6)
+    table = repr(model.Summary((row,))).split("\n")[:-3]  # the totals are not part of the table
+    assert max(len(line) for line in table[1:]) == 100 and len(table) > 6  # the long name wrapped
+
+
 @pytest.mark.parametrize("size, text", [(0, "0.00 B"), (1023, "1023.00 B"), (1024, "1.00 KB"),
-                                        (795_010 * 4, "3.03 MB"), (3 * 1024 ** 3, "3.00 GB")])
+                                        (795_010 * 4, "3.03 MB"), (3 * 1024 ** 3, "3.00 GB"),
+                                        (5 * 1024 ** 4, "5.00 TB"), (2 * 1024 ** 5, "2.00 PB")])
 def test_sizes_read_as_keras_writes_them(size, text):
     assert model.readable_size(size) == text
