@@ -873,6 +873,7 @@ def run(budget: Budget, *, seeds: int | None = None, only: list[str] | None = No
                       "verdicts": [c["verdict"] for c in result["comparisons"]]})
     from mnistlab import runs
 
+    correct_for_multiplicity(out)
     summary = {
         "budget": {**dataclasses.asdict(budget), "seeds": seeds}, "seeds": seeds,
         "claims": out, "seconds": time.perf_counter() - started,
@@ -891,6 +892,16 @@ def _load_average() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
+
+
+def correct_for_multiplicity(claims_out: list[dict[str, Any]]) -> None:
+    """Give every comparison its p-value and its verdict with the false discovery rate
+    held at 5% over all the run's statements (`stats.corrected_verdicts`): many statements
+    at 95% each make a few verdicts likely by chance alone."""
+    comparisons = [c for claim in claims_out for c in claim["comparisons"]]
+    tests = [(stats.Interval(**c["difference"]), c["better"], c["tolerance"]) for c in comparisons]
+    for c, test, corrected in zip(comparisons, tests, stats.corrected_verdicts(tests)):
+        c["p_value"], c["corrected_verdict"] = stats.p_value(*test), corrected
 
 
 def estimate(claims_out: list[dict[str, Any]], budget: Budget, seeds: int) -> float | None:

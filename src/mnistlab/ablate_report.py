@@ -73,6 +73,15 @@ def difference_text(c: dict[str, Any]) -> str:
     return _interval_text(c["difference"], c["figure"], signed=True)
 
 
+def _corrected_text(c: dict[str, Any]) -> str:
+    """'p = 0.012: **supported**' (results from before the correction: '–')."""
+    if "corrected_verdict" not in c:
+        return "–"
+    p = c["p_value"]
+    shown = "n/a" if p is None or not math.isfinite(p) else f"{p:.3f}" if p >= 0.001 else "< 0.001"
+    return f"p = {shown}: **{c['corrected_verdict']}**" if shown != "n/a" else f"**{c['corrected_verdict']}**"
+
+
 def _verdict_line(c: dict[str, Any]) -> str:
     d = _interval_text(c["difference"], c["figure"], signed=True)
     v = _interval_text(c["variant_interval"], c["figure"])
@@ -274,7 +283,11 @@ VERDICT_RULE = (
     "positive: **supported** when the whole interval is above the boundary, **not supported** when the whole "
     "interval is below it, **inconclusive** when it straddles it (or fewer than two seeds gave a number). The "
     "boundary is 0, or -tolerance for a claim of 'at least as good (within a tolerance)'. Every figure is shown "
-    "as mean [95% interval] over seeds.")
+    "as mean [95% interval] over seeds. Each interval leaves out the true difference 5% of the time, so among "
+    "many statements a few verdicts are decided by chance alone: the summary also gives each verdict with the "
+    "false discovery rate held at 5% over all the statements (Benjamini-Hochberg on the paired t-tests' p-values, "
+    "the tests the intervals are; scipy's false_discovery_control), which withdraws a verdict whose p-value is "
+    "not small enough among so many.")
 
 
 def build(results: dict[str, Any], kept: dict[str, list[Member]] | None = None) -> Page:
@@ -301,13 +314,23 @@ def build(results: dict[str, Any], kept: dict[str, list[Member]] | None = None) 
 
     page.add("h2", "Summary")
     rows = []
+    comparisons = [comp for c in results["claims"] for comp in c["comparisons"]]
     for i, c in enumerate(results["claims"], 1):
         for comp in c["comparisons"]:
             rows.append([f"{i}. {c['key']}", comp["statement"], _label(comp["figure"]), difference_text(comp),
-                         f"**{comp['verdict']}**"])
-    page.add("table", ["claim", "statement", "figure", "variant - baseline [95% CI]", "verdict"], rows)
-    counts = {v: sum(r[-1] == f"**{v}**" for r in rows) for v in VERDICT_COLOURS}
+                         f"**{comp['verdict']}**", _corrected_text(comp)])
+    page.add("table", ["claim", "statement", "figure", "variant - baseline [95% CI]", "verdict",
+                       "p-value; verdict at 5% false discovery rate"], rows)
+    counts = {v: sum(comp["verdict"] == v for comp in comparisons) for v in VERDICT_COLOURS}
     page.add("p", ", ".join(f"{n} {v}" for v, n in counts.items()) + f" of {len(rows)} statements.")
+    if all("corrected_verdict" in comp for comp in comparisons):
+        corrected = {v: sum(comp["corrected_verdict"] == v for comp in comparisons) for v in VERDICT_COLOURS}
+        decided = len(rows) - counts[stats.INCONCLUSIVE]
+        page.add("p", f"By chance alone: each 95% interval leaves out the true difference 1 time in 20, so of these "
+                      f"{len(rows)} statements about {0.05 * len(rows):.1f} verdicts could be decided wrongly if no "
+                      f"difference were real ({decided} are decided). With the false discovery rate held at 5% over "
+                      "all of them: " + ", ".join(f"{n} {v}" for v, n in corrected.items())
+                      + "; of those decided, at most 5% are expected wrong.")
 
     page.add("h2", f"What the {budget['name']} budget reduced")
     estimate = results.get("full_estimate_seconds") if budget["name"] != "test" else None

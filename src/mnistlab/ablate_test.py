@@ -264,6 +264,25 @@ def test_every_verdict_follows_from_the_recorded_numbers(ablated):
                 assert c["difference"]["mean"] == pytest.approx(diff.mean)
 
 
+def test_the_corrected_verdicts_hold_the_false_discovery_rate_over_every_statement(ablated):
+    _, folder, _ = ablated
+    results = json.loads((folder / ablate.RESULTS).read_text())
+    comparisons = [c for claim in results["claims"] for c in claim["comparisons"]]
+    tests = []
+    for c in comparisons:
+        v = [math.nan if x is None else x for x in c["variant_values"]]
+        b = [math.nan if x is None else x for x in c["baseline_values"]]
+        tests.append((stats.paired_difference(v, b), c["better"], c["tolerance"]))
+    assert [c["corrected_verdict"] for c in comparisons] == stats.corrected_verdicts(tests)
+    for c, test in zip(comparisons, tests):
+        p = stats.p_value(*test)
+        assert (math.isnan(p) and math.isnan(c["p_value"])) or c["p_value"] == pytest.approx(p)
+        if c["corrected_verdict"] != stats.INCONCLUSIVE:  # the correction only ever withdraws a verdict
+            assert c["corrected_verdict"] == c["verdict"]
+    report = (folder / "report.md").read_text()
+    assert "false discovery rate held at 5% over all of them" in report
+
+
 def test_reports_show_each_verdict_with_the_json_numbers(ablated):
     _, folder, docs = ablated
     results = json.loads((folder / ablate.RESULTS).read_text())

@@ -104,6 +104,44 @@ def verdict(difference: Interval, better: Better = "higher", tolerance: float = 
     return INCONCLUSIVE
 
 
+def p_value(difference: Interval, better: Better = "higher", tolerance: float = 0.0) -> float:
+    """The two-sided p-value of the paired t-test that `verdict` reads as an interval: the
+    signed mean difference against the boundary -tolerance. The interval at level L leaves
+    the boundary out exactly when p < 1 - L. NaN with fewer than two seeds."""
+    if difference.n < 2 or not math.isfinite(difference.mean):
+        return math.nan
+    sign = 1.0 if better == "higher" else -1.0
+    gap = sign * difference.mean + tolerance
+    if difference.sd == 0:  # every seed gave the same difference
+        return 1.0 if gap == 0 else 0.0
+    t = gap / (difference.sd / math.sqrt(difference.n))
+    return float(2 * scipy_stats.t.sf(abs(t), difference.n - 1))
+
+
+def corrected_verdicts(tests: Sequence[tuple[Interval, Better, float]], rate: float = 1 - LEVEL) -> list[str]:
+    """`verdict` for many statements at once, the false discovery rate held at `rate`.
+
+    Each statement's p-value (`p_value`) is adjusted over all of them by Benjamini and
+    Hochberg's procedure (scipy's `false_discovery_control`); a statement whose adjusted
+    p-value is under `rate` is decided in the direction of its mean, the others are
+    inconclusive. Of the decided verdicts, at most `rate` are then expected wrong, where
+    `rate` of each raw verdict's interval could be.
+    """
+    p = np.array([p_value(*test) for test in tests], float)
+    adjusted = np.full(len(p), np.nan)
+    finite = np.isfinite(p)
+    if finite.any():
+        adjusted[finite] = scipy_stats.false_discovery_control(p[finite], method="bh")
+    out = []
+    for (difference, better, tolerance), q in zip(tests, adjusted):
+        sign = 1.0 if better == "higher" else -1.0
+        if not q < rate:  # NaN too
+            out.append(INCONCLUSIVE)
+        else:
+            out.append(SUPPORTED if sign * difference.mean > -tolerance else NOT_SUPPORTED)
+    return out
+
+
 def fmt_interval(i: Interval, digits: int = 4, scale: float = 1.0, unit: str = "") -> str:
     """'0.9712 [0.9690, 0.9733]' (n < 2: the mean alone; none: 'n/a')."""
     if i.n == 0 or not math.isfinite(i.mean):

@@ -135,3 +135,63 @@ def test_fmt_interval():
     assert stats.fmt_interval(Interval(0.6, 0.5, 0.7, 2, 0.1)) == "0.6000 [0.5000, 0.7000]"  # two seeds
     assert stats.fmt_interval(stats.mean_ci([])) == "n/a"
     assert stats.fmt_interval(Interval(math.nan, math.nan, math.nan, 3, math.nan)) == "n/a"
+
+
+@pytest.mark.parametrize("better, tolerance", [("higher", 0.0), ("lower", 0.0), ("higher", 0.004), ("lower", 0.01)])
+def test_p_value_is_the_paired_t_test_against_the_boundary(better, tolerance):
+    from scipy import stats as scipy_stats
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        variant, baseline = rng.normal(0.97, 0.01, 5), rng.normal(0.968, 0.01, 5)
+        diff = stats.paired_difference(list(variant), list(baseline))
+        signed = (variant - baseline) * (1 if better == "higher" else -1)
+        expected = scipy_stats.ttest_1samp(signed, -tolerance).pvalue
+        assert stats.p_value(diff, better, tolerance) == pytest.approx(expected, rel=1e-9)
+        # The interval the verdict reads leaves the boundary out exactly when p < 5%.
+        assert (stats.verdict(diff, better, tolerance) != INCONCLUSIVE) == (expected < 0.05)
+
+
+def test_p_value_edge_cases():
+    assert math.isnan(stats.p_value(Interval(0.01, math.nan, math.nan, 1, math.nan)))
+    assert stats.p_value(Interval(0.01, 0.01, 0.01, 3, 0.0)) == 0.0  # the same difference on every seed
+    assert stats.p_value(Interval(0.0, 0.0, 0.0, 3, 0.0)) == 1.0  # both arms identical
+
+
+def test_corrected_verdicts_hold_the_false_discovery_rate_by_benjamini_hochberg():
+    rng = np.random.default_rng(0)
+    tests = []
+    for shift in (0.0, 0.0, 0.002, 0.004, 0.006, 0.01, -0.015, 0.0005):
+        variant, baseline = rng.normal(0.97 + shift, 0.003, 5), rng.normal(0.97, 0.003, 5)
+        tests.append((stats.paired_difference(list(variant), list(baseline)), "higher", 0.0))
+    tests.append((Interval(0.01, math.nan, math.nan, 1, math.nan), "higher", 0.0))  # one seed: no test
+    p = np.array([stats.p_value(*t) for t in tests[:-1]])
+    # Benjamini-Hochberg by hand: sorted p's, q_(i) = min over j >= i of m p_(j) / j.
+    order = np.argsort(p)
+    m = len(p)
+    q_sorted = np.minimum.accumulate((p[order] * m / np.arange(1, m + 1))[::-1])[::-1]
+    q = np.empty(m)
+    q[order] = np.minimum(q_sorted, 1.0)
+    expected = [INCONCLUSIVE if qi >= 0.05 else SUPPORTED if t[0].mean > 0 else NOT_SUPPORTED
+                for qi, t in zip(q, tests)] + [INCONCLUSIVE]
+    got = stats.corrected_verdicts(tests)
+    assert got == expected
+    assert SUPPORTED in got and NOT_SUPPORTED in got and INCONCLUSIVE in got
+
+
+def with_p(p: float, n: int = 5) -> Interval:
+    """A paired difference of n seeds whose t-test gives the two-sided p-value p."""
+    from scipy import stats as scipy_stats
+
+    mean = scipy_stats.t.isf(p / 2, n - 1) / math.sqrt(n)  # sd 1
+    half = scipy_stats.t.ppf(0.975, n - 1) / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n, 1.0)
+
+
+def test_the_correction_withdraws_a_verdict_that_many_statements_make_likely_by_chance():
+    tests = [(with_p(p), "higher", 0.0) for p in (0.04, 0.5, 0.6)]
+    assert stats.p_value(*tests[0]) == pytest.approx(0.04)
+    assert [stats.verdict(*t) for t in tests] == [SUPPORTED, INCONCLUSIVE, INCONCLUSIVE]
+    # 0.04 x 3 / 1 = 0.12 >= 5%: alone among three, it is no longer decided.
+    assert stats.corrected_verdicts(tests) == [INCONCLUSIVE] * 3
+    assert stats.corrected_verdicts(tests[:1]) == [SUPPORTED]
