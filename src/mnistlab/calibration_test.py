@@ -73,3 +73,27 @@ def test_the_unsure_threshold_is_the_least_that_keeps_the_promise(confidence, co
     c, ok = np.array(confidence), np.array(correct, bool)
     keeping = [t for t in sorted(c) if ok[c >= t].mean() >= target]
     assert found == (0.0 if keeping and keeping[0] == c.min() else keeping[0] if keeping else 1.0)
+
+
+def test_an_accurate_network_still_flags_half_of_its_mistakes():
+    rng = np.random.default_rng(0)
+    confidence, correct = rng.uniform(0.5, 1.0, 1000), np.ones(1000, bool)
+    confidence[:5], correct[:5] = [0.97, 0.55, 0.8, 0.6, 0.7], False
+    # 995 of 1,000 right: the 99% promise holds with nothing flagged ...
+    assert calibration.unsure_threshold(confidence, correct) == 0.0
+    # ... so the catch decides: ceil(0.5 x 5) = 3 mistakes under it, i.e. just above the third lowest.
+    assert calibration.catch_threshold(confidence, correct) == np.nextafter(0.7, 1.0)
+    assert calibration.catch_threshold(confidence, correct, catch=0.2) == np.nextafter(0.55, 1.0)
+    assert calibration.catch_threshold(confidence, np.ones(1000, bool)) == 0.0
+
+
+def test_fit_takes_the_higher_threshold_and_says_how_many_mistakes_it_flags():
+    logits, labels = drawn_at(1.0)
+    for catch in (0.0, 0.9):
+        found = calibration.fit(logits, labels, catch=catch)
+        after = calibration.softmax(logits / found.temperature)
+        confidence, correct = after.max(axis=1), after.argmax(axis=1) == labels
+        assert found.unsure_below == max(calibration.unsure_threshold(confidence, correct),
+                                         calibration.catch_threshold(confidence, correct, catch))
+        assert found.mistakes_flagged == pytest.approx((confidence[~correct] < found.unsure_below).mean())
+        assert found.mistakes_flagged >= catch

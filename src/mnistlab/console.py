@@ -172,6 +172,19 @@ def evaluation(run_dir: Path, split: str, result: dict[str, Any]) -> None:
     emit(run_dir=run_dir, split=split, **result)
 
 
+def robustness(run_dir: Path, result) -> None:
+    """`mnistlab robustness`: accuracy per family and severity, held-out families marked."""
+    table = Table("family", "", *(f"severity {s}" for s in (1, 2, 3)), title=f"{result.split} accuracy under corruption")
+    for row in result.table():
+        held = {True: "held out", False: "", None: ""}[row["held_out"]]
+        values = [f"{row[f'severity {s}']:.2%}" for s in (1, 2, 3)]
+        table.add_row(f"{row['family']} ({row['description']})", held, *(values[:1] if row["family"] == "clean" else values))
+    out.print(table)
+    if result.held_out_mean() is not None:
+        say(f"held-out families at middle severity: {result.held_out_mean():.2%} (clean {result.clean:.2%})")
+    emit(run_dir=run_dir, **result.as_dict())
+
+
 def run_listing(rows: list[dict[str, Any]]) -> None:
     """`mnistlab runs`: one line per run, newest first."""
     # no_wrap: a folder name is copied whole, never folded
@@ -517,7 +530,7 @@ def predictions(predictor, results: Iterator, top: int, as_json: bool) -> int:
 
     failed = 0
     write = sys.stdout.write
-    for name, _, result in results:
+    for name, pixels, result, logits in results:
         count += 1
         if isinstance(result, UserError):
             failed += 1
@@ -527,7 +540,7 @@ def predictions(predictor, results: Iterator, top: int, as_json: bool) -> int:
                 sys.stdout.flush()
                 error(str(result))
             continue
-        best, sure = predictor.top(result, top), predictor.assess(result)
+        best, sure = predictor.top(result, top), predictor.assess(result, image=pixels, logits=logits)
         if as_json:
             write(json.dumps({"file": name, "class": best[0][0], "label": predictor.label(best[0][0]),
                               "top": [{"class": c, "label": predictor.label(c), "probability": p} for c, p in best],
@@ -535,6 +548,8 @@ def predictions(predictor, results: Iterator, top: int, as_json: bool) -> int:
         else:
             doubt = f"  - unsure: {predictor.label(best[0][0])}? could be {sure['runner_up']['label']}" \
                 if sure["unsure"] else ""
+            if sure["not_a_digit"]:  # says more than "unsure": no digit to be sure of
+                doubt = f"  - not a digit? ({sure['not_a_digit_reason']})"
             write(f"{name}: " + "  ".join(f"{predictor.label(c)} ({p:.4f})" for c, p in best) + doubt + "\n")
     sys.stdout.flush()
     if failed:

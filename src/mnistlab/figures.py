@@ -740,3 +740,22 @@ def importance(values: Mapping[str, float], title: str = "parameter importance",
     ax.grid(axis="y", visible=False)
     ax.set_title(title)
     return fig
+
+
+@_styled
+def robustness(series: Mapping[str, Sequence[float]], held_out: Sequence[str], clean: float,
+               title: str = "accuracy under corruption") -> Figure:
+    """Accuracy against severity (0 clean, 1 mild .. 3 severe), one line per family:
+    solid for the families no preset trains on (held out), dashed for the others."""
+    fig = Figure(figsize=(7.2, 4.2), layout="constrained")
+    ax = fig.subplots()
+    colours = matplotlib.colormaps["tab10"]
+    for i, (family, values) in enumerate(series.items()):
+        ax.plot(range(len(values) + 1), [100 * clean, *(100 * v for v in values)], marker="o", markersize=3,
+                color=colours(i % 10), linestyle="-" if family in held_out else "--", label=family)
+    ax.set_xticks(range(4), ["clean", "1 mild", "2 middle", "3 severe"])
+    ax.set_xlabel("severity")
+    ax.set_ylabel("accuracy (%)")
+    ax.legend(fontsize=7, loc="lower left", title="solid: held out", title_fontsize=7)
+    ax.set_title(title)
+    return fig

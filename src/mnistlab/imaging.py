@@ -14,9 +14,15 @@ digit drawn or photographed anywhere looks like the training data:
 
 1. grey; inverted when the digit is dark on light (decided by the border, which is
    background in any digit picture), so ink is bright on black as in MNIST;
-2. the background level subtracted and the contrast stretched to 0..255;
+2. the background level subtracted and the contrast stretched to 0..255; for a photo,
+   the light's slope across the picture is evened out first (`flatten`: a plane through
+   the four edges' median levels) and the sensor noise (three robust standard
+   deviations of the border) goes with the background, so paper lit from one side is
+   background everywhere;
 3. cropped to the ink's bounding box (ink above 20% of the contrast: faint noise and
-   antialiasing halos do not widen it);
+   antialiasing halos do not widen it; in a noisy picture, found on a copy smoothed by a
+   1-pixel Gaussian, so a single bright speck of noise does not either, nor set the
+   contrast);
 4. scaled, keeping the aspect ratio, so the longer side is 20 pixels (MNIST: 59,987 of
    the 60,000 training digits have a 20-pixel longer side);
 5. pasted into 28x28 so that its centre of mass is at pixel (14, 14) (the training
@@ -31,6 +37,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from mnistlab.errors import UserError
 
@@ -136,6 +143,42 @@ def light_on_dark(grey: np.ndarray) -> tuple[np.ndarray, float]:
     return (255 - grey, 255.0 - background) if background > 127.5 else (grey, background)
 
 
+def flatten(grey: np.ndarray) -> np.ndarray:
+    """The image (float32) with the light made even across it: the paper's level is a plane
+    through the median grey levels of the four edges (robust to ink touching an edge),
+    centred at their mean. Light paper is divided by it (light multiplies what paper and
+    ink reflect, so the ink keeps its contrast to the paper), dark ground has it subtracted.
+    Evenly lit pictures come back as they are.
+
+    Why: a phone photo of paper is lit from one side or under a lamp, its brightness
+    falling off smoothly across the picture; without this, the darker side of the paper
+    passes for ink and the crop keeps the whole sheet.
+    """
+    g = grey.astype(np.float32)
+    h, w = g.shape
+    if h < 3 or w < 3:
+        return g
+    top, bottom = float(np.median(g[0])), float(np.median(g[-1]))
+    left, right = float(np.median(g[:, 0])), float(np.median(g[:, -1]))
+    slope_rows, slope_cols = (bottom - top) / (h - 1), (right - left) / (w - 1)
+    if slope_rows == 0 and slope_cols == 0:
+        return g
+    level = (top + bottom + left + right) / 4
+    rows = (np.arange(h, dtype=np.float32) - (h - 1) / 2)[:, None]
+    cols = (np.arange(w, dtype=np.float32) - (w - 1) / 2)[None, :]
+    plane = level + slope_rows * rows + slope_cols * cols
+    if np.median(border(g)) > 127.5:  # light paper: reflectance times light
+        return np.minimum(g * (level / np.maximum(plane, 1.0)), 255.0)
+    return np.maximum(g - (plane - level), 0.0)
+
+
+def noise(grey: np.ndarray) -> float:
+    """The sensor noise of a (flattened) picture: the robust standard deviation (1.4826
+    median absolute deviations) of its border, which is background. 0 for clean paper."""
+    edge = border(grey).astype(np.float32)
+    return float(1.4826 * np.median(np.abs(edge - np.median(edge))))
+
+
 def levels(grey: np.ndarray, background: float, *, name: str = "image") -> float:
     """The contrast of a light-on-dark image: how far its brightest pixel stands above
     the background. Raises ImageError("no_ink") when that is under MIN_CONTRAST grey
@@ -208,11 +251,15 @@ def centre(digit: np.ndarray, size: int = SIZE) -> np.ndarray:
 
 def mnist_preprocess(grey: np.ndarray, *, name: str = "image") -> np.ndarray:
     """Any grey image of a digit -> (28, 28) uint8 as in MNIST (see the module docstring)."""
-    g, background = light_on_dark(grey)
-    contrast = levels(g, background, name=name)
-    # Crop on the uint8 image, then convert only the crop to float: the same numbers as
-    # stretching first, at a fraction of the cost for a large picture.
-    top, bottom, left, right = bounding_box(g, background + BOX_THRESHOLD * contrast)
+    g, background = light_on_dark(flatten(grey))
+    sigma = noise(g)
+    # Noise is background too: three standard deviations above the paper is where ink starts.
+    background += 3.0 * sigma
+    # In a noisy picture the contrast and the box are found on a copy smoothed by a
+    # 1-pixel Gaussian: a lone bright speck neither sets the ink's level nor moves an edge.
+    smooth = g if sigma == 0 else ndimage.gaussian_filter(g, 1.0)
+    contrast = levels(smooth, background, name=name)
+    top, bottom, left, right = bounding_box(smooth, background + BOX_THRESHOLD * contrast)
     digit = fit(stretch(g[top:bottom, left:right], background, contrast))
     return (centre(digit) * 255.0).round().astype(np.uint8)
 

@@ -87,9 +87,9 @@ def _regularizer(keras, reg: layers.Regularizer | None):
 
 def _keras_layer(keras, layer: layers.Layer, name: str):
     """The Keras layer computing what `layer` computes, named `name`."""
-    if isinstance(layer, layers.ElasticDistortion):
-        raise UserError(f"layer '{name}' (elastic_distortion): Keras has no elastic distortion layer, so this "
-                        "network cannot go to Keras; export it as ONNX, or train it without that layer")
+    if isinstance(layer, (layers.ElasticDistortion, layers.RandomStrokeWidth)):
+        raise UserError(f"layer '{name}' ({layer.type}): Keras has no such layer, so this network cannot go "
+                        "to Keras; export it as ONNX, or train it without that layer")
     settings = layer.model_dump(exclude={"type"})
     for which in ("kernel_initializer", "bias_initializer"):
         if which in settings:

@@ -125,7 +125,7 @@ def test_what_keras_cannot_express_is_refused_naming_it():
     dense = {"type": "dense", "units": 10, "activation": "softmax"}
     cases = [
         ({"layers": [{"type": "elastic_distortion", "alpha": 2.0, "sigma": 3.0}, {"type": "flatten"}, dense]}, {},
-         "layer 'elastic_distortion' (elastic_distortion): Keras has no elastic distortion layer"),
+         "layer 'elastic_distortion' (elastic_distortion): Keras has no such layer"),
         ({"layers": [dense]}, {"decay": 0.01, "schedule": {"name": "cosine", "decay_steps": 10}},
          "optimizer.decay = 0.01 with schedule 'cosine' has no Keras equivalent"),
         ({"layers": [dense]}, {"schedule": {"name": "exponential", "warmup_steps": 10}},

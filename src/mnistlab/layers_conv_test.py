@@ -20,6 +20,7 @@ from mnistlab.spec import (
     MaxPooling2D,
     ModelSpec,
     RandomRotation,
+    RandomStrokeWidth,
     RandomTranslation,
     RandomZoom,
 )
@@ -277,6 +278,23 @@ def test_elastic_field_is_smoothed_uniform_noise():
         dy, dx = (scipy.ndimage.gaussian_filter(noise[i, a], 2.0, mode="constant", truncate=12.0) for a in (0, 1))
         expected = scipy_sample(IMAGES[i], rows + 3.0 * dy, cols + 3.0 * dx)
         np.testing.assert_allclose(got[i], expected, atol=1e-4)
+
+
+def test_stroke_width_blends_each_image_toward_its_cross_erosion_or_dilation():
+    key = jax.random.PRNGKey(5)
+    layer = RandomStrokeWidth(factor=0.8)
+    got = augmented(layer, IMAGES, key)
+    # The layer's draw: the step's key folded with its index (0), one uniform(-1, 1) per image.
+    u = 0.8 * np.asarray(jax.random.uniform(jax.random.fold_in(key, 0), (4, 1, 1, 1), jnp.float32, -1.0, 1.0))
+    cross = scipy.ndimage.generate_binary_structure(2, 1)
+    assert (u > 0).any() and (u < 0).any()  # both directions are checked
+    for i in range(4):
+        eroded = scipy.ndimage.grey_erosion(IMAGES[i], footprint=cross, mode="constant", cval=0.0)
+        dilated = scipy.ndimage.grey_dilation(IMAGES[i], footprint=cross, mode="constant", cval=0.0)
+        a = float(u[i].item())
+        expected = IMAGES[i] + (a * (dilated - IMAGES[i]) if a > 0 else -a * (eroded - IMAGES[i]))
+        np.testing.assert_allclose(got[i], expected, atol=1e-6)
+    np.testing.assert_array_equal(augmented(layer, IMAGES, None), IMAGES)
 
 
 def test_augmentation_is_seeded_and_off_at_inference():

@@ -37,6 +37,8 @@ EXAMPLES = {
     "random_rotation": [{"type": "random_rotation", "factor": 0.05}, CONV, {"type": "flatten"}],
     "random_zoom": [{"type": "random_zoom", "height_factor": 0.1}, CONV, {"type": "flatten"}],
     "elastic_distortion": [{"type": "elastic_distortion", "alpha": 8.0, "sigma": 3.0}, CONV, {"type": "flatten"}],
+    "random_stroke_width": [{"type": "random_rotation", "factor": 0.05}, {"type": "random_stroke_width", "factor": 0.5},
+                            CONV, {"type": "flatten"}],
 }
 
 

@@ -82,6 +82,7 @@ CONV = {
         {"type": "random_rotation", "factor": 0.03, "fill_mode": "constant"},
         {"type": "random_zoom", "height_factor": 0.1, "width_factor": 0.1, "fill_mode": "constant"},
         {"type": "elastic_distortion", "alpha": 1.0, "sigma": 3.0, "fill_mode": "constant"},
+        {"type": "random_stroke_width", "factor": 0.5},
         {"type": "conv2d", "filters": 4, "kernel_size": 3, "activation": "relu",
          "kernel_regularizer": {"l2": 1e-4}},
         {"type": "batch_normalization"},

@@ -3,11 +3,15 @@
     predictor = Predictor.from_run("runs/20261127-101500-fast")
     probs = predictor.probabilities(images)        # (N, 28, 28) uint8 -> (N, classes) float32
     predictor.top(probs[0], k=3)                   # [(7, 0.998), (9, 0.001), (2, 0.0004)]
-    predictor.assess(probs[0])                     # {"confidence", "unsure", "runner_up", ...}
+    probs, logits = predictor.outputs(images)      # both from one pass
+    predictor.assess(probs[0], image=images[0], logits=logits[0])
+                                                   # {"confidence", "unsure", "runner_up", "not_a_digit", ...}
 
 A run trained with validation data carries its calibration (`calibration.fit`, in its
 summary): the probabilities are then temperature-scaled, so the top one is a confidence,
-and a prediction under the run's threshold is flagged unsure, naming the runner-up.
+and a prediction under the run's threshold is flagged unsure, naming the runner-up. Its
+novelty fit (`novelty.fit`, in the calibration) flags an input that does not look like a
+digit at all (a face, a scribble, a filled shape), saying why.
 
 The parameters go to the device once. The prediction is one jitted program per batch
 size in {1, 2, 4, ..., max_batch}: a batch is zero-padded up to the next of those sizes,
@@ -29,7 +33,7 @@ from typing import Any, BinaryIO, Iterable, Iterator
 
 import numpy as np
 
-from mnistlab import data, imaging, model, runs
+from mnistlab import data, imaging, model, novelty, runs
 from mnistlab.errors import UserError
 from mnistlab.spec import RunSpec
 
@@ -54,11 +58,16 @@ class Predictor:
         self._params = {k: jax.device_put(np.asarray(v, np.float32)) for k, v in params.items()}
         # Temperature scaling is for a softmax's one answer; sigmoid outputs are left as trained.
         found = self.summary.get("calibration") if spec.model.output_activation == "softmax" else None
-        self.calibration: dict[str, float] | None = found
+        self.calibration: dict[str, Any] | None = found
+        # Runs from before the novelty fit (or without validation data) have none: no flag.
+        self.novelty = novelty.Novelty.from_dict(found["novelty"]) if found and found.get("novelty") else None
         model_spec, temperature = spec.model, float(found["temperature"]) if found else 1.0
-        # One function each, traced once per padded batch size (jit's own cache holds them).
-        self._fn = jax.jit(lambda p, x: model.probabilities(model_spec, p, x, temperature))  # thread-safe to call
-        self._logits = jax.jit(lambda p, x: model.logits(model_spec, p, {}, x))
+        # One function, traced once per padded batch size (jit's own cache holds them). It gives
+        # the logits too, for `calibration` and `novelty`: XLA computes the network once for
+        # both (it merges common subexpressions: the fast preset's program has one matrix
+        # product per dense layer, as without the logits).
+        self._fn = jax.jit(lambda p, x: (model.probabilities(model_spec, p, x, temperature),
+                                         model.logits(model_spec, p, {}, x)))  # thread-safe to call
 
     @classmethod
     def from_run(cls, path: str | Path, **kwargs) -> "Predictor":
@@ -77,25 +86,27 @@ class Predictor:
         for n in self.buckets():
             self._run(np.zeros((n, *self.image_shape), np.uint8))
 
-    def _run(self, batch: np.ndarray, fn=None) -> np.ndarray:
-        return np.asarray((fn or self._fn)(self._params, batch))
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs, logits = self._fn(self._params, batch)
+        return np.asarray(probs), np.asarray(logits)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """(N, *image_shape) uint8 -> (N, num_classes) float32 softmax (or sigmoid) outputs."""
-        return self._batched(images, self._fn)
+        return self.outputs(images)[0]
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """(N, *image_shape) uint8 -> (N, num_classes) float32, before the output activation
-        (and any temperature): what `calibration.fit` fits on."""
-        return self._batched(images, self._logits)
+        (and any temperature): what `calibration.fit` and `novelty.fit` fit on."""
+        return self.outputs(images)[1]
 
-    def _batched(self, images: np.ndarray, fn) -> np.ndarray:
+    def outputs(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, logits) of (N, *image_shape) uint8 images, from one pass."""
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.shape[1:] != self.image_shape:
             raise ValueError(f"expected (N, {', '.join(map(str, self.image_shape))}) uint8 images, "
                              f"got {images.shape} {images.dtype}")
         n = len(images)
-        out = np.empty((n, self.num_classes), np.float32)
+        probs, logits = (np.empty((n, self.num_classes), np.float32) for _ in range(2))
         for start in range(0, n, self.max_batch):
             batch = images[start:start + self.max_batch]
             size = 1 << (len(batch) - 1).bit_length()  # the next power of two
@@ -103,8 +114,11 @@ class Predictor:
                 padded = np.zeros((size, *self.image_shape), np.uint8)
                 padded[: len(batch)] = batch
                 batch = padded
-            out[start:start + self.max_batch] = self._run(batch, fn)[: min(self.max_batch, n - start)]
-        return out
+            rows = slice(start, start + self.max_batch)
+            kept = min(self.max_batch, n - start)
+            batch_probs, batch_logits = self._run(batch)
+            probs[rows], logits[rows] = batch_probs[:kept], batch_logits[:kept]
+        return probs, logits
 
     def label(self, k: int) -> str:
         return self.class_names[k] if k < len(self.class_names) else str(k)
@@ -115,15 +129,25 @@ class Predictor:
         order = np.argsort(-probs, kind="stable")[:k]
         return [(int(c), float(probs[c])) for c in order]
 
-    def assess(self, probs: np.ndarray) -> dict[str, Any]:
+    def assess(self, probs: np.ndarray, *, image: np.ndarray | None = None,
+               logits: np.ndarray | None = None) -> dict[str, Any]:
         """How sure one prediction is: its confidence (calibrated when the run is), the
         runner-up, and `unsure` when under the run's threshold (None: a run without a
-        calibration, trained before it existed or without validation data)."""
+        calibration, trained before it existed or without validation data).
+
+        Given the image and its logits too, `not_a_digit` says whether the input looks like
+        no digit at all and `not_a_digit_reason` why (`novelty`); both None for a run
+        without a novelty fit, or when the image or logits are not given.
+        """
         (_, confidence), (second, chance) = self.top(probs, 2)
         threshold = self.calibration["unsure_below"] if self.calibration else None
+        reason, checked = None, self.novelty is not None and image is not None and logits is not None
+        if checked:
+            (reason,) = self.novelty.reasons(np.asarray(image)[None], np.asarray(logits)[None])
         return {"confidence": confidence, "calibrated": threshold is not None,
                 "unsure": None if threshold is None else confidence < threshold,
-                "runner_up": {"class": second, "label": self.label(second), "probability": chance}}
+                "runner_up": {"class": second, "label": self.label(second), "probability": chance},
+                "not_a_digit": (reason is not None) if checked else None, "not_a_digit_reason": reason}
 
     def description(self) -> dict[str, Any]:
         """What the network is: for `GET /api/model` and `mnistlab predict --json` users.
@@ -201,8 +225,10 @@ def _prepare(item: tuple[str, Path | bytes], raw_input: bool) -> np.ndarray | im
 
 
 def predict_files(predictor: Predictor, items: list[tuple[str, Path | bytes]], *, raw_input: bool = False,
-                  batch: int = 256) -> Iterator[tuple[str, np.ndarray | None, np.ndarray | imaging.ImageError]]:
-    """(name, 28x28 pixels or None, probabilities or the ImageError) per item, in order.
+                  batch: int = 256) -> Iterator[tuple[str, np.ndarray | None, np.ndarray | imaging.ImageError,
+                                                       np.ndarray | None]]:
+    """(name, 28x28 pixels or None, probabilities or the ImageError, logits or None) per
+    item, in order (the pixels and logits: for `Predictor.assess`'s novelty check).
 
     Files are decoded `batch` at a time, then the batch's good images go through the
     network together. Decoding is sequential: a pool of 2 threads gained nothing
@@ -212,9 +238,9 @@ def predict_files(predictor: Predictor, items: list[tuple[str, Path | bytes]], *
         part = items[start:start + batch]
         prepared = [_prepare(item, raw_input) for item in part]
         good = [p for p in prepared if isinstance(p, np.ndarray)]
-        probs = iter(predictor.probabilities(np.stack(good)) if good else [])
+        answers = zip(*predictor.outputs(np.stack(good))) if good else iter([])
         for (name, _), p in zip(part, prepared):
             if isinstance(p, np.ndarray):
-                yield name, p, next(probs)
+                yield name, p, *next(answers)
             else:
-                yield name, None, p
+                yield name, None, p, None

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from mnistlab import figures, runs
+from mnistlab import figures, robustness, runs
 from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError
 
@@ -343,7 +343,7 @@ def _regularizer_text(layer) -> str | None:
     return ", ".join(p for p in parts if p) or "none"
 
 
-PLOTS = ("curves", "confusion", "mistakes", "weights", "feature-maps", "histograms", "activity")
+PLOTS = ("curves", "confusion", "mistakes", "weights", "feature-maps", "histograms", "activity", "robustness")
 
 
 def check_plot(what: str) -> None:
@@ -378,6 +378,11 @@ def plot(d: RunData, what: str, split: str | None = None, standalone: bool = Tru
         idx = confident_mistakes(ev.labels, ev.probabilities)
         return figures.mistakes(ev.images[idx], ev.labels[idx], ev.probabilities[idx], d.class_names,
                                 title=f"most confident mistakes ({ev.split})")
+    if what == "robustness":
+        measured = robustness.load(run.path)
+        return None if measured is None else figures.robustness(
+            {row["family"]: [row[f"severity {s}"] for s in robustness.SEVERITIES] for row in measured.table()[1:]},
+            robustness.HELD_OUT, measured.clean, title=f"{measured.split} accuracy under corruption")
     if d.params is None:
         return None
     names = model.layer_names(run.spec.model)
@@ -442,6 +447,8 @@ CAPTIONS = {
                    "(what an L1 penalty produces)."),
     "activity": ("Hidden-unit activity", "For each ReLU unit, the fraction of validation images that make it "
                  "fire. A unit at 0 never fires: a dead ReLU."),
+    "robustness": ("Robustness", "Accuracy on the test images made unlike MNIST's (`mnistlab robustness`): "
+                   "solid lines are the families no preset trains on, dashed ones resemble an augmentation."),
     "activity-conv": ("Hidden-unit activity", "For each ReLU unit, the fraction of validation images that make it "
                       "fire; for a convolution's filter, the fraction of positions over all validation images where "
                       "its output is > 0. At 0 a unit or filter never fires: a dead ReLU."),
@@ -466,7 +473,7 @@ def run_figures(d: RunData, prefix: str = "") -> list[Figure]:
     """The run's pictures, in page order."""
     wanted = [("curves", None)] + [("confusion", ev.split) for ev in (d.validation, d.test) if ev is not None]
     wanted += [("mistakes", None), ("weights", None), ("feature-maps", None), ("histograms", None),
-               ("activity", None)]
+               ("activity", None), ("robustness", None)]
     out = []
     for what, split in wanted:
         fig = plot(d, what, split, standalone=False)
@@ -510,8 +517,19 @@ def run_context(d: RunData, prefix: str = "", environment: dict[str, Any] | None
             "env": _machine(d, environment), "evaluations": evaluations,
             "architecture": architecture(run.spec.model, d.image_shape) if d.params is not None else [],
             "config": config_path.read_text() if config_path.exists() else "",
-            "no_weights": d.no_weights, "prefix": prefix,
+            "no_weights": d.no_weights, "prefix": prefix, "robustness": _robustness_rows(run.path),
             "figures": {f.key[len(prefix):]: f for f in run_figures(d, prefix)}}
+
+
+def _robustness_rows(path: Path) -> list[dict[str, str]]:
+    """`mnistlab robustness`'s table, when it was measured for this run."""
+    measured = robustness.load(path)
+    if measured is None:
+        return []
+    return [{"family": row["family"], "description": row["description"],
+             "held_out": "held out" if row["held_out"] else "",
+             "accuracies": [_pct(row[f"severity {s}"]) for s in robustness.SEVERITIES][: 1 if row["family"] == "clean" else 3]}
+            for row in measured.table()]
 
 
 def _cards(d: RunData, fit: dict[str, Any] | None) -> list[tuple[str, str, str]]:

@@ -2,8 +2,9 @@
 
     GET  /              the page (static/index.html, app.js, style.css: package data)
     POST /api/predict   an image (raw body, or multipart/form-data field "image") ->
-                        {"class", "label", "probabilities", "top", "input"}; ?raw=true skips
-                        the MNIST preprocessing (the image must be 28x28), ?top=K
+                        {"class", "label", "probabilities", "top", "input"}, and how sure
+                        (`Predictor.assess`: "unsure", "not_a_digit" and its reason);
+                        ?raw=true skips the MNIST preprocessing (the image must be 28x28), ?top=K
     GET  /api/model     the network's description and the server's limits
     GET  /healthz       {"status": "ok"} and counters (predictions, batches, largest batch)
 
@@ -60,7 +61,8 @@ class ApiError(Exception):
 class Batcher:
     """Answers single images, batching the ones that arrive while the network is busy.
 
-    `predict(image)` queues the image and awaits its row of probabilities. One task takes
+    `predict(image)` queues the image and awaits its rows of probabilities and logits
+    (`Predictor.outputs`; the logits for the novelty check). One task takes
     the first waiting image and everything queued behind it (up to `max_batch`), runs
     the network once on its own thread, and hands each caller its row.
     """
@@ -87,7 +89,7 @@ class Batcher:
                 await self._task
         self._pool.shutdown(wait=True)
 
-    async def predict(self, image: np.ndarray) -> np.ndarray:
+    async def predict(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         assert self._queue is not None, "Batcher.start() was not awaited"
         if self._queue.qsize() >= self.max_pending:
             raise ApiError(503, "busy", f"{self.max_pending} predictions are already waiting; try again shortly.")
@@ -105,8 +107,8 @@ class Batcher:
             if not batch:
                 continue
             try:
-                probs = await loop.run_in_executor(self._pool, self.predictor.probabilities,
-                                                   np.stack([image for image, _ in batch]))
+                probs, logits = await loop.run_in_executor(self._pool, self.predictor.outputs,
+                                                           np.stack([image for image, _ in batch]))
             except Exception as e:  # a bug: every caller of this batch gets it (500)
                 for _, f in batch:
                     if not f.done():
@@ -115,9 +117,9 @@ class Batcher:
             self.batches += 1
             self.predictions += len(batch)
             self.largest_batch = max(self.largest_batch, len(batch))
-            for (_, f), row in zip(batch, probs):
+            for (_, f), row, row_logits in zip(batch, probs, logits):
                 if not f.done():
-                    f.set_result(row)
+                    f.set_result((row, row_logits))
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -255,13 +257,13 @@ def create_app(predictor: Predictor, *, max_body: int = MAX_BODY, max_pixels: in
         # A small image is quicker to decode here than to hand to a thread; a large one
         # (up to 16 Mpixel, ~100 ms) must not stall the event loop.
         pixels = prepare() if len(data) < INLINE_DECODE else await asyncio.to_thread(prepare)
-        probs = await batcher.predict(pixels)
+        probs, logits = await batcher.predict(pixels)
         best = predictor.top(probs, top)
         return JSONResponse({
             "class": best[0][0], "label": predictor.label(best[0][0]),
             "probabilities": [float(p) for p in probs],
             "top": [{"class": c, "label": predictor.label(c), "probability": p} for c, p in best],
-            **predictor.assess(probs), "input": pixels.tolist(), "raw": raw})
+            **predictor.assess(probs, image=pixels, logits=logits), "input": pixels.tolist(), "raw": raw})
 
     return app
 
@@ -332,6 +334,23 @@ def _protocol():
             super().connection_lost(exc)
 
     return HeaderTimeout
+
+
+USE_PRESET = "robust"  # the model for digits people draw and photograph (docs/robustness.md)
+
+
+def model_for_use(runs_dir: str | Path = "runs") -> Path:
+    """The newest completed run of the `robust` preset in `runs_dir`: what `mnistlab serve`
+    serves when no run is given. A UserError says the one command that trains it."""
+    folder = Path(runs_dir)
+    found = [row for row in (runs.listing(folder) if folder.is_dir() else [])
+             if row["name"] == USE_PRESET and row["status"] == "completed"]
+    if not found:
+        raise UserError(f"no run given, and no completed '{USE_PRESET}' run in {folder}/. Train the model made "
+                        f"for drawn and photographed digits (about 4 minutes on 2 cores): `mnistlab train "
+                        f"--preset {USE_PRESET} --test`, then `mnistlab serve`; or give a run folder: "
+                        "`mnistlab serve runs/<folder>`")
+    return Path(found[0]["run_dir"])
 
 
 def serve(run: str | Path, *, host: str = "127.0.0.1", port: int = 8000,

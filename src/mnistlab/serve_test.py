@@ -3,13 +3,9 @@ every limit and error, the micro-batcher, and the page driven in Debian's Chromi
 """
 
 import asyncio
-import contextlib
-import re
 import socket
 import struct
-import subprocess
 import sys
-import threading
 import time
 import zlib
 
@@ -18,12 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnistlab import imaging, model, runs, serve
+from mnistlab import drawing, imaging, model, runs, serve
 from mnistlab.cli import models
 from mnistlab.errors import UserError
 from mnistlab.predict import Predictor
 from mnistlab.predict_test import (  # noqa: F401 (shared session fixtures)
-    CONV_PARAMETERS, mnist, trained_conv_run, trained_run)
+    CONV_PARAMETERS, mnist, run_cli, trained_conv_run, trained_run, validated_run)
 
 pytestmark = pytest.mark.slow  # processes, servers, or training for seconds each
 
@@ -41,31 +37,8 @@ def server(trained_run):
         yield url
 
 
-@contextlib.contextmanager
-def serving(run):
-    """`python -m mnistlab serve RUN --port 0`: the real command, on a port the system picks;
-    gives its URL, stops it on leaving."""
-    proc = subprocess.Popen([sys.executable, "-m", "mnistlab", "serve", str(run), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    found = threading.Event()
-
-    def drain():  # keep reading so the pipe never fills; remember what it said
-        for line in proc.stdout:
-            lines.append(line)
-            if re.search(r"http://127\.0\.0\.1:\d+", line):
-                found.set()
-
-    threading.Thread(target=drain, daemon=True).start()
-    if not found.wait(120):
-        proc.kill()
-        pytest.fail("the server did not say where it listens:\n" + "".join(lines))
-    url = re.search(r"http://127\.0\.0\.1:\d+", "".join(lines)).group(0)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+# The real command on a free loopback port, as the robustness benchmark runs it.
+serving = drawing.serving
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +129,9 @@ def test_predict_answers_with_mnistlabs_own_numbers(api, mnist, predictor):
         assert answer["class"] == int(expected.argmax()) and answer["label"] == str(answer["class"])
         assert [t["class"] for t in answer["top"]] == list(np.argsort(-expected)[:3])
         assert answer["raw"] is False
-        assert {k: answer[k] for k in ("confidence", "calibrated", "unsure", "runner_up")} == predictor.assess(expected)
+        # A run without calibration: no unsure and no not-a-digit flag (None for both).
+        assert {k: answer[k] for k in ("confidence", "calibrated", "unsure", "runner_up", "not_a_digit",
+                                       "not_a_digit_reason")} == predictor.assess(expected)
 
 
 def test_a_conv_run_is_served_with_its_networks_numbers(trained_conv_run, mnist):
@@ -285,11 +260,12 @@ def test_batcher_takes_everything_waiting_up_to_max_batch(mnist, predictor):
         rows = await asyncio.gather(*(batcher.predict(mnist.test_images[i]) for i in range(10)))
         stats = (batcher.batches, batcher.largest_batch, batcher.predictions)
         await batcher.stop()
-        return np.stack(rows), stats
+        return [np.stack(part) for part in zip(*rows)], stats
 
-    rows, stats = asyncio.run(scenario())
+    (probs, logits), stats = asyncio.run(scenario())
     assert stats == (3, 4, 10)  # 4 + 4 + 2: all ten were waiting before the first batch ran
-    np.testing.assert_allclose(rows, predictor.probabilities(mnist.test_images[:10]), atol=1e-6)
+    np.testing.assert_allclose(probs, predictor.probabilities(mnist.test_images[:10]), atol=1e-6)
+    np.testing.assert_allclose(logits, predictor.logits(mnist.test_images[:10]), atol=1e-5)
 
 
 def test_batcher_refuses_when_too_many_wait(mnist, predictor):
@@ -304,7 +280,7 @@ def test_batcher_refuses_when_too_many_wait(mnist, predictor):
     results = asyncio.run(scenario())
     refused = [r for r in results if isinstance(r, serve.ApiError)]
     assert len(refused) == 3 and all(r.status == 503 and r.code == "busy" for r in refused)
-    assert sum(isinstance(r, np.ndarray) for r in results) == 3
+    assert sum(isinstance(r, tuple) for r in results) == 3
 
 
 def test_bind_picks_a_free_loopback_port_and_explains_a_taken_one():
@@ -538,6 +514,43 @@ def test_an_unsure_answer_is_said_with_its_runner_up(browser, trained_run, mnist
             context.close()
 
 
+def test_a_face_gets_no_digit_but_why_and_a_drawn_digit_its_answer(browser, validated_run, mnist, tmp_path):
+    from mnistlab.predict_test import first_face_flagged
+
+    face, reason = first_face_flagged(Predictor.from_run(validated_run))
+    Image.fromarray(face).save(tmp_path / "face.png")
+    Image.fromarray(mnist.test_images[0]).save(tmp_path / "digit.png")  # a 7
+    with serving(validated_run) as url:
+        answer = httpx.post(url + "/api/predict", content=(tmp_path / "face.png").read_bytes(),
+                            headers={"content-type": "image/png"}, timeout=30).json()
+        assert (answer["not_a_digit"], answer["not_a_digit_reason"]) == (True, reason)
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.goto(url + "/")
+            page.wait_for_selector("body[data-ready=true]")
+            confidence = page.locator("#confidence")
+            page.set_input_files("#upload", str(tmp_path / "face.png"))
+            page.wait_for_function("() => document.getElementById('confidence').textContent.startsWith('not a')",
+                                   timeout=10_000)
+            assert confidence.text_content() == f"not a digit? ({reason})"
+            assert page.locator("#label").text_content() == "?"  # no digit given
+            assert {"unsure", "not-a-digit"} <= set(confidence.get_attribute("class").split())
+            page.set_input_files("#upload", str(tmp_path / "digit.png"))
+            page.wait_for_function("() => document.getElementById('label').textContent === '7'", timeout=10_000)
+            assert "not-a-digit" not in confidence.get_attribute("class").split()
+            page.click("#clear")
+            before = predictions(page)
+            stroke(page, [(60, 50), (220, 50), (120, 240)])  # a 7 drawn with the mouse passes too
+            page.wait_for_function(f"() => Number(document.body.dataset.predictions || 0) > {before}",
+                                   timeout=10_000)
+            settle(page)
+            assert page.locator("#label").text_content() == "7"
+            assert "not-a-digit" not in confidence.get_attribute("class").split()
+        finally:
+            context.close()
+
+
 @pytest.mark.parametrize("name, content, words", [
     ("notes.png", b"these are my notes", "not an image"),
     ("empty.png", b"", "no data"),
@@ -578,3 +591,20 @@ def test_a_client_that_trickles_its_headers_is_cut_off(server):
                 break
             time.sleep(1)
         assert closed and serve.HEADER_TIMEOUT <= time.monotonic() - start + 1
+
+
+def test_serve_without_a_run_takes_the_newest_completed_robust_run(mnist, tmp_path, capsys, monkeypatch):  # noqa: F811
+    import mnistlab
+
+    with pytest.raises(UserError, match="mnistlab train --preset robust --test"):
+        serve.model_for_use(tmp_path)
+    tiny = ["training.subset=640", "training.epochs=1"]
+    older = mnistlab.train(mnistlab.with_overrides(mnistlab.preset("robust"), tiny), arrays=mnist, runs_dir=tmp_path)
+    newer = mnistlab.train(mnistlab.with_overrides(mnistlab.preset("robust"), tiny), arrays=mnist, runs_dir=tmp_path)
+    mnistlab.train(mnistlab.with_overrides(mnistlab.preset("fast"), tiny), arrays=mnist, runs_dir=tmp_path)
+    assert older.run_dir != newer.run_dir
+    assert serve.model_for_use(tmp_path) == newer.run_dir
+    # From a script (no terminal to ask at), the command says what trains it, exit 2.
+    monkeypatch.setattr(sys, "stdin", open("/dev/null"))
+    code, _, err = run_cli(["serve", "--runs-dir", tmp_path / "none"], capsys, monkeypatch)
+    assert code == 2 and "mnistlab train --preset robust --test" in err

@@ -39,6 +39,7 @@ from mnistlab.layers import (  # noqa: F401
     MaxNorm,
     MaxPooling2D,
     RandomRotation,
+    RandomStrokeWidth,
     RandomTranslation,
     RandomZoom,
     Regularizer,

@@ -322,15 +322,21 @@ def _fit(spec: RunSpec, resumed: Path | None, *, data_dir, runs_dir, test: bool 
         return result
 
 
-def calibrate(spec: RunSpec, params, images: np.ndarray, labels: np.ndarray) -> dict[str, float] | None:
+def calibrate(spec: RunSpec, params, images: np.ndarray, labels: np.ndarray) -> dict[str, Any] | None:
     """The run's calibration on its validation data (`calibration.fit`): the temperature
     `predict` and `serve` divide the logits by, and the confidence under which they flag an
-    answer unsure. None without validation data, or for sigmoid outputs (label sets)."""
+    answer unsure; under "novelty", what they flag as not a digit at all (`novelty.fit`).
+    None without validation data, or for sigmoid outputs (label sets)."""
     if spec.model.output_activation != "softmax" or len(labels) == 0:
         return None
-    from mnistlab import calibration, predict
+    from mnistlab import calibration, novelty, predict
 
-    return calibration.fit(predict.Predictor(spec, params).logits(images), labels).as_dict()
+    logits = predict.Predictor(spec, params).logits(images)
+    found: dict[str, Any] = calibration.fit(logits, labels).as_dict()
+    info = data.DATASETS.get(spec.dataset)
+    if info is not None and info.class_names == tuple("0123456789"):  # the flag says "not a digit"
+        found["novelty"] = novelty.fit(images, logits).as_dict()
+    return found
 
 
 def _record(writer: runs.RunWriter, member: populations.Member, params, summary: dict[str, Any],

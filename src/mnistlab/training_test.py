@@ -512,7 +512,7 @@ def test_the_command_line_sets_early_stopping_and_says_where_it_stopped(mnist_ro
 
 
 def test_a_run_with_validation_data_records_its_calibration_and_one_without_none(mnist, tmp_path):
-    from mnistlab import calibration, model
+    from mnistlab import calibration, model, novelty
 
     result = mnistlab.train(spec(), arrays=mnist, runs_dir=tmp_path, verbose=0)
     # Keras' validation_split: the last quarter of the 2,000 images; the logits of the saved weights.
@@ -520,7 +520,13 @@ def test_a_run_with_validation_data_records_its_calibration_and_one_without_none
     logits = np.asarray(model.logits(spec().model, runs.open_run(result.run_dir).params(), {}, images))
     expected = calibration.fit(logits, labels).as_dict()
     recorded = json.loads((result.run_dir / runs.SUMMARY).read_text())["calibration"]
+    found = recorded.pop("novelty")  # what is not a digit, fitted on the same images and logits
     assert recorded == pytest.approx(expected, rel=1e-3) and recorded["samples"] == 500
+    fitted = novelty.fit(images, logits).as_dict()
+    assert found["limits"].keys() == fitted["limits"].keys() and found["samples"] == 500
+    for k, table in fitted["limits"].items():
+        assert found["limits"][k] == pytest.approx(table, rel=1e-4, abs=1e-4), k
+    assert found["threshold"] == pytest.approx(fitted["threshold"], rel=1e-4)
     assert recorded["temperature"] != 1.0 and recorded["ece_after"] <= recorded["ece_before"]
     alone = mnistlab.train(spec(validation={"fraction": 0.0}), arrays=mnist, runs_dir=None, verbose=0)
     assert "calibration" not in alone.summary  # nothing to fit it on

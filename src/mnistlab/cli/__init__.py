@@ -2,8 +2,8 @@
 alike), show what it reports through `console`. Exit codes: 0 ok, 2 bad input, 1 a bug.
 
 The commands live by what they do (`experiments`: train, sweep, tune, ablate, evaluate;
-`catalog`: runs, summary, presets, datasets; `models`: predict, serve, export, import,
-report, plot, compare), the options several share in `options`; each is a few lines that
+`catalog`: runs, summary, presets, datasets; `models`: predict, robustness, serve, export,
+import, report, plot, compare), the options several share in `options`; each is a few lines that
 parse, call one flow and show what it reports. They are registered below, in the order
 `mnistlab --help` lists them.
 """
@@ -32,7 +32,8 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=console.ve
 for command in (experiments.train, experiments.sweep, experiments.tune, experiments.ablate, experiments.evaluate):
     app.command()(command)
 app.command("runs")(catalog.runs_)
-for command in (catalog.summary, catalog.presets, catalog.datasets, models.predict, models.serve, models.export):
+for command in (catalog.summary, catalog.presets, catalog.datasets, models.predict, models.robustness, models.serve,
+                models.export):
     app.command()(command)
 app.command("import")(models.import_)
 for command in (models.report, models.plot, models.compare):

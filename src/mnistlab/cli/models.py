@@ -1,7 +1,8 @@
-"""The commands that use a trained network: predict, serve, export, import, report, plot, compare."""
+"""The commands that use a trained network: predict, robustness, serve, export, import, report, plot, compare."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -29,14 +30,48 @@ def predict(
         raise typer.Exit(2)
 
 
-def serve(
+def robustness(
     run: Run,
+    split: Annotated[str, typer.Option(help="test, or validation: the run's own held-out part (to choose "
+                                       "a model by, the test set read once at the end).")] = "test",
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N images (a quick look; "
+                                                 "not saved in the run).")] = None,
+    seed: Annotated[int, typer.Option(help="The corruptions' random draws.")] = 0,
+    json_: Json = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Accuracy on digits unlike MNIST's: low resolution, blur, thin and fat strokes, JPEG,
+    photos under uneven light, slant, small off-centre drawings; three severities each."""
+    from mnistlab import robustness as robustness_lib
+
+    if split not in ("test", "validation"):
+        raise typer.BadParameter(f"{split!r}: choose test or validation", param_hint="--split")
+    result = robustness_lib.run(run, split=split, data_dir=data_dir, limit=limit, seed=seed)
+    console.robustness(run, result)
+
+
+def serve(
+    run: Annotated[Optional[Path], typer.Argument(
+        help="A run folder (default: the newest completed `robust` run in --runs-dir).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port; 0 picks a free one.")] = 8000,
+    runs_dir: Annotated[Path, typer.Option(help="Where to look for (or train) the `robust` run.")] = Path("runs"),
 ) -> None:
     """Serve a draw-a-digit page and a JSON API (POST /api/predict, GET /api/model)."""
     from mnistlab import serve as serve_lib
+    from mnistlab.cli import experiments
+    from mnistlab.errors import UserError
 
+    if run is None:
+        try:
+            run = serve_lib.model_for_use(runs_dir)
+        except UserError:
+            # At a terminal, offer to train it; a script gets the message and exit 2.
+            if not (sys.stdin.isatty() and typer.confirm(
+                    f"No '{serve_lib.USE_PRESET}' run in {runs_dir}/. Train it now (about 4 minutes on 2 cores)?")):
+                raise
+            experiments.train(preset=serve_lib.USE_PRESET, runs_dir=runs_dir, test=True)
+            run = serve_lib.model_for_use(runs_dir)
     serve_lib.serve(run, host=host, port=port, on_ready=console.serving(host))
 
 

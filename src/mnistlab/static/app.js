@@ -223,12 +223,17 @@ function resetResult() {
 }
 
 function show(answer) {
-  labelEl.textContent = answer.label;
+  // Input that looks like no digit (a face, a scribble, a blob) gets no digit, only why;
+  // the bars still show what the network made of it.
+  labelEl.textContent = answer.not_a_digit ? "?" : answer.label;
   // Under the run's calibrated threshold the page says so and names the runner-up.
-  confidenceEl.textContent = answer.unsure
-    ? `${answer.label}? could be ${answer.runner_up.label}`
-    : `${(answer.confidence * 100).toFixed(1)}% sure`;
-  confidenceEl.classList.toggle("unsure", Boolean(answer.unsure));
+  confidenceEl.textContent = answer.not_a_digit
+    ? `not a digit? (${answer.not_a_digit_reason})`
+    : answer.unsure
+      ? `${answer.label}? could be ${answer.runner_up.label}`
+      : `${(answer.confidence * 100).toFixed(1)}% sure`;
+  confidenceEl.classList.toggle("unsure", Boolean(answer.unsure || answer.not_a_digit));
+  confidenceEl.classList.toggle("not-a-digit", Boolean(answer.not_a_digit));
   answer.probabilities.forEach((p, k) => {
     const li = barsEl.children[k];
     if (!li) return;
