@@ -74,12 +74,13 @@ def difference_text(c: dict[str, Any]) -> str:
 
 
 def _corrected_text(c: dict[str, Any]) -> str:
-    """'p = 0.012: **supported**' (results from before the correction: '–')."""
+    """'p = 0.012: **supported**', 'p < 0.001: ...' (results from before the correction: '–')."""
     if "corrected_verdict" not in c:
         return "–"
-    p = c["p_value"]
-    shown = "n/a" if p is None or not math.isfinite(p) else f"{p:.3f}" if p >= 0.001 else "< 0.001"
-    return f"p = {shown}: **{c['corrected_verdict']}**" if shown != "n/a" else f"**{c['corrected_verdict']}**"
+    p, verdict = c["p_value"], f"**{c['corrected_verdict']}**"
+    if p is None or not math.isfinite(p):
+        return verdict
+    return f"{'p < 0.001' if p < 0.001 else f'p = {p:.3f}'}: {verdict}"
 
 
 def _verdict_line(c: dict[str, Any]) -> str:
