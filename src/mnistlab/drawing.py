@@ -391,9 +391,3 @@ def measure(run_path: str | Path, *, per_digit: int = 5, seed: int = 0, severiti
     with serving(run_path) as url:
         return measure_at(url, per_digit=per_digit, seed=seed, severities=severities, pages=pages,
                           executable_path=executable_path)
-
-
-def table(rows: Sequence[robustness.Row]) -> list[dict]:
-    """Rows as dicts for a documentation table: severity, what was drawn, accuracy, count."""
-    return [{"family": r.family, "severity": r.severity, "drawn": r.level, "accuracy": r.accuracy,
-             "samples": r.samples} for r in rows]

@@ -156,7 +156,7 @@ def flatten(grey: np.ndarray) -> np.ndarray:
     """
     g = grey.astype(np.float32)
     h, w = g.shape
-    if h < 3 or w < 3:
+    if h < 3 or w < 3:  # all border: no inside to even out
         return g
     top, bottom = float(np.median(g[0])), float(np.median(g[-1]))
     left, right = float(np.median(g[:, 0])), float(np.median(g[:, -1]))
@@ -175,7 +175,7 @@ def flatten(grey: np.ndarray) -> np.ndarray:
 def noise(grey: np.ndarray) -> float:
     """The sensor noise of a (flattened) picture: the robust standard deviation (1.4826
     median absolute deviations) of its border, which is background. 0 for clean paper."""
-    edge = border(grey).astype(np.float32)
+    edge = border(grey)
     return float(1.4826 * np.median(np.abs(edge - np.median(edge))))
 
 

@@ -508,3 +508,62 @@ def test_a_bright_speck_in_a_noisy_picture_moves_no_edge_of_the_box(mnist_test):
     speck = noisy.copy()
     speck[2, 109] = 0  # one pixel as dark as ink, in a corner
     np.testing.assert_array_equal(imaging.mnist_preprocess(speck), imaging.mnist_preprocess(noisy))
+
+
+def by_plane(g: np.ndarray, light: bool) -> np.ndarray:
+    """flatten's arithmetic written out: the plane through the edges' medians, centred at
+    their mean; light paper divided by it (clamped at 1 and at 255), dark ground minus it."""
+    g = g.astype(np.float64)
+    h, w = g.shape
+    top, bottom, left, right = np.median(g[0]), np.median(g[-1]), np.median(g[:, 0]), np.median(g[:, -1])
+    level = (top + bottom + left + right) / 4
+    rows, cols = np.indices((h, w))
+    plane = level + (bottom - top) / (h - 1) * (rows - (h - 1) / 2) + (right - left) / (w - 1) * (cols - (w - 1) / 2)
+    return np.minimum(g * level / np.maximum(plane, 1.0), 255.0) if light else np.maximum(g - (plane - level), 0.0)
+
+
+@pytest.mark.parametrize("lights", [0, 1])
+def test_flatten_follows_a_slope_along_one_axis_of_exactly_one_level_a_pixel(lights):
+    rows, cols = np.indices((9, 11))
+    ground = (40.0 if lights == 0 else 180.0) + (rows if lights == 0 else cols)
+    got = imaging.flatten(ground.astype(np.uint8))
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, by_plane(ground, light=lights == 1), rtol=1e-6)
+    np.testing.assert_allclose(got, ground[4, 5], rtol=1e-6)  # even: the centre's level everywhere
+
+
+def test_flatten_on_dark_ground_subtracts_the_slope_and_never_goes_below_black():
+    rows, cols = np.indices((7, 9))
+    ground = 30.0 + 3.0 * rows + 2.0 * cols
+    ground[3, 4] = 0.0  # a hole darker than the ground below it
+    got = imaging.flatten(ground)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, by_plane(ground, light=False), rtol=1e-6)
+    assert got[3, 4] == 0.0 and got[0, 0] == pytest.approx(30.0 + 3 * 3 + 2 * 4)
+
+
+@pytest.mark.parametrize("shift, light", [(0, False), (1, True)])
+def test_flatten_divides_only_above_mid_grey(shift, light):
+    # Border median 127.5 (+ shift / 2): at 127.5 exactly, dark ground as light_on_dark decides.
+    grey = np.array([[120, 127, 128, 135]] * 3, float)
+    grey[:, 1:3] += [0, shift]
+    got = imaging.flatten(grey)
+    np.testing.assert_allclose(got, by_plane(grey, light=light), rtol=1e-6)
+    assert not np.allclose(got, by_plane(grey, light=not light), rtol=1e-6)
+
+
+def test_flatten_clamps_the_light_at_one_level_and_the_result_at_white():
+    grey = np.full((5, 5), 200.0)
+    grey[-1] = [0, 0, 0, 1, 3]  # the bottom edge is black: the plane falls to 0 there
+    grey[0, 2] = 255.0  # a highlight on the bright side
+    got = imaging.flatten(grey)
+    np.testing.assert_allclose(got, by_plane(grey, light=True), rtol=1e-6)
+    assert got.max() == 255.0
+
+
+def test_flatten_leaves_pictures_too_thin_to_have_an_inside():
+    for grey in (np.arange(5.0)[None] * 40, np.arange(10.0).reshape(2, 5) * 20, np.arange(10.0).reshape(5, 2) * 20):
+        np.testing.assert_array_equal(imaging.flatten(grey), grey)
+    three = np.array([[10.0, 10, 10], [20, 20, 20], [30, 30, 30]])
+    np.testing.assert_allclose(imaging.flatten(three), 20.0)  # three rows and three columns do
+

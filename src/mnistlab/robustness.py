@@ -70,19 +70,18 @@ def blur(images: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarr
 
 # Footprints from mild to severe: one pixel wider or thinner on one side (2x2), then on
 # every side along the axes (a cross), then diagonally as well (3x3).
-_FOOTPRINTS = {1: np.ones((2, 2), bool), 2: ndimage.generate_binary_structure(2, 1), 3: np.ones((3, 3), bool)}
+_FOOTPRINTS = {"2x2": np.ones((2, 2), bool), "cross": ndimage.generate_binary_structure(2, 1),
+               "3x3": np.ones((3, 3), bool)}
 
 
-def thin_strokes(images: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
-    """A fine pen: grey-level erosion of every stroke."""
-    footprint = _FOOTPRINTS[level][None]
-    return ndimage.grey_erosion(images, footprint=footprint, mode="constant", cval=0)
+def thin_strokes(images: np.ndarray, footprint: str, rng: np.random.Generator) -> np.ndarray:
+    """A fine pen: grey-level erosion of every stroke by the named footprint."""
+    return ndimage.grey_erosion(images, footprint=_FOOTPRINTS[footprint][None], mode="constant", cval=0)
 
 
-def thick_strokes(images: np.ndarray, level: int, rng: np.random.Generator) -> np.ndarray:
-    """A fat marker: grey-level dilation of every stroke."""
-    footprint = _FOOTPRINTS[level][None]
-    return ndimage.grey_dilation(images, footprint=footprint, mode="constant", cval=0)
+def thick_strokes(images: np.ndarray, footprint: str, rng: np.random.Generator) -> np.ndarray:
+    """A fat marker: grey-level dilation of every stroke by the named footprint."""
+    return ndimage.grey_dilation(images, footprint=_FOOTPRINTS[footprint][None], mode="constant", cval=0)
 
 
 def rotation_shear(images: np.ndarray, degrees: float, rng: np.random.Generator) -> np.ndarray:
@@ -197,12 +196,6 @@ HELD_OUT = ("low_resolution", "blur", "jpeg", "photo")
 DESCRIPTIONS = {"clean": "MNIST as it is", "page_drawing": "drawn on the page with the mouse"}
 
 
-def _parameter(family: Family, severity: int):
-    level = family.levels[severity - 1]
-    # The stroke families take the severity itself (their footprints are named in `levels`).
-    return severity if family.corrupt in (thin_strokes, thick_strokes) else level
-
-
 def corrupt(name: str, images: np.ndarray, severity: int, seed: int = 0) -> np.ndarray:
     """(N, 28, 28) uint8 MNIST images under family `name` at `severity` (1, 2 or 3)."""
     family = BY_NAME[name]
@@ -211,7 +204,7 @@ def corrupt(name: str, images: np.ndarray, severity: int, seed: int = 0) -> np.n
     images = np.ascontiguousarray(images, np.uint8)
     # One stream per (family, severity): adding a family changes no other's images.
     rng = np.random.default_rng([seed, FAMILIES.index(family), severity])
-    return family.corrupt(images, _parameter(family, severity), rng)
+    return family.corrupt(images, family.levels[severity - 1], rng)
 
 
 # ------------------------------------------------------------------ measuring
@@ -270,8 +263,7 @@ class Result:
 
 
 def measure(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray, *,
-            families: tuple[str, ...] | None = None, seed: int = 0, split: str = "test",
-            on_row: Callable[[Row], None] | None = None) -> Result:
+            families: tuple[str, ...] | None = None, seed: int = 0, split: str = "test") -> Result:
     """Accuracy of `predict` ((N, 28, 28) uint8 -> (N, classes) scores) on the clean images
     and on every family at every severity."""
     labels = np.asarray(labels)
@@ -280,15 +272,10 @@ def measure(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, lab
         return float(np.mean(np.argmax(predict(x), axis=1) == labels))
 
     rows = [Row("clean", 0, None, score(images), len(labels))]
-    if on_row:
-        on_row(rows[-1])
     for name in families or tuple(BY_NAME):
         family = BY_NAME[name]
-        for severity in SEVERITIES:
-            rows.append(Row(name, severity, family.levels[severity - 1],
-                            score(corrupt(name, images, severity, seed)), len(labels)))
-            if on_row:
-                on_row(rows[-1])
+        rows += [Row(name, severity, family.levels[severity - 1], score(corrupt(name, images, severity, seed)),
+                     len(labels)) for severity in SEVERITIES]
     return Result(tuple(rows), split, seed)
 
 
@@ -312,14 +299,14 @@ def images_for(run, split: str, data_dir=None, limit: int | None = None):
 
 
 def run(path: str | Path, *, split: str = "test", data_dir=None, limit: int | None = None, seed: int = 0,
-        save: bool = True, on_row: Callable[[Row], None] | None = None) -> Result:
+        save: bool = True) -> Result:
     """Measure a run folder's network; the test set's result is saved in the run for `report`."""
     from mnistlab import predict, runs
 
     opened = runs.open_run(path)
     predictor = predict.Predictor.from_run(opened.path)
     images, labels = images_for(opened, split, data_dir, limit)
-    result = measure(predictor.probabilities, images, labels, seed=seed, split=split, on_row=on_row)
+    result = measure(predictor.probabilities, images, labels, seed=seed, split=split)
     if save and split == "test" and limit is None:
         runs.atomic_write(opened.path / FILE, json.dumps(result.as_dict(), indent=2) + "\n")
     return result

@@ -127,11 +127,11 @@ def corrected_verdicts(tests: Sequence[tuple[Interval, Better, float]], rate: fl
     inconclusive. Of the decided verdicts, at most `rate` are then expected wrong, where
     `rate` of each raw verdict's interval could be.
     """
-    p = np.array([p_value(*test) for test in tests], float)
+    p = np.array([p_value(*test) for test in tests])
     adjusted = np.full(len(p), np.nan)
     finite = np.isfinite(p)
     if finite.any():
-        adjusted[finite] = scipy_stats.false_discovery_control(p[finite], method="bh")
+        adjusted[finite] = scipy_stats.false_discovery_control(p[finite])  # method "bh": Benjamini-Hochberg
     out = []
     for (difference, better, tolerance), q in zip(tests, adjusted):
         sign = 1.0 if better == "higher" else -1.0

@@ -195,3 +195,32 @@ def test_the_correction_withdraws_a_verdict_that_many_statements_make_likely_by_
     # 0.04 x 3 / 1 = 0.12 >= 5%: alone among three, it is no longer decided.
     assert stats.corrected_verdicts(tests) == [INCONCLUSIVE] * 3
     assert stats.corrected_verdicts(tests[:1]) == [SUPPORTED]
+
+
+def sharp(mean: float, n: int = 5, sd: float = 0.0002) -> Interval:
+    """A paired difference known to within a small spread: decided whichever way it points."""
+    half = 2.776 * sd / math.sqrt(n)  # t(0.975, 4) = 2.776
+    return Interval(mean, mean - half, mean + half, n, sd)
+
+
+def test_corrected_verdicts_read_the_claimed_direction_and_the_tolerance():
+    tests = [
+        (sharp(+0.003), "lower", 0.004),   # worse by 0.003, within the 0.004 allowed: supported
+        (sharp(-0.003), "higher", 0.004),  # the same, for higher is better
+        (sharp(+0.002), "higher", 0.004),  # better: supported
+        (sharp(-0.010), "lower", 0.0),     # lower, as claimed: supported
+        (sharp(+0.010), "lower", 0.0),     # higher, against the claim: not supported
+        (sharp(-0.006), "higher", 0.004),  # worse by more than allowed: not supported
+    ]
+    expected = [SUPPORTED, SUPPORTED, SUPPORTED, SUPPORTED, NOT_SUPPORTED, NOT_SUPPORTED]
+    assert stats.corrected_verdicts(tests) == expected
+    assert [stats.verdict(*t) for t in tests] == expected  # decided beyond doubt: the correction agrees
+
+
+def test_p_value_of_two_seeds_is_the_t_test_with_one_degree_of_freedom():
+    from scipy import stats as scipy_stats
+
+    diff = stats.paired_difference([0.97, 0.975], [0.96, 0.961])
+    assert diff.n == 2
+    assert stats.p_value(diff) == pytest.approx(scipy_stats.ttest_1samp([0.01, 0.014], 0.0).pvalue, rel=1e-9)
+
