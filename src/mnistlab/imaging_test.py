@@ -567,3 +567,15 @@ def test_flatten_leaves_pictures_too_thin_to_have_an_inside():
     three = np.array([[10.0, 10, 10], [20, 20, 20], [30, 30, 30]])
     np.testing.assert_allclose(imaging.flatten(three), 20.0)  # three rows and three columns do
 
+
+def test_flatten_divides_by_one_level_at_least_where_the_light_falls_to_nothing():
+    # Light paper (border median 200) whose bottom and right edges are mostly black: the
+    # plane through the edges' medians (level 100) falls below 1 towards the bottom right.
+    grey = np.full((5, 9), 200.0)
+    grey[-1, 4:] = 0.0  # the bottom edge: median 0
+    grey[2:, -1] = 0.0  # the right edge: median 0
+    grey[3, 7] = 1.0  # where the plane is 100 - 50 - 75 = -25
+    got = imaging.flatten(grey)
+    np.testing.assert_allclose(got, by_plane(grey, light=True), rtol=1e-6)
+    assert got[3, 7] == pytest.approx(1.0 * 100 / 1.0)  # divided by the clamp, 1, not by the plane
+

@@ -43,9 +43,9 @@ def test_mean_ci_drops_non_finite_and_needs_two_values_for_an_interval():
     sd = math.sqrt(((0.5 - 0.6) ** 2 + (0.7 - 0.6) ** 2) / 1)
     assert i.high == pytest.approx(0.6 + T95[1] * sd / math.sqrt(2))
     one = stats.mean_ci([0.9])
-    assert one.mean == 0.9 and one.n == 1 and math.isnan(one.low) and math.isnan(one.high)
+    assert one.mean == 0.9 and one.n == 1 and math.isnan(one.low) and math.isnan(one.high) and math.isnan(one.sd)
     none = stats.mean_ci([math.nan])
-    assert none.n == 0 and math.isnan(none.mean)
+    assert none.n == 0 and all(math.isnan(x) for x in (none.mean, none.low, none.high, none.sd))
 
 
 def test_paired_difference_by_hand():
@@ -223,4 +223,7 @@ def test_p_value_of_two_seeds_is_the_t_test_with_one_degree_of_freedom():
     diff = stats.paired_difference([0.97, 0.975], [0.96, 0.961])
     assert diff.n == 2
     assert stats.p_value(diff) == pytest.approx(scipy_stats.ttest_1samp([0.01, 0.014], 0.0).pvalue, rel=1e-9)
+    # Higher is better by default: the boundary is -tolerance on that side.
+    assert stats.p_value(diff, tolerance=0.005) == pytest.approx(
+        scipy_stats.ttest_1samp([0.01, 0.014], -0.005).pvalue, rel=1e-9)
 
