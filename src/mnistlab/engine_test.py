@@ -1,5 +1,10 @@
 """engine.py: one step against a hand computation, Keras' epoch bookkeeping, determinism."""
 
+import io
+import threading
+import time
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,13 +59,15 @@ def test_one_sgd_step_equals_finite_difference_gradient_descent():
         np.testing.assert_allclose(after[name], w - 0.1 * grad, rtol=1e-4, atol=1e-6)
 
 
-def test_epoch_metrics_are_keras_sample_weighted_means_including_the_last_small_batch():
+@pytest.mark.parametrize("chunks", [1, 2])
+def test_epoch_metrics_are_keras_sample_weighted_means_including_the_last_small_batch(chunks):
     # With a vanishing learning rate the weights stay put, so every batch's loss is the
     # loss of the same model: the epoch's running mean must equal a full evaluation, which
-    # holds only if the last, smaller batch (40 = 3*12 + 4) is trained and weighted by its size.
+    # holds only if the last, smaller batch (40 = 3*12 + 4) is trained and weighted by its
+    # size, and (in two chunks of two steps) if every chunk's sums are added up.
     images, labels = tiny_data()
     spec = tiny_spec(batch_size=12).model_copy(update={"optimizer": OptimizerSpec(name="sgd", learning_rate=1e-30)})
-    pop = engine.Population([spec], images, labels)
+    pop = engine.Population([spec], images, labels, chunks_per_epoch=chunks)
     assert pop.steps_per_epoch() == 4
     result = pop.train_epoch()
     full = pop.evaluate(images, labels)
@@ -163,9 +170,10 @@ def test_a_diverging_run_is_marked():
 
 
 @pytest.mark.parametrize("steps, target, expected", [
-    (1875, 10, [125] * 15), (20, 10, [2] * 10), (7, 10, [7]), (0, 10, []), (1687, 10, [241] * 7)])
+    (1875, 10, [125] * 15), (20, 10, [2] * 10), (7, 10, [7]), (0, 10, []), (1687, 10, [241] * 7),
+    (10, 10, [10]), (11, 10, [1] * 11), (4, 1, [4]), (5, 1, [5]), (11, None, [1] * 11)])
 def test_plan_chunks(steps, target, expected):
-    plan = engine.plan_chunks(steps, target)
+    plan = engine.plan_chunks(steps) if target is None else engine.plan_chunks(steps, target)  # None: about ten
     assert plan == expected and sum(plan) == steps
 
 
@@ -184,15 +192,18 @@ def test_population_rejects_mixed_structures():
 @pytest.mark.parametrize("output", ["sigmoid", "softmax"])
 def test_label_sets_losses_follow_keras_formulas(output):
     # Images with one or two digits: multi-hot targets. With a vanishing learning rate the
-    # epoch's loss is that of the initial weights, computed here by hand in NumPy.
+    # epoch's loss is that of the initial weights, computed here by hand in NumPy, and so is
+    # the validation on the same images. 20 images in batches of 8: the last is padded
+    # (training and evaluation alike), and the padding must not count.
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (24, 6), dtype=np.uint8)
-    labels = np.zeros((24, 3), np.int32)
-    labels[np.arange(24), rng.integers(0, 3, 24)] = 1
-    labels[np.arange(0, 24, 2), rng.integers(0, 3, 12)] = 1
+    images = rng.integers(0, 256, (20, 6), dtype=np.uint8)
+    labels = np.zeros((20, 3), np.int32)
+    labels[np.arange(20), rng.integers(0, 3, 20)] = 1
+    labels[np.arange(0, 20, 2), rng.integers(0, 3, 10)] = 1
     spec = RunSpec(model=ModelSpec(layers=[Dense(units=3, activation=output)]),
-                   optimizer=OptimizerSpec(name="sgd", learning_rate=1e-30), training=TrainingSpec(batch_size=8))
-    population = engine.Population([spec], images, labels)
+                   optimizer=OptimizerSpec(name="sgd", learning_rate=1e-30),
+                   training=TrainingSpec(batch_size=8, eval_batch_size=8))
+    population = engine.Population([spec], images, labels, images, labels)
     p = {k: v.astype(np.float64) for k, v in population.member_params(0).items()}
     z = images / 255.0 @ p["dense/kernel"] + p["dense/bias"]
     if output == "sigmoid":  # Keras binary_crossentropy: mean over classes, then over the batch
@@ -204,9 +215,11 @@ def test_label_sets_losses_follow_keras_formulas(output):
         expected = -(labels / labels.sum(1, keepdims=True) * logq).sum(1).mean()
         predicted = np.exp(logq) >= 0.25
     result = population.train_epoch()
-    assert result.metrics["loss"][0] == pytest.approx(expected, rel=1e-5)
     exact = np.mean(np.all(predicted == (labels > 0), axis=1))
-    assert result.metrics["accuracy"][0] == pytest.approx(exact, abs=1e-6)
+    assert 0 < exact < 1
+    for prefix in ("", "val_"):
+        assert result.metrics[prefix + "loss"][0] == pytest.approx(expected, rel=1e-5)
+        assert result.metrics[prefix + "accuracy"][0] == pytest.approx(exact, abs=1e-6)
 
 
 def test_populations_of_different_sizes_do_not_share_an_epoch_order():
@@ -269,10 +282,13 @@ def conv_run(optimizer=None, **training):
         "training": {"batch_size": 8, "epochs": 1, **training}})
 
 
-def test_batch_statistics_move_by_keras_momentum_and_escape_the_optimizer():
-    # One full batch, AdamW with a large weight decay: were the moving statistics handed to
-    # the optimizer, the decay would pull them off Keras' moving average.
-    images, labels = tiny_data(n=16)
+@pytest.mark.parametrize("n", [16, 12])
+def test_batch_statistics_move_by_keras_momentum_and_escape_the_optimizer(n):
+    # One batch of 16, AdamW with a large weight decay: were the moving statistics handed to
+    # the optimizer, the decay would pull them off Keras' moving average. With 12 samples
+    # the batch is padded to 16 (by repeats of the first image): the statistics are those
+    # of the 12 real samples.
+    images, labels = tiny_data(n=n)
     spec = RunSpec.model_validate({
         "model": {"layers": [{"type": "dense", "units": 4}, {"type": "batch_normalization", "momentum": 0.9},
                              {"type": "dense", "units": 3, "activation": "softmax"}]},
@@ -357,8 +373,8 @@ def assert_epochs_follow(pop, images, labels, orders, batch_size):
             np.testing.assert_allclose(value, expected[name], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("n, batch_size", [(12, 4), (14, 4)])
-def test_every_epoch_visits_the_samples_in_its_own_order(n, batch_size):
+@pytest.mark.parametrize("n, batch_size, chunks", [(12, 4, 10), (14, 4, 3)])  # 3 steps in one chunk; 4 in 4
+def test_every_epoch_visits_the_samples_in_its_own_order(n, batch_size, chunks):
     # Order matters to SGD with small batches, so the weights after each epoch tell which
     # order it used. Each epoch's order is the permutation jax.random draws from the run's
     # shuffle key (the first half of the seed's split) folded with the epoch number.
@@ -367,7 +383,7 @@ def test_every_epoch_visits_the_samples_in_its_own_order(n, batch_size):
     shuffle_key = jax.random.split(jax.random.PRNGKey(seed), 2)[0]
     orders = [np.asarray(jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n)) for epoch in (1, 2)]
     assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[0], np.arange(n))
-    pop = engine.Population([softmax_regression(batch_size, seed)], images, labels)
+    pop = engine.Population([softmax_regression(batch_size, seed)], images, labels, chunks_per_epoch=chunks)
     assert_epochs_follow(pop, images, labels, orders, batch_size)
 
 
@@ -425,3 +441,423 @@ def test_the_learning_rate_reported_for_an_epoch_is_that_of_its_last_step(schedu
         reported = [pop.train_epoch().metrics["learning_rate"][0] for _ in range(3)]
         by_hand = [keras_lr(epoch * steps - 1, 0.1, decay=decay, **schedule) for epoch in (1, 2, 3)]
         np.testing.assert_allclose(reported, by_hand, rtol=1e-6)
+
+
+# --- evaluation of label sets, a checkpoint read back, a parameter set's own penalty ---------
+
+
+@pytest.mark.parametrize("output, classes", [("sigmoid", 5), ("softmax", 4)])
+def test_a_label_set_is_predicted_at_its_threshold_itself(output, classes):
+    # Zero weights give logits of exactly 0: sigmoid 1/2 for every class, and with four
+    # classes softmax exactly 1/4. Both lie on their thresholds (p >= 0.5, p >= 0.25), so
+    # every class is predicted: an image holding all of them is right, one holding one
+    # class is wrong. (With five classes softmax gives 1/5 < 1/4: were a sigmoid model
+    # judged by the softmax rule, no class would be predicted.)
+    images, _ = tiny_data(n=6)
+    labels = np.zeros((6, classes), np.int32)
+    labels[:4] = 1
+    labels[4:, 0] = 1
+    spec = RunSpec(model=ModelSpec(layers=[Dense(units=classes, activation=output)]),
+                   training=TrainingSpec(eval_batch_size=4))  # 6 images: a padded second batch
+    params = {"dense/kernel": np.zeros((6, classes), np.float32), "dense/bias": np.zeros(classes, np.float32)}
+    result = engine.evaluate(spec, params, images, labels)
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    # Binary cross-entropy at p = 1/2 is log 2 for either label; categorical cross-entropy
+    # of the uniform 1/4 is log 4 against any normalised label set.
+    assert result["loss"] == pytest.approx(np.log(2) if output == "sigmoid" else np.log(4), rel=1e-6)
+
+
+def test_evaluate_adds_the_penalty_of_the_weights_it_is_given():
+    # Keras' evaluate: the mean cross-entropy plus the regularization penalty of the weights
+    # evaluated (l1 and l2 on the first kernel), here weights far from any initialization.
+    images, labels = tiny_data()
+    rng = np.random.default_rng(5)
+    shapes = {"dense/kernel": (6, 5), "dense/bias": (5,), "dense_1/kernel": (5, 3), "dense_1/bias": (3,)}
+    params = {k: rng.normal(0, 1.5, s).astype(np.float32) for k, s in shapes.items()}
+    result = engine.evaluate(tiny_spec(), params, images, labels)
+    p = {k: v.astype(np.float64) for k, v in params.items()}
+    assert result["loss"] == pytest.approx(numpy_loss(p, images, labels), rel=1e-5)
+    z = np.tanh(images / 255 @ p["dense/kernel"] + p["dense/bias"]) @ p["dense_1/kernel"] + p["dense_1/bias"]
+    assert result["accuracy"] == pytest.approx(np.mean(np.argmax(z, 1) == labels))
+
+
+def test_a_checkpoint_read_back_as_other_types_restores_the_states_types_and_frozen_members():
+    # A file format may hand back every number as float64 and the flags as 0/1: the state
+    # gets the population's own types back (the step stays an int32 count) and the flagged
+    # member is frozen, its weights kept while the others train.
+    images, labels = tiny_data()
+    specs = [tiny_spec(batch_size=8, seed=s) for s in (0, 1, 2)]
+    saved = engine.Population(specs, images, labels, lanes=3)
+    saved.train_epoch()
+    arrays = {k: np.asarray(v, np.float64) for k, v in saved.state_arrays().items()}
+    resumed = engine.Population(specs, images, labels, lanes=3)
+    resumed.load_state_arrays(arrays, 1, [0, 1, 0])
+    state = resumed.states[0]
+    assert state.step.dtype == jnp.int32 and np.asarray(state.step).tolist() == [5, 5, 5]
+    assert {str(v.dtype) for v in jax.tree.leaves(state)} == {"float32", "int32"}
+    assert resumed.diverged.dtype == bool and resumed.diverged.tolist() == [False, True, False]
+    assert resumed.active.tolist() == [True, False, True] and resumed.epochs_done == 1
+    kept = resumed.member_params(1)
+    result = resumed.train_epoch()
+    assert result.epoch == 2 and result.diverged == [False, True, False]
+    assert all(type(flag) is bool for flag in result.diverged)
+    for name, value in resumed.member_params(1).items():
+        np.testing.assert_array_equal(value, kept[name])
+    assert np.isnan(result.metrics["loss"][1]) and np.isfinite(result.metrics["loss"][0])
+
+
+# --- sizing a population: memory, programs compiled ahead, widths and concurrency measured ---
+
+
+def conv_sizing_spec(optimizer, batch_size, eval_batch_size):
+    return RunSpec.model_validate({
+        "model": {"layers": [{"type": "conv2d", "filters": 4, "kernel_size": 3}, {"type": "flatten"},
+                             {"type": "dense", "units": 3, "activation": "softmax"}]},
+        "optimizer": optimizer, "training": {"batch_size": batch_size, "eval_batch_size": eval_batch_size}})
+
+
+@pytest.mark.parametrize("spec, input_shape, expected", [
+    # 8x8x1 in, 6x6x4 out of the 3x3 convolution (which keeps its 6*6 x 3*3*1 patch matrix),
+    # 144 flattened, 3 out: 64 + 144 + 324 + 144 + 3 = 679 numbers a sample, 3 copies kept.
+    # Weights 3*3*1*4 + 4 + 144*3 + 3 = 475; Adam holds two slots, plain SGD none.
+    (conv_sizing_spec({"name": "adam"}, 200, 16), (8, 8), 4 * (475 * (2 + 2) + 200 * 679 * 3)),
+    (conv_sizing_spec({"name": "sgd"}, 8, 128), (8, 8), 4 * (475 * (2 + 0) + 128 * 679 * 3)),
+    # 6 -> 5 -> 3: 14 numbers a sample, 6*5 + 5 + 5*3 + 3 = 53 weights, momentum one slot.
+    (tiny_spec().model_copy(update={"optimizer": OptimizerSpec(name="sgd", momentum=0.9)}), 6,
+     4 * (53 * (2 + 1) + 128 * 14 * 3)),
+])
+def test_member_bytes_counts_weights_gradient_slots_and_activations(spec, input_shape, expected):
+    assert engine.member_bytes(spec, input_shape) == expected
+
+
+class FakeDevice:
+    def __init__(self, platform, stats):
+        self.platform, self.stats = platform, stats
+
+    def memory_stats(self):
+        return self.stats
+
+
+@pytest.mark.parametrize("platform, stats, expected", [
+    ("gpu", {"bytes_limit": 1000, "bytes_in_use": 300}, 700),
+    ("gpu", {"bytes_limit": 1000}, 1000),
+    ("gpu", None, 2048 * 1024),  # no statistics: the host's available memory
+    ("gpu", {"bytes_in_use": 300}, 2048 * 1024),
+    ("cpu", {"bytes_limit": 1000, "bytes_in_use": 300}, 2048 * 1024),  # a CPU's memory is the host's
+])
+def test_device_memory_is_the_devices_free_memory_or_the_hosts(platform, stats, expected, monkeypatch):
+    meminfo = "MemTotal:       8192 kB\nMemFree:         512 kB\nMemAvailable:    2048 kB\n"
+    opened = []
+    monkeypatch.setattr(jax, "devices", lambda: [FakeDevice(platform, stats), FakeDevice("gpu", {})])
+    monkeypatch.setattr(engine, "open", lambda path: opened.append(path) or io.StringIO(meminfo), raising=False)
+    assert engine.device_memory() == expected
+    assert opened == ([] if expected in (700, 1000) else ["/proc/meminfo"])
+
+
+def test_compile_all_compiles_every_program_an_epoch_needs(monkeypatch):
+    monkeypatch.setattr(engine, "_PROGRAMS", {})
+    monkeypatch.setattr(engine, "COMPILATIONS", {})
+    images, labels = tiny_data(n=40)
+    specs = [tiny_spec(batch_size=8, eval_batch_size=4, seed=s) for s in (0, 1)]
+    # 5 steps in 2 chunks: 3 and 2 steps, two programs; validation in blocks of 4 * 2.
+    population = engine.Population(specs, images, labels, images[:10], labels[:10], lanes=2,
+                                   chunks_per_epoch=2, eval_batches_per_call=2)
+    assert engine.COMPILATIONS == {"init": 1}
+    population.compile_all()
+    compiled = {"init": 1, "order": 1, "chunk": 2, "evaluate": 1}
+    assert engine.COMPILATIONS == compiled and population.compile_seconds > 0
+    population.train_epoch()
+    population.evaluate(images, labels)
+    assert engine.COMPILATIONS == compiled  # nothing left to compile
+    plain = engine.Population(specs, images, labels, lanes=2, chunks_per_epoch=2)
+    plain.compile_all()  # no validation data: no evaluation program
+    plain.train_epoch()
+    assert engine.COMPILATIONS == compiled
+    # Label sets: the evaluation program compiled ahead takes (block, classes) labels.
+    sets = (np.arange(40)[:, None] % np.array([2, 3, 5]) == 0).astype(np.int32)
+    multi = [spec.model_copy(update={"model": ModelSpec(layers=[Dense(units=3, activation="sigmoid")])})
+             for spec in specs]
+    population = engine.Population(multi, images, sets, images[:10], sets[:10], lanes=2, chunks_per_epoch=2,
+                                   eval_batches_per_call=2)
+    population.compile_all()
+    compiled = {"init": 2, "order": 2, "chunk": 4, "evaluate": 2}
+    assert engine.COMPILATIONS == compiled
+    population.train_epoch()
+    assert engine.COMPILATIONS == compiled
+
+
+def test_the_compile_cache_is_kept_where_mnistlab_cache_says_unless_turned_off(monkeypatch, tmp_path):
+    import pooch
+
+    class Config:
+        def __init__(self, folder):
+            self.jax_compilation_cache_dir, self.updates = folder, {}
+
+        def update(self, name, value):
+            self.updates[name] = value
+
+    def updates(folder=None, **env):
+        for name in ("MNISTLAB_COMPILE_CACHE", "MNISTLAB_CACHE"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        config = Config(folder)
+        monkeypatch.setattr(engine, "jax", types.SimpleNamespace(config=config))
+        engine.enable_compile_cache()
+        return config.updates
+
+    kept = {"jax_compilation_cache_dir": str(tmp_path / "xla"), "jax_persistent_cache_min_compile_time_secs": 0.1}
+    assert updates(MNISTLAB_CACHE=str(tmp_path)) == kept
+    assert updates(MNISTLAB_CACHE=str(tmp_path), MNISTLAB_COMPILE_CACHE="1") == kept
+    assert updates(MNISTLAB_CACHE=str(tmp_path), MNISTLAB_COMPILE_CACHE="0") == {}
+    assert updates("/the/users/own", MNISTLAB_CACHE=str(tmp_path)) == {}
+    assert updates() == {**kept, "jax_compilation_cache_dir": str(pooch.os_cache("mnistlab") / "xla")}
+
+
+def test_a_probe_times_the_fastest_of_three_warm_epochs_of_its_seeds(monkeypatch):
+    made, calls = [], []
+
+    class Timed:  # a population whose epochs take the times given
+        def __init__(self, members, images, labels, **options):
+            made.append((members, images, labels, options))
+            self.seconds = iter([0.5, 3.0, 2.0, 4.0])  # the first, warming epoch does not count
+
+        def compile_all(self):
+            calls.append("compile")
+
+        def train_epoch(self):
+            calls.append("epoch")
+            return engine.EpochResult(1, {}, next(self.seconds), [])
+
+    monkeypatch.setattr(engine, "Population", Timed)
+    spec, images, labels = tiny_spec(seed=7), np.zeros((4, 6), np.uint8), np.zeros(4, np.uint8)
+    assert engine._probe_seconds(spec, images, labels, 3, 2, 2, 48) == 2.0
+    assert calls == ["compile", "epoch", "epoch", "epoch", "epoch"]
+    [(members, given_images, given_labels, options)] = made
+    assert given_images is images and given_labels is labels
+    assert options == {"lanes": 2, "chunks_per_epoch": 1, "max_steps": 48, "concurrency": 2}
+    assert [m.training.seed for m in members] == [0, 1, 2]
+    assert all(m.model_copy(update={"training": spec.training}) == spec for m in members)
+
+
+def probe_at(rates: dict[int, float], probed: list):
+    """A stand-in for `_probe_seconds` where width w trains rates[w] member-steps a second."""
+    def probe(*args):
+        probed.append(args)  # spec, images, labels, members, width, concurrency, steps
+        return args[3] / rates[args[4]]
+    return probe
+
+
+@pytest.mark.parametrize("members, rates, probed, chosen", [
+    # the widest is not always the best: the most member-steps a second wins
+    (16, {1: 10, 2: 18, 4: 12, 8: 25, 16: 14}, [1, 2, 4, 8, 16], 8),
+    # a width more than 40% slower than the best ends the search; one within 40% does not
+    (16, {1: 10, 2: 5.9}, [1, 2], 1),
+    (16, {1: 10, 2: 6.1, 4: 3}, [1, 2, 4], 1),
+    (16, {1: 10, 2: 6.0, 4: 3}, [1, 2, 4], 1),
+    (16, {1: 10, 2: 10, 4: 3}, [1, 2, 4], 1),  # a tie keeps the narrower
+    # widths double up to the population, which is probed last
+    (6, {1: 10, 2: 11, 4: 12, 6: 13}, [1, 2, 4, 6], 6),
+    (2, {1: 10, 2: 11}, [1, 2], 2),
+    (65, {1: 1, 2: 2, 4: 3, 8: 4, 16: 5, 32: 6, 64: 7}, [1, 2, 4, 8, 16, 32, 64], 64),  # at most 64
+    # probes of seconds: fewer than one member-step a second
+    (2, {1: 0.5, 2: 0.9}, [1, 2], 2),
+    (1, {}, [], 1),
+])
+def test_choose_lanes_keeps_the_fastest_width_it_measured(members, rates, probed, chosen, monkeypatch):
+    spec, (images, labels) = tiny_spec(), tiny_data()
+    seen: list = []
+    monkeypatch.setattr(engine, "_LANES", {})
+    monkeypatch.setattr(engine, "_probe_seconds", probe_at(rates, seen))
+    assert engine.choose_lanes(spec, images, labels, members, steps=5) == chosen
+    # at least two members a probe, so that it runs the population's program
+    assert [args[3:] for args in seen] == [(max(2, w), w, 1, 5) for w in probed]
+    assert all(args[0] is spec and args[1] is images and args[2] is labels for args in seen)
+    assert engine.choose_lanes(spec, images, labels, members, steps=5) == chosen
+    assert len(seen) == len(probed)  # remembered
+
+
+def test_choose_lanes_remembers_per_structure_and_population_size(monkeypatch):
+    seen: list = []
+    monkeypatch.setattr(engine, "_LANES", {})
+    monkeypatch.setattr(engine, "_probe_seconds", probe_at({1: 10, 2: 11, 4: 12}, seen))
+    assert engine.choose_lanes(tiny_spec(), None, None, 4) == 4
+    assert engine.choose_lanes(tiny_spec(seed=5), None, None, 4) == 4 and len(seen) == 3  # same structure
+    assert engine.choose_lanes(tiny_spec(), None, None, 2) == 2 and len(seen) == 5
+    assert engine.choose_lanes(tiny_spec(batch_size=8), None, None, 4) == 4 and len(seen) == 8
+    assert [args[4] for args in seen] == [1, 2, 4, 1, 2, 1, 2, 4] and {args[6] for args in seen} == {48}
+
+
+@pytest.mark.parametrize("one, two, chosen", [(2.0, 1.88, 2), (2.0, 1.9, 1), (2.0, 1.92, 1), (2.0, 3.0, 1)])
+def test_choose_concurrency_trains_two_slices_at_once_only_when_measured_faster(one, two, chosen, monkeypatch):
+    images, labels = tiny_data()
+    seen = []
+
+    def probe(*args):
+        seen.append(args)
+        return {1: one, 2: two}[args[5]]
+
+    monkeypatch.setattr(engine, "_CONCURRENCY", {})
+    monkeypatch.setattr(engine.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(engine, "_probe_seconds", probe)
+    spec = tiny_spec()
+    assert engine.choose_concurrency(spec, images, labels, width=4, members=4) == 1  # one slice: nothing to overlap
+    assert seen == []
+    assert engine.choose_concurrency(spec, images, labels, width=4, members=5, steps=6) == chosen  # two slices
+    # two slices' worth of members, one slice after the other, then two at once
+    assert seen == [(spec, images, labels, 8, 4, 1, 6), (spec, images, labels, 8, 4, 2, 6)]
+    assert engine.choose_concurrency(spec, images, labels, width=4, members=8) == chosen and len(seen) == 2
+    assert engine.choose_concurrency(spec, images, labels, width=2, members=8) == chosen and len(seen) == 4
+    assert seen[-1][3:] == (4, 2, 2, 48)
+
+
+@pytest.mark.parametrize("backend, cores", [("gpu", 2), ("cpu", 1), ("cpu", None)])
+def test_choose_concurrency_runs_one_slice_at_a_time_on_an_accelerator_or_one_core(backend, cores, monkeypatch):
+    monkeypatch.setattr(engine, "_CONCURRENCY", {})
+    monkeypatch.setattr(engine.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(engine, "_probe_seconds", lambda *args: {1: 1.0, 2: 0.5}[args[5]])
+    assert engine.choose_concurrency(tiny_spec(), None, None, width=1, members=8) == 1
+
+
+def test_sigmoid_outputs_with_class_indices_take_binary_cross_entropy_against_one_hot():
+    # Keras' binary_crossentropy against the one-hot rows of the class indices, averaged
+    # over the 3 classes, then over the 10 images (not 3 nor 10 classes: the logits' last axis).
+    images, labels = tiny_data(n=10)
+    rng = np.random.default_rng(2)
+    params = {"dense/kernel": rng.normal(0, 1, (6, 3)).astype(np.float32),
+              "dense/bias": rng.normal(0, 1, 3).astype(np.float32)}
+    spec = RunSpec(model=ModelSpec(layers=[Dense(units=3, activation="sigmoid")]))
+    result = engine.evaluate(spec, params, images, labels)
+    z = images / 255 @ params["dense/kernel"].astype(np.float64) + params["dense/bias"]
+    q, onehot = 1 / (1 + np.exp(-z)), np.eye(3)[labels]
+    expected = -(onehot * np.log(q) + (1 - onehot) * np.log(1 - q)).mean(1).mean()
+    assert result["loss"] == pytest.approx(expected, rel=1e-5)
+    assert result["accuracy"] == pytest.approx(np.mean(np.argmax(z, 1) == labels))
+
+
+# --- the member axis and the chunk's memory ----------------------------------------------------
+
+
+@pytest.mark.parametrize("members", [1, 3])
+def test_over_members_maps_the_member_axis_and_runs_one_member_plainly(members):
+    # For one member the axis is taken off and put back around the plain function, with no
+    # vmap (measured: a vmap over one member made an epoch up to 4x slower on CPU); for
+    # several, every member is mapped. An argument with axis None is shared.
+    traced = []
+
+    def fn(tree, shared):
+        traced.append(isinstance(tree["w"], jax.core.Tracer))
+        return {"w": tree["w"] * shared, "total": tree["w"].sum() + tree["b"]}
+
+    w = np.arange(members * 2, dtype=np.float32).reshape(members, 2)  # NumPy or JAX alike
+    b = jnp.arange(members, dtype=jnp.float32) * 10
+    out = engine.over_members(fn, members, (0, None))({"w": w, "b": b}, np.float32(3))
+    np.testing.assert_array_equal(out["w"], w * 3)
+    np.testing.assert_array_equal(out["total"], w.sum(1) + np.arange(members) * 10)
+    assert out["total"].shape == (members,) and traced == [members > 1]
+
+
+def test_a_chunk_updates_the_state_in_place():
+    # The chunk's program is given the state to write over (donated): no copy of the
+    # weights and optimizer slots per chunk, and the state handed in is gone after it.
+    images, labels = tiny_data()
+    population = engine.Population([tiny_spec(batch_size=8)], images, labels)
+    before = jax.tree.leaves(population.states[0])
+    population.train_epoch()
+    assert all(leaf.is_deleted() for leaf in before)
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(population.states[0]))
+
+
+# --- members frozen at different times ----------------------------------------------------------
+
+
+def test_members_frozen_at_different_times_keep_the_weights_they_had_when_frozen():
+    # Member 0 is frozen, then an epoch is given up after its first chunk (Ctrl-C): the
+    # slice's state moved, member 0's with it. Member 1 frozen now must not take member 0's
+    # moved weights as its snapshot: member 0 goes back to where it was frozen.
+    images, labels = tiny_data()
+    specs = [tiny_spec(batch_size=8, seed=s) for s in range(3)]
+    population = engine.Population(specs, images, labels, lanes=3, chunks_per_epoch=5)
+    population.train_epoch()
+    population.freeze([0])
+    first = population.member_params(0)
+
+    def interrupt(progress):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        population.train_epoch(on_progress=interrupt)
+    population.freeze([1])
+    second, third = population.member_params(1), population.member_params(2)
+    result = population.train_epoch()
+    for name in first:
+        np.testing.assert_array_equal(population.member_params(0)[name], first[name])
+        np.testing.assert_array_equal(population.member_params(1)[name], second[name])
+    assert not np.array_equal(population.member_params(2)["dense/kernel"], third["dense/kernel"])
+    assert np.isnan(result.metrics["loss"][:2]).all() and np.isfinite(result.metrics["loss"][2])
+
+
+def test_only_a_slice_training_frozen_members_along_holds_a_copy_of_its_state():
+    # Two slices of two. A copy of a slice's state is kept only where some, not all, of its
+    # members are frozen: a slice with none frozen needs none, and one all frozen is skipped.
+    images, labels = tiny_data()
+    specs = [tiny_spec(batch_size=8, seed=s) for s in range(4)]
+    population = engine.Population(specs, images, labels, lanes=2)
+    population.train_epoch()
+    population.freeze([0])
+    kept = population.member_params(0)
+    assert set(population._snapshots) == {0}
+    result = population.train_epoch()
+    for name, value in population.member_params(0).items():
+        np.testing.assert_array_equal(value, kept[name])
+    assert np.isnan(result.metrics["loss"][0]) and np.isfinite(result.metrics["loss"][1:]).all()
+    population.freeze([2, 3])  # the second slice, whole: skipped from now on
+    assert set(population._snapshots) == {0}
+    result = population.train_epoch()
+    assert np.isfinite(result.metrics["loss"][1]) and np.isnan(result.metrics["loss"][2:]).all()
+    population.freeze([1])  # every member frozen: nothing trains, every figure is NaN
+    result = population.train_epoch()
+    assert result.epoch == 4 and result.diverged == [False] * 4
+    assert all(np.isnan(values).all() for values in result.metrics.values())
+
+
+def test_progress_is_reported_after_every_chunk_of_every_slice():
+    # Two slices of one member, 5 steps an epoch in chunks of 3 and 2: ten steps in all.
+    images, labels = tiny_data()
+    specs = [tiny_spec(batch_size=8, seed=s) for s in range(2)]
+    population = engine.Population(specs, images, labels, lanes=1, chunks_per_epoch=2)
+    heard, slices = [], []
+    for epoch in (1, 2):
+        started = time.perf_counter()
+        result = population.train_epoch(on_progress=heard.append, on_slice=slices.append)
+        assert 0 < result.seconds <= time.perf_counter() - started
+        assert [(p.epoch, p.steps_done, p.steps_total) for p in heard] == [
+            (epoch, 3, 10), (epoch, 5, 10), (epoch, 8, 10), (epoch, 10, 10)]
+        assert slices == [0, 1]
+        heard.clear(), slices.clear()
+    population.freeze([0])  # a slice all frozen is skipped: five steps left
+    population.train_epoch(on_progress=heard.append, on_slice=slices.append)
+    assert [(p.steps_done, p.steps_total) for p in heard] == [(3, 5), (5, 5)] and slices == [1]
+
+
+@pytest.mark.parametrize("concurrency, members, threads", [(2, 2, True), (3, 2, True), (1, 2, False), (2, 1, False)])
+def test_slices_run_in_threads_only_when_two_at_once_are_asked_and_there_are_two(concurrency, members, threads):
+    images, labels = tiny_data(n=16)
+    specs = [tiny_spec(batch_size=8, seed=s) for s in range(members)]
+    population = engine.Population(specs, images, labels, lanes=1, concurrency=concurrency)
+    where = []
+    population.train_epoch(on_slice=lambda k: where.append(threading.current_thread() is threading.main_thread()))
+    assert where == [not threads] * members
+
+
+def test_an_epoch_given_up_in_a_thread_raises_what_stopped_it():
+    images, labels = tiny_data(n=16)
+    specs = [tiny_spec(batch_size=8, seed=s) for s in range(2)]
+    population = engine.Population(specs, images, labels, lanes=1, concurrency=2)
+
+    def interrupt(progress):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        population.train_epoch(on_progress=interrupt)
