@@ -253,12 +253,20 @@ def _fit(spec: RunSpec, resumed: Path | None, *, data_dir, runs_dir, test: bool 
             else:
                 c.model = model
 
+        def snapshot() -> None:
+            # What the run has recorded: a signal that lands after the driver folded an epoch
+            # in but before it was written keeps the run at this, not at an epoch half kept.
+            kept["recorded"] = ({**member.state(), "history": list(member.history)}, kept.get("params"))
+
         def record_epoch(m: populations.Member, part: populations.Part) -> None:
-            # The weights at the end of each finished epoch: what an interrupted run keeps.
+            # The weights at the end of each finished epoch: what an interrupted run keeps
+            # once the epoch's record is written, and what a run whose folder stops taking
+            # writes hands to `runs.rescue`.
             kept["params"] = model.weights = part.params(m)
             record = m.history[-1]
             if writer:
                 writer.log_epoch(record)
+            snapshot()
             tracked.on_epoch(record, kept["params"])  # the weights: for `tensorboard+histograms`
             printer.epoch_end(record)
             if on_epoch:
@@ -291,12 +299,18 @@ def _fit(spec: RunSpec, resumed: Path | None, *, data_dir, runs_dir, test: bool 
         metric = "val_loss" if spec.training.validation.fraction > 0 else "loss"  # what `best_epoch` follows
         failure = None
         _call(callbacks, "on_train_begin", {})
+        snapshot()
         try:
             report = populations.run([member], lambda _: arrays, metric=metric, checkpoints=checkpoints,
                                      on_epoch=record_epoch, after_part=finished, on_progress=progress)
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM as `errors.Terminated`
-            # The member is marked interrupted and keeps its finished epochs.
+            # The member is marked interrupted and keeps its finished epochs: those recorded,
+            # with their metrics and weights.
             kept["stop"] = "SIGTERM" if isinstance(stop, errors.Terminated) else "SIGINT"
+            state, kept["params"] = kept["recorded"]
+            member.restore(state)
+            if member.training:
+                member.status = populations.INTERRUPTED
         except runs.WRITE_ERRORS as err:  # the run folder stopped taking writes (full disk, removed, ...)
             failure = err
 

@@ -168,6 +168,30 @@ def test_an_interrupted_run_keeps_its_finished_epochs(stop, said, synthetic, tmp
     assert run.metrics == result.history and timeless(run.metrics) == timeless(two.metrics)
 
 
+def test_a_signal_between_an_epoch_and_its_record_keeps_the_run_at_what_it_recorded(synthetic, tmp_path,
+                                                                                    monkeypatch):
+    # SIGTERM can land after the driver has folded epoch 3 in but before the run wrote it:
+    # the summary, the metrics and the weights must all stay at epoch 2 (measured on a fast
+    # machine: the summary said 7 epochs where metrics.jsonl held 6).
+    write = runs.RunWriter.log_epoch
+
+    def terminated_before_the_third(self, record):
+        if record["epoch"] == 3:
+            raise errors.Terminated()
+        write(self, record)
+
+    monkeypatch.setattr(runs.RunWriter, "log_epoch", terminated_before_the_third)
+    result = mnistlab.train(spec(epochs=4), runs_dir=tmp_path / "stopped", arrays=synthetic)
+    monkeypatch.undo()
+    run = runs.open_run(result.run_dir)
+    assert result.status == "interrupted" and run.summary["interrupted_by"] == "SIGTERM"
+    assert run.summary["epochs_completed"] == len(run.metrics) == len(result.history) == 2
+    two = runs.open_run(mnistlab.train(spec(epochs=2), runs_dir=tmp_path / "two", arrays=synthetic).run_dir)
+    for name, value in two.params().items():
+        np.testing.assert_array_equal(run.params()[name], value)
+    assert run.summary["best_epoch"] <= 2
+
+
 def test_runs_are_recorded_under_runs_by_default(synthetic, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = mnistlab.train(spec(epochs=1), arrays=synthetic)
