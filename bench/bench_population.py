@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 
 import numpy as np
 
 from mnistlab import data, engine, populations
 from mnistlab import spec as spec_lib
+
+import machine
 
 
 def members(base: spec_lib.RunSpec, count: int, epochs: int) -> list[spec_lib.RunSpec]:
@@ -74,8 +74,7 @@ def main() -> None:
     widths = [int(w) for w in args.widths.split(",")]
     seed = spec_lib.preset("seed")
     small = spec_lib.with_values(seed, {"model.layers.0.units": 100})
-    results = {"machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                           "date": time.strftime("%Y-%m-%d")}}
+    results = {"machine": {**machine.describe(), "date": time.strftime("%Y-%m-%d")}}
     networks = {"seed": ("seed 784-1000-10", seed), "small": ("small 784-100-10", small)}
     for name in args.networks.split(","):
         label, base = networks[name]

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_serve import REPO, machine, train_seed_network
+import machine
+from bench_serve import REPO, train_seed_network
 
 
 def write_files(folder: Path, n: int, size: int) -> np.ndarray:
@@ -79,7 +80,7 @@ def main() -> int:
         started = time.perf_counter()
         labels = write_files(folder, args.files, args.size)
         write_s = time.perf_counter() - started
-        before = machine()
+        before = machine.describe()
         results = [timed_predict(run, folder, labels, [])]
         if args.size == 28:
             results.append(timed_predict(run, folder, labels, ["--raw"]))

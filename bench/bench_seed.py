@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import machine
 import peers as peerlib
 
 SEED = "seed"
@@ -187,23 +187,6 @@ def _run_text(cmd: list[str]) -> str:
     return proc.stdout if proc.returncode == 0 else ""
 
 
-def cpu_model() -> str | None:
-    for line in _run_text(["lscpu"]).splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or None
-
-
-def mem_total_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
-
-
 def python_versions(python: str, dists: list[str], env: dict[str, str] | None = None) -> dict:
     """Versions of ``dists`` as seen by another interpreter (its own site-packages)."""
     code = ("import importlib.metadata as m, json, sys\n"
@@ -218,15 +201,9 @@ def python_versions(python: str, dists: list[str], env: dict[str, str] | None = 
 
 
 def machine_info(python: str, selected: list[peerlib.Peer], venvs_dir: Path) -> dict:
-    cpus = os.cpu_count()
     return {
         "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_model": cpu_model(),
-        "cpu_count": cpus,
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus,
-        "mem_total_gib": mem_total_gib(),
-        "platform": platform.platform(),
-        "loadavg_at_start": os.getloadavg(),
+        **machine.describe(),
         # Settings that change what XLA or BLAS does, so a result can be explained later.
         "env": {k: os.environ[k] for k in ("XLA_FLAGS", "OPENBLAS_CORETYPE", "OMP_NUM_THREADS",
                                            "JAX_PLATFORMS", "MNISTLAB_COMPILE_CACHE")
@@ -310,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.data_dir or peerlib.default_data_dir()
 
     setup = ensure_peer_venvs(selected, args.venvs_dir)
-    machine = machine_info(args.python, selected, args.venvs_dir)
+    host = machine_info(args.python, selected, args.venvs_dir)
 
     jobs = [(f"mnistlab:{p}", lambda p=p: run_mnistlab(
                 args.python, p, args.epochs if p == SEED else args.other_epochs,
@@ -320,9 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     ratios = seed_ratios(records)
     table = markdown_table(records, ratios)
     print(table)
-    machine["loadavg_at_end"] = os.getloadavg()
+    host["loadavg_at_end"] = os.getloadavg()
     return write_report(args.out, {
-        "epochs": args.epochs, "machine": machine, "setup_seconds": setup,
+        "epochs": args.epochs, "machine": host, "setup_seconds": setup,
         "records": records, "ratios_seed_over_peer": ratios, "markdown": table})
 
 

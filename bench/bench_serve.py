@@ -26,7 +26,6 @@ import asyncio
 import io
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -34,6 +33,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import machine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -156,12 +157,6 @@ def uvicorn_stack() -> dict:
             "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"}
 
 
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "loadavg": os.getloadavg(), "python": platform.python_version()}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, help="a run folder (default: train a 784-1000-10 network)")
@@ -179,7 +174,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mnistlab-bench-serve-") as tmp:
         run = args.run or train_seed_network(Path(tmp))
         bodies, labels = canvas_pngs(args.images, args.size)
-        before = machine()
+        before = machine.describe()
         proc, url = start_server(run)
         try:
             server_cpu, own_cpu = cpu_seconds(proc.pid), time.process_time()

@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ has no __init
 
 import bench_cnn  # noqa: E402
 import bench_seed  # noqa: E402
+import machine  # noqa: E402
 import peers  # noqa: E402
 
 KERAS_OUT = """Epoch 1/1
@@ -199,3 +200,30 @@ def test_bench_cnn_args():
     assert args.epochs == 2 and args.peers == "cnn-keras-jax,cnn-torch"
     assert args.out == Path("docs/bench-cnn.json") and args.timeout == 3600
     assert bench_cnn.parse_args(["--peers", "", "--epochs", "1"]).peers == ""
+
+
+CPUINFO = """processor\t: 0
+model name\t: Intel(R) Xeon(R) Processor
+flags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16 amx_tile
+bogomips\t: 4800.00
+
+processor\t: 1
+model name\t: Another CPU
+flags\t\t: fpu sse2
+"""
+
+
+def test_machine_reads_the_first_processor_and_its_kernel_flags():
+    model, flags = machine._cpuinfo(CPUINFO)
+    assert model == "Intel(R) Xeon(R) Processor"
+    assert flags == {"fpu", "sse2", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"}
+    assert machine._mem_total_gib("MemTotal:       24513716 kB\nMemFree: 1 kB\n") == 23.4  # 24513716 / 2**20
+
+
+def test_machine_summary_names_cores_cpu_flags_and_memory():
+    info = {"cores_usable": 2, "cpu": "Intel Xeon", "flags": ["avx2", "avx512f"], "mem_total_gib": 23.4,
+            "python": "3.11.7"}
+    assert machine.summary(info) == "2 cores of Intel Xeon (avx2, avx512f), 23.4 GiB, Python 3.11.7"
+    assert machine.summary({**info, "flags": [], "mem_total_gib": None}) == "2 cores of Intel Xeon (no AVX2), Python 3.11.7"
+    described = machine.describe()
+    assert set(described["flags"]) <= set(machine.KERNEL_FLAGS) and described["cores"] >= 1

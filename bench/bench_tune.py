@@ -25,11 +25,12 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,18 +46,6 @@ def env() -> dict[str, str]:
     src = str(ROOT / "src")
     old = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": src if not old else f"{src}{os.pathsep}{old}", "COLUMNS": "200"}
-
-
-def machine() -> dict:
-    cpu = ""
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                cpu = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "loadavg": os.getloadavg(), "python": platform.python_version(),
-            "platform": platform.platform()}
 
 
 def run(cmd: list[str], log: Path) -> tuple[int, float]:
@@ -91,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     record: dict = {"date": dt.datetime.now().isoformat(timespec="seconds"), "budget_seconds": args.budget,
                     "timeout_seconds": timeout, "space": str(args.space), "study_dir": str(folder),
                     "commands": {"search": " ".join(search[1:]), "final": " ".join(final[1:])},
-                    "machine_before": machine()}
+                    "machine_before": machine.describe()}
     print("search:", " ".join(search[1:]), flush=True)
     code, seconds = run(search, folder / "search.log")
     record.update(search_exit=code, search_seconds=seconds, within_budget=seconds <= args.budget)
@@ -110,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         record["target"] = args.target
         record["target_reached"] = accuracy is not None and accuracy >= args.target
         ok = code == 0 and record["target_reached"]
-    record["machine_after"] = machine()
+    record["machine_after"] = machine.describe()
     out = args.out or folder / "bench.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
     s = record["study"]
