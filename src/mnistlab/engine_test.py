@@ -1,9 +1,14 @@
 """engine.py: one step against a hand computation, Keras' epoch bookkeeping, determinism."""
 
 import io
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import types
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -861,3 +866,46 @@ def test_an_epoch_given_up_in_a_thread_raises_what_stopped_it():
 
     with pytest.raises(KeyboardInterrupt):
         population.train_epoch(on_progress=interrupt)
+
+
+SHARDED = r"""
+import json, sys
+import jax, numpy as np
+from mnistlab import engine, engine_test
+from mnistlab.spec import OptimizerSpec
+images, labels = engine_test.tiny_data()
+out = {"devices": jax.device_count()}
+for width in (2, 3):
+    specs = [engine_test.tiny_spec(batch_size=8).model_copy(update={"optimizer": OptimizerSpec(name="sgd", learning_rate=lr)})
+             for lr in (0.05, 0.1, 0.2)[:width]]
+    population = engine.Population(specs, images, labels)
+    population.train_epoch()
+    leaf = population.states[0].params["dense/kernel"]
+    out[width] = {"sharded": population.sharding is not None, "devices": len(leaf.sharding.device_set),
+                  "members_per_device": leaf.addressable_shards[0].data.shape[0],
+                  "data_devices": len(population.images.sharding.device_set),
+                  "sums": [float(np.abs(population.member_params(i)["dense/kernel"]).sum()) for i in range(width)]}
+print(json.dumps(out))
+"""
+
+
+def test_members_are_split_across_devices_when_they_divide_evenly_and_train_the_same():
+    # Two (forced host) devices: a population of 2 is split, one member per device; one of
+    # 3 cannot be split evenly and stays on one device; both train exactly as on one device.
+    # The child imports mnistlab from where this process did (mutation testing's copy too).
+    source = str(Path(engine.__file__).resolve().parents[1])
+    outputs = {}
+    for count in (1, 2):
+        env = {**os.environ, "PYTHONPATH": source, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
+               "JAX_PLATFORMS": "cpu"}
+        done = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs[count] = json.loads(done.stdout.strip().splitlines()[-1])
+    one, two = outputs[1], outputs[2]
+    assert one["devices"] == 1 and two["devices"] == 2
+    assert (one["2"]["sharded"], one["3"]["sharded"], two["2"]["sharded"], two["3"]["sharded"]) == (False, False, True, False)
+    assert (two["2"]["devices"], two["3"]["devices"]) == (2, 1)
+    assert (two["2"]["members_per_device"], two["3"]["members_per_device"]) == (1, 3)
+    assert (two["2"]["data_devices"], two["3"]["data_devices"]) == (2, 1)  # the data set is copied to each
+    for width in ("2", "3"):
+        np.testing.assert_allclose(two[width]["sums"], one[width]["sums"], rtol=1e-6)

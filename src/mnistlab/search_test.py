@@ -303,32 +303,6 @@ def test_resume_without_anything_to_resume(tmp_path, mnist):
         search.run_sweep(sweep_spec(), sweeps_dir=tmp_path, arrays=mnist, resume=True)
 
 
-def test_members_shard_across_devices(tmp_path, mnist_root):
-    """With two (forced host) devices, the member axis is split and the numbers stay the same."""
-    script = r'''
-import json, sys, numpy as np, jax
-from mnistlab import data, engine, search
-spec = search.sweep_from_dict(json.loads(sys.argv[1]))
-specs = [c.spec for c in search.candidates(spec)]
-arrays = data.load("mnist")
-population = engine.Population(specs, arrays.train_images[:2000], arrays.train_labels[:2000], lanes=2)
-population.train_epoch()
-leaf = population.states[0].params["dense/kernel"]
-print(json.dumps({"devices": len(leaf.sharding.device_set), "count": jax.device_count(),
-                  "sums": [float(np.abs(population.member_params(i)["dense/kernel"]).sum()) for i in range(2)]}))
-'''
-    raw = {"base": "fast", "set": BASE, "seeds": 1,
-           "search": {"method": "grid", "params": {"optimizer.learning_rate": [1e-3, 3e-3]}}}
-    outputs = {}
-    for count in (1, 2):
-        env = {**os.environ, "MNISTLAB_DATA": str(mnist_root), "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}"}
-        done = subprocess.run([sys.executable, "-c", script, json.dumps(raw)], capture_output=True, text=True, env=env)
-        assert done.returncode == 0, done.stderr
-        outputs[count] = json.loads(done.stdout.strip().splitlines()[-1])
-    assert outputs[2]["count"] == 2 and outputs[2]["devices"] == 2 and outputs[1]["devices"] == 1
-    np.testing.assert_allclose(outputs[2]["sums"], outputs[1]["sums"], rtol=1e-5)
-
-
 def test_a_conv_sweep_groups_by_structure_and_matches_a_solo_run(mnist, tmp_path):
     # Two widths of the first convolution: two structures, two compilations; the learning
     # rates share theirs. The best member retrained alone gives the same numbers.
