@@ -909,3 +909,37 @@ def test_members_are_split_across_devices_when_they_divide_evenly_and_train_the_
     assert (two["2"]["data_devices"], two["3"]["data_devices"]) == (2, 1)  # the data set is copied to each
     for width in ("2", "3"):
         np.testing.assert_allclose(two[width]["sums"], one[width]["sums"], rtol=1e-6)
+
+
+def test_members_of_different_structures_cannot_share_a_population():
+    images, labels = tiny_data()
+    wider = tiny_spec().model_copy(update={"model": ModelSpec(layers=[Dense(units=7, activation="tanh"),
+                                                                      Dense(units=3, activation="softmax")])})
+    with pytest.raises(ValueError, match="must share one structure; group them first"):
+        engine.Population([tiny_spec(), wider], images, labels)
+
+
+def test_compile_seconds_add_up_every_compilation(monkeypatch):
+    # A clock that moves one second a reading: each compilation is read twice, so the
+    # population's compile time is one second per program it compiled.
+    monkeypatch.setattr(engine, "_PROGRAMS", {})
+    monkeypatch.setattr(engine, "COMPILATIONS", {})
+    clock = iter(range(10**6))
+    monkeypatch.setattr(engine, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    images, labels = tiny_data(n=40)
+    population = engine.Population([tiny_spec(batch_size=8)], images, labels, chunks_per_epoch=2)
+    population.compile_all()
+    assert engine.COMPILATIONS == {"init": 1, "order": 1, "chunk": 2}
+    assert population.compile_seconds == 4.0
+
+
+def test_a_program_is_compiled_again_for_another_number_of_samples_only_if_it_depends_on_it(monkeypatch):
+    # Every program takes its shapes from its arguments except the one drawing the order,
+    # which closes over the count: initialising weights does not depend on the data set,
+    # the epoch's program is given it whole.
+    monkeypatch.setattr(engine, "_PROGRAMS", {})
+    monkeypatch.setattr(engine, "COMPILATIONS", {})
+    images, labels = tiny_data(n=40)
+    for n in (40, 38):
+        engine.Population([tiny_spec(batch_size=8)], images[:n], labels[:n]).train_epoch()
+    assert engine.COMPILATIONS == {"init": 1, "order": 2, "chunk": 2}
