@@ -554,3 +554,57 @@ def test_a_run_with_validation_data_records_its_calibration_and_one_without_none
     assert recorded["temperature"] != 1.0 and recorded["ece_after"] <= recorded["ece_before"]
     alone = mnistlab.train(spec(validation={"fraction": 0.0}), arrays=mnist, runs_dir=None, verbose=0)
     assert "calibration" not in alone.summary  # nothing to fit it on
+
+
+def test_resume_refuses_a_run_in_training_a_finished_one_and_one_without_checkpoints(synthetic, tmp_path):
+    refused = []
+
+    def resume_while_training(record):
+        if record["epoch"] == 1:
+            (folder,) = (tmp_path / "running").iterdir()
+            with pytest.raises(UserError) as caught:
+                mnistlab.resume(folder, arrays=synthetic)
+            refused.append(str(caught.value))
+
+    mnistlab.train(spec(), runs_dir=tmp_path / "running", arrays=synthetic, on_epoch=resume_while_training, verbose=0)
+    (message,) = refused
+    assert f"still training (process {os.getpid()} on " in message
+    assert message.endswith("; resume it once that process has stopped")
+
+    finished = mnistlab.train(spec(), runs_dir=tmp_path / "finished", arrays=synthetic, verbose=0)
+    with pytest.raises(UserError) as caught:
+        mnistlab.resume(finished.run_dir, arrays=synthetic)
+    assert str(caught.value) == (f"{finished.run_dir}: this run is finished ({runs.open_run(finished.run_dir).describe()}); "
+                                 "nothing to resume. "
+                                 "Train a new one to train longer.")
+
+    def interrupt(record):
+        raise KeyboardInterrupt
+
+    cut = mnistlab.train(spec(), runs_dir=tmp_path / "cut", arrays=synthetic, on_epoch=interrupt, verbose=0)
+    (cut.run_dir / "progress.json").unlink(missing_ok=True)  # as a run of an earlier mnistlab
+    with pytest.raises(UserError) as caught:
+        mnistlab.resume(cut.run_dir, arrays=synthetic)
+    assert str(caught.value) == (
+        f"{cut.run_dir}: this run has no checkpoints to continue from ({runs.open_run(cut.run_dir).describe()}; "
+        "recorded by an earlier mnistlab, or stopped before its first epoch): train it again")
+
+
+def test_resume_hands_on_what_it_is_given(mnist_root, synthetic, tmp_path, monkeypatch, capsys):
+    # The data folder (no arrays given: MNIST read from `data_dir`, the environment's folder
+    # empty), the test decision (asked at the start, declined now), the hooks, and Keras'
+    # default verbosity: an epoch line for each epoch it trains.
+    def interrupt_in_the_second(record):
+        if record["epoch"] == 2:  # in its hooks, before its checkpoint: resumed after the first
+            raise KeyboardInterrupt
+
+    cut = mnistlab.train(spec(epochs=3), runs_dir=tmp_path, arrays=synthetic, test=True, on_epoch=interrupt_in_the_second,
+                         verbose=0)
+    monkeypatch.setenv("MNISTLAB_DATA", str(tmp_path / "empty"))
+    epochs, progress = [], []
+    done = mnistlab.resume(cut.run_dir, data_dir=mnist_root, test=False, on_epoch=lambda r: epochs.append(r["epoch"]),
+                           on_progress=progress.append)
+    assert done.status == "completed" and "test" not in done.summary
+    assert epochs == [2, 3] and progress
+    finals = [line.split(" - ")[0] for line in capsys.readouterr().out.splitlines() if " - loss: " in line]
+    assert finals == ["Epoch 2/3", "Epoch 3/3"]
