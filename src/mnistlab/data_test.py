@@ -8,9 +8,11 @@ import http.server
 import io
 import math
 import os
+import re
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -603,3 +605,18 @@ def test_holdout_stratified_rounding():
     labels = np.array([0, 1, 2] * 3)
     _, val = data.holdout(labels, 0.5, method="stratified", seed=0)
     assert np.bincount(labels[val], minlength=3).tolist() == [2, 1, 1]
+
+
+def test_the_download_bar_draws_name_bar_bytes_speed_and_time_left_on_stderr(capsys):
+    # Pooch's calls as on a real download of 2 MB, half a second apart; with no console
+    # given, the bar goes to stderr (stdout stays for what a command prints).
+    bar = data.DownloadBar("tiny labels")
+    bar.total = 2_000_000
+    bar.update(1_000_000)
+    time.sleep(0.2)
+    bar.update(500_000)
+    bar.close()
+    shown = capsys.readouterr()
+    assert shown.out == ""
+    assert re.fullmatch(r"downloading tiny labels [━╸╺ ]*━[━╸╺ ]* 1\.5/2\.0 MB [\d.]+ [kM]?B/s \d:\d\d:\d\d\n",
+                        shown.err), shown.err
