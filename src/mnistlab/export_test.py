@@ -331,3 +331,15 @@ def test_the_onnx_model_names_its_classes_in_its_metadata():
     props = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(props["classes"]) == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                                             "Shirt", "Sneaker", "Bag", "Ankle boot"]  # Zalando's README
+
+
+def test_write_from_python_saves_a_keras_model_that_keras_reads_and_predicts_with(trained_run, mnist, tmp_path):
+    from mnistlab import keras_io
+
+    run = runs.open_run(trained_run)
+    out = tmp_path / "m.keras"
+    assert export.write(run, out) == "keras"
+    net = keras_io.load(out)  # Keras' own load_model, behind mnistlab's messages
+    images = mnist.test_images[:200]
+    expected = np.asarray(model.probabilities(run.spec.model, run.params(), images))
+    assert np.abs(net.predict(images, verbose=0) - expected).max() <= 1e-5
