@@ -423,8 +423,12 @@ def test_history_is_the_records_and_keras_history(ten_epochs):
     for name, values in history.history.items():
         assert values == [r[name] for r in history] == history[name]
     assert history.epoch == ten_epochs.epoch == list(range(10))
-    with pytest.raises(KeyError, match="'val_acc': this run logged loss"):
+    with pytest.raises(KeyError) as caught:
         history["val_acc"]
+    assert caught.value.args == ("'val_acc': this run logged loss, accuracy, val_loss, val_accuracy, learning_rate",)
+    with pytest.raises(KeyError) as caught:
+        training.History()["loss"]
+    assert caught.value.args == ("'loss': this run logged no epochs",)
     assert json.loads(json.dumps(history)) == list(history)
 
 
