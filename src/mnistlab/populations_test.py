@@ -606,3 +606,32 @@ def test_a_checkpoint_without_early_stopping_state_replays_it_from_the_history()
     restored = populations.Member(0, stopping)
     restored.restore(old)
     assert restored.watch == trained.watch == populations.Watch(wait=2, best=0.9, best_epoch=2)
+
+
+@pytest.mark.parametrize("restore, status, weights, expected", [
+    # Stopped at epoch 5, best at epoch 3: Keras 3 sets the best weights back only with
+    # restore_best_weights and only when they were kept.
+    (True, populations.STOPPED, True, {"stopped_epoch": 5, "weights_from_epoch": 3}),
+    (False, populations.STOPPED, True, {"stopped_epoch": 5, "weights_from_epoch": 5}),
+    (True, populations.STOPPED, False, {"stopped_epoch": 5, "weights_from_epoch": 5}),
+    # Ran to its end: restored too (Keras 3), but no stopping epoch.
+    (True, populations.COMPLETED, True, {"stopped_epoch": None, "weights_from_epoch": 3}),
+    # Cut short (interrupted, diverged): training did not end, so nothing was set back.
+    (True, populations.INTERRUPTED, True, {"stopped_epoch": None, "weights_from_epoch": 5}),
+    (True, populations.DIVERGED, True, {"stopped_epoch": None, "weights_from_epoch": 5}),
+])
+def test_early_stopping_summary_says_where_it_stopped_and_whose_weights_are_kept(restore, status, weights, expected):
+    spec = spec_lib.with_values(spec_lib.preset("fast"), {"training.validation_split": 0.1, "training.early_stopping": {
+        "monitor": "val_accuracy", "patience": 2, "restore_best_weights": restore}})
+    member = populations.Member(0, spec, status=status, history=[{"epoch": e} for e in range(1, 6)],
+                                watch=populations.Watch(2, 0.97, 3), best_weights={"w": np.zeros(1)} if weights else None)
+    assert populations.early_stopping_summary(member) == {"monitor": "val_accuracy", "best": 0.97, "best_epoch": 3,
+                                                          **expected}
+
+
+def test_early_stopping_summary_before_any_epoch_has_no_epochs():
+    spec = spec_lib.with_values(spec_lib.preset("fast"), {"training.validation_split": 0.1,
+                                                          "training.early_stopping": {"patience": 2}})
+    member = populations.Member(0, spec, status=populations.INTERRUPTED)
+    assert populations.early_stopping_summary(member) == {
+        "monitor": "val_loss", "best": None, "best_epoch": None, "stopped_epoch": None, "weights_from_epoch": None}
