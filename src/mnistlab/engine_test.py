@@ -943,3 +943,17 @@ def test_a_program_is_compiled_again_for_another_number_of_samples_only_if_it_de
     for n in (40, 38):
         engine.Population([tiny_spec(batch_size=8)], images[:n], labels[:n]).train_epoch()
     assert engine.COMPILATIONS == {"init": 1, "order": 2, "chunk": 2}
+
+
+@pytest.mark.parametrize("held_out", [0, 1])
+def test_validation_figures_come_from_any_held_out_sample_and_none_without_one(held_out):
+    # Keras reports val_* whenever validation data holds a sample; an empty set is no validation.
+    images, labels = tiny_data(n=41)
+    population = engine.Population([tiny_spec()], images[:40], labels[:40], images[40:40 + held_out],
+                                   labels[40:40 + held_out])
+    metrics = population.train_epoch().metrics
+    assert ("val_loss" in metrics, "val_accuracy" in metrics) == (held_out > 0, held_out > 0)
+    if held_out:
+        expected = engine.evaluate(tiny_spec(), population.member_params(0), images[40:], labels[40:])
+        assert metrics["val_loss"][0] == pytest.approx(expected["loss"], rel=1e-6)
+        assert metrics["val_accuracy"][0] == expected["accuracy"]
