@@ -6,12 +6,20 @@ asked for (all core modules by default), so an interrupted run picks up where it
 and one module can be run alone; `--again` re-tests the survivors and the mutants no test
 reached too (after a test was added for them), with the module's own tests traced afresh.
 Then it prints the table that docs/testing.md records.
+
+`--check NAME ... -k EXPR` is the quick way to see whether a test just written kills given
+survivors: the working tree's tests, only those EXPR selects, against each mutant as mutmut
+generated it, without touching mutmut's records (a `--again` runs every test of the module
+against every survivor: hours for engine's).
 """
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections import Counter
 from pathlib import Path
@@ -75,12 +83,47 @@ def table(modules: list[str]) -> str:
     return "\n".join(rows)
 
 
+def check(names: list[str], select: str) -> int:
+    """Run the tests `select` picks, from the working tree, against each named mutant: mutmut's
+    trampolined copy of the modules with the working tree's test files laid over it, one
+    process per mutant, $MUTANT_UNDER_TEST naming it (conftest.py keeps the module's own tests)."""
+    for module in {name.split(".")[1] for name in names}:
+        meta, source = MUTANTS / f"{module}.py.meta", Path(f"src/mnistlab/{module}.py")
+        if not meta.exists() or meta.stat().st_mtime < source.stat().st_mtime:
+            print(f"mutants/ holds no mutants of the current {source}: run `scripts/mutation.py {module}` first",
+                  file=sys.stderr)
+            return 2
+    killed = 0
+    with tempfile.TemporaryDirectory(prefix="mutation-check-") as tmp:
+        package = Path(tmp) / "src" / "mnistlab"
+        shutil.copytree(MUTANTS, package, ignore=shutil.ignore_patterns("*.meta", "__pycache__"))
+        for test in [*Path("src/mnistlab").glob("*_test.py"), Path("src/mnistlab/conftest.py")]:
+            shutil.copy(test, package / test.name)
+        for name in names:
+            module = name.split(".")[1]
+            env = {**os.environ, "MUTANT_UNDER_TEST": name, "PYTHONPATH": str(package.parent)}
+            done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                                   "--rootdir", tmp, "-c", os.devnull, "-k", select,
+                                   *map(str, sorted(package.glob(f"{module}_*test.py")))],
+                                  cwd=tmp, env=env, capture_output=True, text=True)
+            outcome = (done.stdout.strip().splitlines() or ["no output"])[-1]
+            caught = done.returncode == 1 and "failed" in outcome
+            killed += caught
+            print(f"{'killed  ' if caught else 'survived'} {name}  ({outcome})")
+    print(f"{killed} of {len(names)} killed")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help="core modules, e.g. optim stats (default: all)")
     parser.add_argument("--again", action="store_true", help="re-test the survivors and the mutants no test reached too")
     parser.add_argument("--table", action="store_true", help="only print the scores")
+    parser.add_argument("--check", nargs="+", metavar="NAME", help="mutants to run the tests -k selects against")
+    parser.add_argument("-k", dest="select", default="", help="with --check: pytest's -k expression")
     args = parser.parse_args()
+    if args.check:
+        return check(args.check, args.select)
     core = core_modules()
     modules = args.modules or core
     unknown = sorted(set(modules) - set(core))
