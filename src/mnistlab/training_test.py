@@ -449,8 +449,10 @@ def test_verbose_prints_as_keras(verbose, synthetic, capsys):
 
 
 def test_an_unknown_verbose_is_refused_before_training(synthetic, tmp_path):
-    with pytest.raises(UserError, match="verbose = 3: expected 0"):
+    with pytest.raises(UserError) as caught:
         mnistlab.train(spec(), runs_dir=tmp_path, arrays=synthetic, verbose=3)
+    assert str(caught.value) == ("verbose = 3: expected 0 (silent), 1 (a progress bar) or 2 (one line per epoch), "
+                                 "or 'auto' (1), as Keras")
     assert not list(tmp_path.iterdir())
 
 
@@ -612,3 +614,41 @@ def test_resume_hands_on_what_it_is_given(mnist_root, synthetic, tmp_path, monke
     assert epochs == [2, 3] and progress
     finals = [line.split(" - ")[0] for line in capsys.readouterr().out.splitlines() if " - loss: " in line]
     assert finals == ["Epoch 2/3", "Epoch 3/3"]
+
+
+def test_an_epoch_line_reads_as_keras_prints_it():
+    record = {"epoch": 3, "seconds": 1.5234, "loss": 0.231049, "accuracy": 0.9, "val_loss": 0.30004,
+              "val_accuracy": 0.91237, "learning_rate": 0.00125}
+    assert training.keras_line(record, 20) == ("Epoch 3/20 - 1.52s - loss: 0.2310 - accuracy: 0.9000 - "
+                                               "val_loss: 0.3000 - val_accuracy: 0.9124 - learning_rate: 0.00125")
+    without_validation = {k: v for k, v in record.items() if not k.startswith("val_")}
+    assert training.keras_line(without_validation, 20) == ("Epoch 3/20 - 1.52s - loss: 0.2310 - accuracy: 0.9000 - "
+                                                           "learning_rate: 0.00125")
+
+
+def test_the_progress_bar_fills_in_thirtieths_of_the_epoch():
+    import io
+
+    from mnistlab import engine
+
+    out = io.StringIO()
+    printer = training.Printer(1, 4, stream=out)
+    for done in (0, 7, 13, 20):  # 30 * 7 // 20 = 10, 30 * 13 // 20 = 19
+        printer.progress(engine.Progress(epoch=2, steps_done=done, steps_total=20))
+    assert out.getvalue().split("\r")[1:] == [
+        "Epoch 2/4 0/20 [" + "." * 30 + "]", "Epoch 2/4 7/20 [" + "=" * 10 + "." * 20 + "]",
+        "Epoch 2/4 13/20 [" + "=" * 19 + "." * 11 + "]", "Epoch 2/4 20/20 [" + "=" * 30 + "]"]
+    printer.progress(engine.Progress(epoch=3, steps_done=1, steps_total=1))  # an epoch of one batch
+    assert out.getvalue().endswith("\rEpoch 3/4 1/1 [" + "=" * 30 + "]")
+
+
+@pytest.mark.parametrize("dataset, flags_non_digits", [("mnist", True), ("fashion-mnist", False)])
+def test_only_a_network_of_the_ten_digits_learns_what_is_not_a_digit(dataset, flags_non_digits):
+    from mnistlab import model
+
+    run_spec = spec_lib.with_values(spec(), {"dataset": dataset})
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    labels = np.arange(40) % 10
+    found = training.calibrate(run_spec, model.init(run_spec.model, 0, (28, 28)), images, labels)
+    assert "temperature" in found and ("novelty" in found) == flags_non_digits
