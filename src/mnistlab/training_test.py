@@ -652,3 +652,52 @@ def test_only_a_network_of_the_ten_digits_learns_what_is_not_a_digit(dataset, fl
     labels = np.arange(40) % 10
     found = training.calibrate(run_spec, model.init(run_spec.model, 0, (28, 28)), images, labels)
     assert "temperature" in found and ("novelty" in found) == flags_non_digits
+
+
+def test_callbacks_are_handed_the_model_as_keras_does(synthetic):
+    # Keras calls `set_model` where a callback has one (a subclass may do more in it), and a
+    # plain object is given `.model`: either way, the run's model with its specification.
+    class Attaching(mnistlab.Callback):
+        def set_model(self, model):
+            self.attached = model
+
+    class Plain:
+        def on_epoch_end(self, epoch, logs):
+            return None
+
+    attaching, plain = Attaching(), Plain()
+    run_spec = spec(epochs=1)
+    mnistlab.train(run_spec, runs_dir=None, arrays=synthetic, callbacks=[attaching, plain], verbose=0)
+    assert isinstance(attaching.attached, training.TrainingModel) and attaching.attached.spec == run_spec
+    assert attaching.model is None  # what set_model did was its own business
+    assert isinstance(plain.model, training.TrainingModel) and plain.model.spec == run_spec
+
+
+def test_weight_histograms_are_of_the_weights_each_epoch_ends_with(synthetic, tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    result = mnistlab.train(spec(epochs=2), runs_dir=tmp_path / "runs", arrays=synthetic, verbose=0,
+                            log=[f"tensorboard+histograms:{tmp_path / 'tb'}"])
+    (logdir,) = (tmp_path / "tb").iterdir()
+    found = event_accumulator.EventAccumulator(str(logdir / "train"), size_guidance={event_accumulator.HISTOGRAMS: 0})
+    found.Reload()
+    for name, value in runs.open_run(result.run_dir).params().items():  # the weights the run kept: epoch 2's
+        assert [e.step for e in found.Histograms(f"{name}/histogram")] == [1, 2]
+        last = found.Histograms(f"{name}/histogram")[-1].histogram_value
+        assert (last.num, last.min, last.max) == (value.size, float(value.min()), float(value.max()))
+
+
+def test_a_checkpoint_that_does_not_say_whether_to_test_resumes_untested(synthetic, tmp_path):
+    # Checkpoints of an earlier mnistlab did not record the test decision: resumed as asked
+    # by default (not tested), never tested by surprise.
+    def interrupt_in_the_second(record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    cut = mnistlab.train(spec(epochs=3), runs_dir=tmp_path, arrays=synthetic, test=True,
+                         on_epoch=interrupt_in_the_second, verbose=0)
+    progress = json.loads((cut.run_dir / "progress.json").read_text())
+    progress.pop(training.RunCheckpoints.TEST)
+    (cut.run_dir / "progress.json").write_text(json.dumps(progress))
+    done = mnistlab.resume(cut.run_dir, arrays=synthetic, verbose=0)
+    assert done.status == "completed" and "test" not in done.summary
