@@ -701,3 +701,16 @@ def test_a_checkpoint_that_does_not_say_whether_to_test_resumes_untested(synthet
     (cut.run_dir / "progress.json").write_text(json.dumps(progress))
     done = mnistlab.resume(cut.run_dir, arrays=synthetic, verbose=0)
     assert done.status == "completed" and "test" not in done.summary
+
+
+def test_a_run_that_ends_without_stopping_still_restores_its_best_weights(synthetic, tmp_path):
+    # Keras 3 sets the best weights back at the end of training even when it did not stop
+    # early: an improvement must beat the best by 0.5 of accuracy, so only epoch 1 counts.
+    stopping = {"monitor": "val_accuracy", "min_delta": 0.5, "patience": 10, "restore_best_weights": True}
+    result = mnistlab.train(spec(epochs=3, early_stopping=stopping), runs_dir=tmp_path / "a", arrays=synthetic,
+                            verbose=0)
+    assert result.status == "completed" and result.summary["early_stopping"]["weights_from_epoch"] == 1
+    alone = mnistlab.train(spec(epochs=1), runs_dir=tmp_path / "b", arrays=synthetic, verbose=0)
+    kept, trained = runs.open_run(result.run_dir).params(), runs.open_run(alone.run_dir).params()
+    for name, value in trained.items():
+        np.testing.assert_array_equal(kept[name], value)
