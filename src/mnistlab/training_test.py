@@ -380,7 +380,7 @@ class StopAfter(mnistlab.Callback):
         self.epochs, self.heard, self.begun, self.ended = epochs, [], False, None
 
     def on_train_begin(self, logs=None):
-        self.begun = True
+        self.begun = logs  # Keras passes {}: nothing measured yet
 
     def on_epoch_end(self, epoch, logs=None):
         self.heard.append((epoch, dict(logs)))
@@ -403,7 +403,7 @@ def test_a_callback_that_stops_at_epoch_k_leaves_k_epochs(k, synthetic, tmp_path
     assert all(set(logs) == {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
                for _, logs in stopper.heard)
     assert [logs["val_loss"] for _, logs in stopper.heard] == result.history["val_loss"]
-    assert stopper.begun and stopper.ended == stopper.heard[-1][1]
+    assert stopper.begun == {} and stopper.ended == stopper.heard[-1][1]
 
 
 def test_a_plain_object_returning_true_stops_too(synthetic):
