@@ -714,3 +714,15 @@ def test_a_run_that_ends_without_stopping_still_restores_its_best_weights(synthe
     kept, trained = runs.open_run(result.run_dir).params(), runs.open_run(alone.run_dir).params()
     for name, value in trained.items():
         np.testing.assert_array_equal(kept[name], value)
+
+
+def test_an_interrupted_run_does_not_end_its_callbacks_training(synthetic):
+    # Keras' fit lets KeyboardInterrupt through without calling on_train_end.
+    listener = StopAfter(10)
+
+    def interrupt(record):
+        raise KeyboardInterrupt
+
+    result = mnistlab.train(spec(epochs=3), runs_dir=None, arrays=synthetic, callbacks=[listener], on_epoch=interrupt,
+                            verbose=0)
+    assert result.status == "interrupted" and listener.begun == {} and listener.ended is None
