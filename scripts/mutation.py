@@ -45,10 +45,15 @@ def statuses(module: str) -> dict[str, str]:
     return {name: status_by_exit_code[code] for name, code in codes.items()}
 
 
+def generated_from_current_source(module: str) -> bool:
+    """Whether mutants/ holds the module's mutants of its source as it is now."""
+    meta, source = MUTANTS / f"{module}.py.meta", Path(f"src/mnistlab/{module}.py")
+    return meta.exists() and meta.stat().st_mtime >= source.stat().st_mtime
+
+
 def to_test(module: str, again: bool) -> list[str]:
     found = statuses(module)
-    meta, source = MUTANTS / f"{module}.py.meta", Path(f"src/mnistlab/{module}.py")
-    if not found or meta.stat().st_mtime < source.stat().st_mtime:
+    if not found or not generated_from_current_source(module):
         # Not generated yet, or generated from an older source whose mutants are gone:
         # mutmut generates them afresh, then runs them all.
         return [f"mnistlab.{module}.*"]
@@ -88,10 +93,9 @@ def check(names: list[str], select: str) -> int:
     trampolined copy of the modules with the working tree's test files laid over it, one
     process per mutant, $MUTANT_UNDER_TEST naming it (conftest.py keeps the module's own tests)."""
     for module in {name.split(".")[1] for name in names}:
-        meta, source = MUTANTS / f"{module}.py.meta", Path(f"src/mnistlab/{module}.py")
-        if not meta.exists() or meta.stat().st_mtime < source.stat().st_mtime:
-            print(f"mutants/ holds no mutants of the current {source}: run `scripts/mutation.py {module}` first",
-                  file=sys.stderr)
+        if not generated_from_current_source(module):
+            print(f"mutants/ holds no mutants of the current src/mnistlab/{module}.py: run "
+                  f"`scripts/mutation.py {module}` first", file=sys.stderr)
             return 2
     killed = 0
     with tempfile.TemporaryDirectory(prefix="mutation-check-") as tmp:
@@ -107,9 +111,11 @@ def check(names: list[str], select: str) -> int:
                                    *map(str, sorted(package.glob(f"{module}_*test.py")))],
                                   cwd=tmp, env=env, capture_output=True, text=True)
             outcome = (done.stdout.strip().splitlines() or ["no output"])[-1]
-            caught = done.returncode == 1 and "failed" in outcome
-            killed += caught
-            print(f"{'killed  ' if caught else 'survived'} {name}  ({outcome})")
+            # pytest: 0 all passed, 1 some failed; anything else (no test selected, an error
+            # collecting) says nothing about the mutant.
+            verdict = {0: "survived", 1: "killed  "}.get(done.returncode, "no answer")
+            killed += done.returncode == 1
+            print(f"{verdict} {name}  ({outcome})")
     print(f"{killed} of {len(names)} killed")
     return 0
 
