@@ -8,7 +8,6 @@ import sys
 import threading
 import time
 import types
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -892,11 +891,9 @@ print(json.dumps(out))
 def test_members_are_split_across_devices_when_they_divide_evenly_and_train_the_same():
     # Two (forced host) devices: a population of 2 is split, one member per device; one of
     # 3 cannot be split evenly and stays on one device; both train exactly as on one device.
-    # The child imports mnistlab from where this process did (mutation testing's copy too).
-    source = str(Path(engine.__file__).resolve().parents[1])
     outputs = {}
     for count in (1, 2):
-        env = {**os.environ, "PYTHONPATH": source, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
                "JAX_PLATFORMS": "cpu"}
         done = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
