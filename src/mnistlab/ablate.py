@@ -56,6 +56,7 @@ class Budget:
     batch: int
     target: float  # validation accuracy for "epochs / seconds to reach"
     strengths: tuple[float, ...]  # penalty strengths swept (0.01, the tutorial's, always in)
+    penalty_kinds: tuple[str, ...]  # of "L1", "L2", "L1+L2": the penalties swept
     learning_rates: dict[str, tuple[float, ...]]  # per optimizer, the grid it is tuned on
     tutorial_epochs: int  # the epoch budget of the tutorial's program (it trains 20)
     multi_subset: int | None  # mnist-multi composites used (None: all ~39,900)
@@ -71,7 +72,7 @@ class Budget:
 FULL = Budget(
     name="full", seeds=5, subset=60000, validation=0.1, epochs=20, long_epochs=40, time_epochs=20,
     units=1000, penalty_units=1000, dropout_units=1024, batch=128, target=0.97,
-    strengths=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
+    strengths=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2), penalty_kinds=("L1", "L2", "L1+L2"),
     learning_rates={"sgd": (0.03, 0.1, 0.3, 1.0), "momentum": (0.01, 0.03, 0.1, 0.3),
                     "nesterov": (0.01, 0.03, 0.1, 0.3), "adam": (3e-4, 1e-3, 3e-3, 1e-2)},
     tutorial_epochs=20, multi_subset=None, pool_units=256, pool_epochs=10,
@@ -95,14 +96,31 @@ TEST = dataclasses.replace(
     tutorial_epochs=1, multi_subset=2000, pool_units=32, pool_epochs=1, pool_learning_rates=(1e-3, 1e-2),
     pool_l2=(0.0, 1e-4), resamples=20, claims=("regularization", "output"), expected="under a minute")
 
-BUDGETS = {b.name: b for b in (QUICK, FULL, TEST)}
+# The tutorial's sizes (all 60,000 images, 1000 hidden units, 5 seeds) in about an hour on 2
+# cores. Epochs: where validation curves flatten. scripts/ablate_epochs.py measured (2 seeds,
+# 25 epochs, smoothed over 3) the 1000-unit network within 0.2 points of its best by epoch 9-10
+# with or without L2, and the dropout claim's network by epoch 10-15 (hidden 0.5: 13; input 0.2
+# + hidden 0.5: 15), so 10 epochs, and 20 for dropout. Dropout's two layers have 512 units, as
+# Keras' mnist_mlp example (20 epochs, dropout 0.2), not 1024: a quarter of the time. Grids
+# widened past the quick run's edges (L1 and L2 best at its smallest strength, 1e-5; SGD at
+# its largest rate, 1); L1+L2, which no statement compares, is left out.
+STANDARD = dataclasses.replace(
+    FULL, name="standard", epochs=10, long_epochs=20, time_epochs=10, dropout_units=512,
+    strengths=(1e-7, 1e-6, 1e-5, 1e-4, 1e-3), penalty_kinds=("L1", "L2"),
+    learning_rates={"sgd": (0.1, 0.3, 1.0, 3.0), "momentum": (0.03, 0.1, 0.3), "nesterov": (0.03, 0.1, 0.3),
+                    "adam": (3e-4, 1e-3, 3e-3)},
+    tutorial_epochs=10, pool_epochs=10,
+    expected="about an hour on a 2-core CPU")
+
+BUDGETS = {b.name: b for b in (QUICK, STANDARD, FULL, TEST)}
 
 # What each budget field means to a reader, for "what this budget reduced".
 _FIELDS = {
     "seeds": "seeds", "subset": "MNIST training images used (training + validation)",
     "epochs": "epochs", "long_epochs": "epochs", "time_epochs": "epochs", "units": "hidden units",
     "penalty_units": "hidden units", "dropout_units": "hidden units per layer", "target": "target accuracy",
-    "strengths": "penalty strengths", "learning_rates": "learning rates tried", "tutorial_epochs": "epochs",
+    "strengths": "penalty strengths", "penalty_kinds": "penalties", "learning_rates": "learning rates tried",
+    "tutorial_epochs": "epochs",
     "multi_subset": "mnist-multi images used", "pool_units": "hidden units", "pool_epochs": "epochs",
     "resamples": "test-set halvings",
 }
@@ -114,7 +132,7 @@ def _show(value: Any) -> str:
     if isinstance(value, dict):
         return "; ".join(f"{k} " + ", ".join(f"{x:g}" for x in v) for k, v in value.items())
     if isinstance(value, tuple):
-        return ", ".join(f"{x:g}" for x in value)
+        return ", ".join(x if isinstance(x, str) else f"{x:g}" for x in value)
     if isinstance(value, float) and value < 1:
         return f"{value:.0%}"
     return str(value)
@@ -222,6 +240,7 @@ def _regularization(b: Budget) -> Claim:
     strengths = tuple(dict.fromkeys((*b.strengths, 0.01)))
     kinds = {"L1": lambda s: {"l1": s, "l2": 0.0}, "L2": lambda s: {"l1": 0.0, "l2": s},
              "L1+L2": lambda s: {"l1": s, "l2": s}}
+    kinds = {k: fn for k, fn in kinds.items() if k in b.penalty_kinds}
     both = lambda reg: {f"model.layers.{i}.kernel_regularizer": reg for i in (0, 1)}  # noqa: E731
     variants = [Variant("none", both({"l1": 0.0, "l2": 0.0}))]
     variants += [Variant(f"{k} {s:g}", both(fn(s))) for k, fn in kinds.items() for s in strengths]
@@ -248,7 +267,7 @@ def _regularization(b: Budget) -> Claim:
                        "L2 best", "sparsity", source="literature"),
         ),
         figures=("test_accuracy", "val_accuracy", "gap", "sparsity"),
-        budget_fields=("subset", "epochs", "penalty_units", "strengths"),
+        budget_fields=("subset", "epochs", "penalty_units", "strengths", "penalty_kinds"),
         notes=("Penalties on both kernels, as the tutorial's program. Strengths matched: L1, L2 and L1+L2 "
                "(l1 = l2 = s) share the same grid of s; 'none' is s = 0. The strengths of one kind share one "
                "compiled program (the engine leaves zero-strength terms out, so each kind is its own).",
@@ -656,6 +675,20 @@ def _measure(m: Member, params, test_accuracy, test_loss, train_eval, i: int, ta
 # ------------------------------------------------------------------ analysis
 
 
+def smoothed(curve: np.ndarray, width: int = 3) -> np.ndarray:
+    """The mean of each epoch and the ones before it, `width` in all (fewer at the start):
+    one seed's validation accuracy moves by a few tenths of a point from epoch to epoch."""
+    curve = np.asarray(curve, np.float64)
+    return np.array([curve[max(0, i - width + 1): i + 1].mean() for i in range(len(curve))])
+
+
+def flattens_at(curve: np.ndarray, within: float) -> int:
+    """The first epoch (1-based) whose value is within `within` of the curve's best: how the
+    budgets' epochs are chosen (scripts/ablate_epochs.py)."""
+    curve = np.asarray(curve)
+    return int(np.argmax(curve >= curve.max() - within)) + 1
+
+
 def selection_bias(val_accuracy: np.ndarray, test_correct: np.ndarray, resamples: int,
                    seed: int) -> dict[str, dict[str, float]]:
     """What choosing on a test half costs, against choosing on validation, for one seed's pool.
@@ -769,6 +802,7 @@ def analyse(claim: Claim, group: list[Member], budget: Budget, seeds: int) -> di
             "variant_values": v, "baseline_values": b,
             "variant_interval": stats.mean_ci(v).as_dict(), "baseline_interval": stats.mean_ci(b).as_dict(),
             "difference": diff.as_dict(), "verdict": stats.verdict(diff, c.better, c.tolerance),
+            "seeds_to_decide": stats.seeds_to_decide(diff, c.better, c.tolerance),
         })
     return {"variants": variants_out, "arms": arms_out, "comparisons": comparisons, "extra": extra}
 

@@ -94,6 +94,41 @@ def _verdict_line(c: dict[str, Any]) -> str:
             f"{c['variant']} {v} vs {c['baseline']} {b}; difference {d} over {c['difference']['n']} paired seeds.")
 
 
+# An open statement whose measured mean and spread would need more seeds than this to clear
+# its boundary is called a difference near zero: the run says how small it is, not its sign.
+NEAR_ZERO_SEEDS = 30
+
+OPEN_RULE = (
+    "Each statement still inconclusive, with the largest difference its interval allows (in the figure's unit) "
+    "and the number of paired seeds that would decide it if its mean difference and spread stayed as measured "
+    "(the smallest n with t(0.975, n-1) x sd / sqrt(n) under the mean's distance from the boundary). This run "
+    "has {seeds}; more than {near_zero} is called a difference near zero: more seeds would narrow the interval "
+    "around a difference too small to matter, not settle its sign.")
+
+
+def largest_difference_text(c: dict[str, Any]) -> str:
+    """The largest |variant - baseline| the 95% interval allows, in the figure's unit ('0.18')."""
+    d = c["difference"]
+    if d["n"] < 2 or not (_finite(d["low"]) and _finite(d["high"])):
+        return "n/a"
+    _, scale, digits = FIGURES.get(c["figure"], (c["figure"], 1, 4))
+    return f"{max(abs(d['low']), abs(d['high'])) * scale:.{digits}f}"
+
+
+def _seeds_text(needed: int | None) -> str:
+    return "more than 10,000" if needed is None else f"{needed:,}"
+
+
+def why_open(c: dict[str, Any], seeds: int) -> str:
+    """'a difference near zero' or 'too few seeds' (see OPEN_RULE), for an inconclusive statement."""
+    needed = c.get("seeds_to_decide")
+    if c["difference"]["n"] < 2:
+        return "fewer than two seeds gave a number"
+    if needed is None or needed > NEAR_ZERO_SEEDS:
+        return "a difference near zero"
+    return f"too few seeds ({seeds})"
+
+
 # ------------------------------------------------------------------ figures
 
 
@@ -332,6 +367,17 @@ def build(results: dict[str, Any], kept: dict[str, list[Member]] | None = None) 
                       f"difference were real ({decided} are decided). With the false discovery rate held at 5% over "
                       "all of them: " + ", ".join(f"{n} {v}" for v, n in corrected.items())
                       + "; of those decided, at most 5% are expected wrong.")
+
+    left_open = [(i, c, comp) for i, c in enumerate(results["claims"], 1) for comp in c["comparisons"]
+                 if comp["verdict"] == stats.INCONCLUSIVE]
+    if left_open:
+        page.add("h2", "The statements left open")
+        page.add("p", OPEN_RULE.format(seeds=results["seeds"], near_zero=NEAR_ZERO_SEEDS))
+        page.add("table", ["claim", "statement", "variant - baseline [95% CI]", "largest difference the interval "
+                           "allows", "seeds that would decide it", "why it is open"],
+                 [[f"{i}. {c['key']}", comp["statement"], difference_text(comp), largest_difference_text(comp),
+                   _seeds_text(comp.get("seeds_to_decide")), why_open(comp, results["seeds"])]
+                  for i, c, comp in left_open])
 
     page.add("h2", f"What the {budget['name']} budget reduced")
     estimate = results.get("full_estimate_seconds") if budget["name"] != "test" else None

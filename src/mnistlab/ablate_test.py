@@ -24,7 +24,7 @@ T95 = {2: 4.302652730}  # two-sided 95% Student-t quantile, from a table
 # ------------------------------------------------------------------ claims as data
 
 
-@pytest.mark.parametrize("budget", ["quick", "full", "test"])
+@pytest.mark.parametrize("budget", ["quick", "standard", "full", "test"])
 def test_every_claim_builds_valid_members(budget):
     b = ablate.BUDGETS[budget]
     for claim in ablate.claims(b, list(ablate.CLAIMS)):
@@ -75,6 +75,27 @@ def test_reductions_say_what_the_budget_cut():
     assert "hidden units: 256 (full: 1000)" in lines
     assert any(line.startswith("MNIST training images used") and "20000 (full: 60000)" in line for line in lines)
     assert ablate.reductions(ablate.FULL, ("subset", "epochs")) == []
+
+
+def test_the_standard_budget_trains_at_the_tutorials_sizes():
+    b = ablate.STANDARD
+    assert (b.seeds, b.subset, b.validation, b.units, b.penalty_units) == (5, 60000, 0.1, 1000, 1000)
+    regularization = ablate.CLAIMS["regularization"](b)
+    assert regularization.base.model.dense_layers[0].units == 1000 and regularization.base.training.subset == 60000
+    # Every grid reaches past the quick budget's edges (its choices at an edge: L1 and L2 at
+    # 1e-5, its smallest strength; SGD at 1, its largest rate).
+    assert min(b.strengths) < min(ablate.QUICK.strengths) and max(b.learning_rates["sgd"]) > 1.0
+    assert {v.name for v in regularization.variants} == {"none", *(f"{k} {s:g}" for k in ("L1", "L2")
+                                                                 for s in (*b.strengths, 0.01))}
+
+
+def test_where_a_validation_curve_flattens():
+    curve = [96.0, 97.0, 98.0, 98.3, 98.1, 98.5]
+    # trailing means of 3: 96, 96.5, 97, 97.7667, 98.1333, 98.3
+    assert ablate.smoothed(curve) == pytest.approx([96.0, 96.5, 97.0, 97.76667, 98.13333, 98.3], abs=1e-5)
+    assert ablate.flattens_at(ablate.smoothed(curve), 0.2) == 5  # 98.1333 >= 98.3 - 0.2
+    assert ablate.flattens_at(np.array(curve), 0.2) == 4  # 98.3 >= 98.5 - 0.2
+    assert ablate.flattens_at(np.array(curve), 0.0) == 6
 
 
 def test_unknown_claim_is_a_user_error():
@@ -305,6 +326,45 @@ def test_reports_show_each_verdict_with_the_json_numbers(ablated):
     assert page.count('src="data:image/png;base64,') >= 6
     assert "src=\"http" not in page and "href=\"http" not in page and "<script" not in page
     assert "<link" not in page and "@import" not in page
+
+
+def test_each_open_statement_says_how_small_its_difference_is_and_what_would_decide_it(ablated):
+    _, folder, _ = ablated
+    results = json.loads((folder / ablate.RESULTS).read_text())
+    md = (folder / "report.md").read_text()
+    rows = {line.split(" | ")[1]: line for line in md.split("## The statements left open")[1].split("\n## ")[0].splitlines()
+            if line.startswith("| ") and " | " in line[2:]}
+    inconclusive = [c for claim in results["claims"] for c in claim["comparisons"] if c["verdict"] == "inconclusive"]
+    assert inconclusive and len(rows) == len(inconclusive) + 1  # and the header
+    for c in inconclusive:
+        v = [math.nan if x is None else x for x in c["variant_values"]]
+        b = [math.nan if x is None else x for x in c["baseline_values"]]
+        needed = stats.seeds_to_decide(stats.paired_difference(v, b), c["better"], c["tolerance"])
+        assert c["seeds_to_decide"] == needed
+        row = rows[c["statement"]]
+        scale, digits = ablate.FIGURES[c["figure"]][1:]
+        if c["difference"]["n"] >= 2:
+            largest = max(abs(c["difference"]["low"]), abs(c["difference"]["high"])) * scale
+            assert f" | {largest:.{digits}f} | " in row
+        assert (" | more than 10,000 | " if needed is None else f" | {needed:,} | ") in row
+
+
+def _open(mean, sd, n=5):
+    half = T95.get(n - 1, stats.t_quantile(n - 1)) * sd / math.sqrt(n)
+    d = stats.Interval(mean, mean - half, mean + half, n, sd)
+    return {"difference": d.as_dict(), "figure": "test_accuracy", "better": "higher", "tolerance": 0.0,
+            "seeds_to_decide": stats.seeds_to_decide(d)}
+
+
+def test_an_open_statement_is_near_zero_when_only_many_seeds_would_decide_it():
+    # Mean 0.1 points, sd 0.2: 18 seeds would decide it (stats_test); mean 0.03: about
+    # (1.96 x 0.2 / 0.03)^2 = 171.
+    assert ablate_report.why_open(_open(0.001, 0.002), 5) == "too few seeds (5)"
+    assert ablate_report.why_open(_open(0.0003, 0.002), 5) == "a difference near zero"
+    assert ablate_report.why_open(_open(0.0, 0.002), 5) == "a difference near zero"
+    assert ablate_report.why_open(_open(math.nan, math.nan, n=1), 5) == "fewer than two seeds gave a number"
+    # test accuracy is shown in points: the interval 0.001 +- 2.7764 x 0.002 / sqrt(5)
+    assert ablate_report.largest_difference_text(_open(0.001, 0.002)) == f"{(0.001 + 2.776445 * 0.002 / 5 ** .5) * 100:.2f}"
 
 
 def test_report_rendering_of_blocks():

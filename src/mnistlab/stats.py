@@ -118,6 +118,26 @@ def p_value(difference: Interval, better: Better = "higher", tolerance: float = 
     return float(2 * scipy_stats.t.sf(abs(t), difference.n - 1))
 
 
+def seeds_to_decide(difference: Interval, better: Better = "higher", tolerance: float = 0.0,
+                    level: float = LEVEL, most: int = 10_000) -> int | None:
+    """How many paired seeds an undecided statement would need, were its mean difference and
+    spread what this run measured: the smallest n with t(level, n-1) x sd / sqrt(n) below the
+    mean's distance from the boundary -tolerance (the interval then clears the boundary).
+
+    None when no n up to `most` would do: a mean on the boundary, or so near it that only
+    an impractical number of seeds could tell its sign (a true difference near zero).
+    """
+    if difference.n < 2 or not math.isfinite(difference.mean) or not math.isfinite(difference.sd):
+        return None
+    sign = 1.0 if better == "higher" else -1.0
+    gap = abs(sign * difference.mean + tolerance)
+    if difference.sd == 0:
+        return difference.n if gap > 0 else None
+    n = np.arange(2, most + 1)
+    enough = scipy_stats.t.ppf(0.5 + level / 2, n - 1) * difference.sd / np.sqrt(n) < gap
+    return int(n[np.argmax(enough)]) if enough.any() else None
+
+
 def corrected_verdicts(tests: Sequence[tuple[Interval, Better, float]], rate: float = 1 - LEVEL) -> list[str]:
     """`verdict` for many statements at once, the false discovery rate held at `rate`.
 

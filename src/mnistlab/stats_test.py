@@ -227,3 +227,25 @@ def test_p_value_of_two_seeds_is_the_t_test_with_one_degree_of_freedom():
     assert stats.p_value(diff, tolerance=0.005) == pytest.approx(
         scipy_stats.ttest_1samp([0.01, 0.014], -0.005).pvalue, rel=1e-9)
 
+
+
+def test_seeds_to_decide_is_the_first_n_whose_interval_clears_the_boundary():
+    # Mean difference 0.1, sd 0.2: the interval's half-width t(n-1) x 0.2 / sqrt(n) drops
+    # under 0.1 first at n = 18 (t(16) = 2.1199 -> 0.1028 at n = 17; t(17) = 2.1098 ->
+    # 0.0995 at n = 18), quantiles from a table.
+    d = Interval(mean=0.1, low=-0.148, high=0.348, n=5, sd=0.2)
+    assert stats.seeds_to_decide(d) == 18
+    assert stats.seeds_to_decide(d, "lower") == 18  # the distance to the boundary, either side
+    # A tolerance moves the boundary to -0.1: distance 0.2 for "higher" (t(5) x 0.2 / sqrt(6)
+    # = 0.2099, t(6) x 0.2 / sqrt(7) = 0.1850 -> n = 7), and 0 for "lower" (never).
+    assert stats.seeds_to_decide(d, "higher", tolerance=0.1) == 7
+    assert stats.seeds_to_decide(d, "lower", tolerance=0.1) is None
+
+
+def test_seeds_to_decide_edge_cases():
+    assert stats.seeds_to_decide(Interval(0.0, -0.1, 0.1, 5, 0.1)) is None  # a mean on the boundary
+    # About (1.96 x sd / mean)^2 = 38,416 seeds: more than the default most.
+    assert stats.seeds_to_decide(Interval(0.001, -0.1, 0.1, 5, 0.1)) is None
+    assert stats.seeds_to_decide(Interval(0.001, -0.1, 0.1, 5, 0.1), most=50_000) == pytest.approx(38_418, abs=3)
+    assert stats.seeds_to_decide(Interval(0.5, 0.5, 0.5, 3, 0.0)) == 3  # no spread: already decided
+    assert stats.seeds_to_decide(Interval(1.0, math.nan, math.nan, 1, math.nan)) is None  # one seed

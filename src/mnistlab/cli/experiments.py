@@ -142,8 +142,8 @@ def tune(
 
 
 def ablate(
-    budget: Annotated[str, typer.Option(help="quick (under 20 minutes on 2 CPU cores), full (hours), "
-                                        "or test (seconds, for the test suite).",
+    budget: Annotated[str, typer.Option(help="quick (minutes on 2 CPU cores), standard (the tutorial's sizes, "
+                                        "about an hour), full (hours), or test (seconds, for the test suite).",
                                         autocompletion=complete("ablate", "BUDGETS"))] = "quick",
     seeds: Annotated[Optional[int], typer.Option(help="Seeds per variant (default: the budget's; at least 2).")] = None,
     only: Annotated[Optional[list[str]], typer.Option(
