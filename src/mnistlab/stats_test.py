@@ -238,14 +238,24 @@ def test_seeds_to_decide_is_the_first_n_whose_interval_clears_the_boundary():
     assert stats.seeds_to_decide(d, "lower") == 18  # the distance to the boundary, either side
     # A tolerance moves the boundary to -0.1: distance 0.2 for "higher" (t(5) x 0.2 / sqrt(6)
     # = 0.2099, t(6) x 0.2 / sqrt(7) = 0.1850 -> n = 7), and 0 for "lower" (never).
-    assert stats.seeds_to_decide(d, "higher", tolerance=0.1) == 7
+    assert stats.seeds_to_decide(d, tolerance=0.1) == 7  # "higher" by default
     assert stats.seeds_to_decide(d, "lower", tolerance=0.1) is None
+    # Few seeds: mean 1, sd 0.1 -> t(1) = 12.7062 x 0.1 / sqrt(2) = 0.8985 < 1 at n = 2.
+    assert stats.seeds_to_decide(Interval(1.0, 0.1, 1.9, 2, 0.1)) == 2
+    # Mean 0.8: 0.8985 is not under it, t(2) = 4.3027 x 0.1 / sqrt(3) = 0.2484 is: n = 3.
+    assert stats.seeds_to_decide(Interval(0.8, -0.1, 1.7, 2, 0.1)) == 3
 
 
 def test_seeds_to_decide_edge_cases():
     assert stats.seeds_to_decide(Interval(0.0, -0.1, 0.1, 5, 0.1)) is None  # a mean on the boundary
+    assert stats.seeds_to_decide(Interval(0.0, 0.0, 0.0, 5, 0.0)) is None  # on it, every seed alike
     # About (1.96 x sd / mean)^2 = 38,416 seeds: more than the default most.
     assert stats.seeds_to_decide(Interval(0.001, -0.1, 0.1, 5, 0.1)) is None
-    assert stats.seeds_to_decide(Interval(0.001, -0.1, 0.1, 5, 0.1), most=50_000) == pytest.approx(38_418, abs=3)
+    assert stats.seeds_to_decide(Interval(0.001, -0.1, 0.1, 5, 0.1), most=50_000) == 38_418
+    # `most` is the largest answer: a statement needing exactly 10,001 seeds (its mean between
+    # the half-widths at 10,000 and 10,001 seeds, sd 1: 1.96020 / 100 and 1.96020 / 100.005).
+    just_over = Interval(0.0196015, -1.0, 1.0, 5, 1.0)
+    assert stats.seeds_to_decide(just_over) is None
+    assert stats.seeds_to_decide(just_over, most=10_001) == 10_001
     assert stats.seeds_to_decide(Interval(0.5, 0.5, 0.5, 3, 0.0)) == 3  # no spread: already decided
     assert stats.seeds_to_decide(Interval(1.0, math.nan, math.nan, 1, math.nan)) is None  # one seed
