@@ -66,6 +66,9 @@ class Budget:
     pool_l2: tuple[float, ...]
     resamples: int  # random test-set halvings in the protocol claim
     claims: tuple[str, ...] | None = None  # the claims run by default (None: all)
+    # Sequential testing: a statement still open after `seeds` gets seeds up to this many
+    # (None: one look). See `looks` and `run_claim`.
+    max_seeds: int | None = None
     expected: str = ""  # how long it takes, as measured / estimated
 
 
@@ -103,9 +106,10 @@ TEST = dataclasses.replace(
 # + hidden 0.5: 15), so 10 epochs, and 20 for dropout. Dropout's two layers have 512 units, as
 # Keras' mnist_mlp example (20 epochs, dropout 0.2), not 1024: a quarter of the time. Grids
 # widened past the quick run's edges (L1 and L2 best at its smallest strength, 1e-5; SGD at
-# its largest rate, 1); L1+L2, which no statement compares, is left out.
+# its largest rate, 1); L1+L2, which no statement compares, is left out. Sequential testing:
+# a statement open after 5 seeds that 10 could decide is read again after 10 (`run_claim`).
 STANDARD = dataclasses.replace(
-    FULL, name="standard", epochs=10, long_epochs=20, time_epochs=10, dropout_units=512,
+    FULL, name="standard", max_seeds=10, epochs=10, long_epochs=20, time_epochs=10, dropout_units=512,
     strengths=(1e-7, 1e-6, 1e-5, 1e-4, 1e-3), penalty_kinds=("L1", "L2"),
     learning_rates={"sgd": (0.1, 0.3, 1.0, 3.0), "momentum": (0.03, 0.1, 0.3), "nesterov": (0.03, 0.1, 0.3),
                     "adam": (3e-4, 1e-3, 3e-3)},
@@ -578,14 +582,31 @@ class Member(populations.Member):
         return self.status == populations.DIVERGED
 
 
-def members(claim: Claim, seeds: int) -> list[Member]:
+def members(claim: Claim, seeds: int, *, first_seed: int = 0, variants: set[str] | None = None,
+            first_index: int = 0) -> list[Member]:
+    """The claim's members: each variant (of `variants`, default all) with seeds
+    first_seed ... seeds - 1, numbered from `first_index`."""
     out = []
     for v in claim.variants:
+        if variants is not None and v.name not in variants:
+            continue
         spec = spec_lib.with_values(claim.base, v.values, source=f"claim {claim.key}, variant {v.name!r}")
-        for s in range(seeds):
+        for s in range(first_seed, seeds):
             seeded = spec.model_copy(update={"training": spec.training.model_copy(update={"seed": s})})
-            out.append(Member(len(out), seeded, tags={"variant": v.name}))
+            out.append(Member(first_index + len(out), seeded, tags={"variant": v.name}))
     return out
+
+
+def looks(budget: Budget, seeds: int) -> int:
+    """How many times a statement's interval is read: once after `seeds`, and again after
+    `budget.max_seeds` for a statement still open (sequential testing)."""
+    return 2 if budget.max_seeds is not None and budget.max_seeds > seeds else 1
+
+
+def interval_level(n_looks: int) -> float:
+    """Each look's interval level: 95% with one look; with two, 97.5% at each (Bonferroni over
+    the looks), so a statement's chance of a wrong verdict stays at most 5% however it ends."""
+    return 1 - (1 - stats.LEVEL) / n_looks
 
 
 def default_lanes() -> int | None:
@@ -744,8 +765,10 @@ def _selection_per_seed(group: list[Member], budget: Budget, seeds: int) -> dict
     return per_rule
 
 
-def analyse(claim: Claim, group: list[Member], budget: Budget, seeds: int) -> dict[str, Any]:
-    """Intervals per variant and figure, arm choices, comparisons with verdicts."""
+def analyse(claim: Claim, group: list[Member], budget: Budget, seeds: int, level: float = stats.LEVEL,
+            choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """Intervals (at `level`) per variant and figure, arm choices (or the `choices` made
+    already, arm -> variant), comparisons with verdicts."""
     by_variant: dict[str, list[Member]] = {}
     for m in group:
         by_variant.setdefault(m.variant, []).append(m)
@@ -762,7 +785,7 @@ def analyse(claim: Claim, group: list[Member], budget: Budget, seeds: int) -> di
         runs = by_variant[v.name]
         variants_out.append({
             "name": v.name, "values": v.values,
-            "figures": {f: {"values": per_seed(v.name, f), **stats.mean_ci(per_seed(v.name, f)).as_dict()}
+            "figures": {f: {"values": per_seed(v.name, f), **stats.mean_ci(per_seed(v.name, f), level).as_dict()}
                         for f in figures_measured},
             "diverged": [m.seed for m in runs if m.diverged],
             "curve": _mean_curve(runs),
@@ -775,7 +798,7 @@ def analyse(claim: Claim, group: list[Member], budget: Budget, seeds: int) -> di
     for arm in claim.arms:
         # A seed that diverged scores 0: a setting that sometimes blows up is not the best one.
         scores = {n: float(np.mean(np.nan_to_num(per_seed(n, "val_accuracy"), nan=0.0))) for n in arm.variants}
-        chosen = max(arm.variants, key=lambda n: scores[n])
+        chosen = (choices or {}).get(arm.name) or max(arm.variants, key=lambda n: scores[n])
         arm_values[arm.name] = lambda f, n=chosen: per_seed(n, f)
         edge = arm.grid and len(arm.variants) > 2 and chosen in (arm.variants[0], arm.variants[-1])
         arms_out.append({"name": arm.name, "chosen": chosen, "by": "mean validation accuracy", "scores": scores,
@@ -786,7 +809,8 @@ def analyse(claim: Claim, group: list[Member], budget: Budget, seeds: int) -> di
         per_rule = _selection_per_seed(group, budget, seeds)
         for rule, figs in per_rule.items():
             arm_values[rule] = lambda f, figs=figs: figs.get(f, [math.nan] * seeds)
-        extra["selection"] = {rule: {f: {"values": vals, **stats.mean_ci(vals).as_dict()} for f, vals in figs.items()}
+        extra["selection"] = {rule: {f: {"values": vals, **stats.mean_ci(vals, level).as_dict()}
+                                     for f, vals in figs.items()}
                               for rule, figs in per_rule.items()}
         extra["pool_size"] = len(claim.variants)
     if claim.analysis == "symmetry":
@@ -796,13 +820,14 @@ def analyse(claim: Claim, group: list[Member], budget: Budget, seeds: int) -> di
     comparisons = []
     for c in claim.comparisons:
         v, b = arm_values[c.variant](c.figure), arm_values[c.baseline](c.figure)
-        diff = stats.paired_difference(v, b)
+        diff = stats.paired_difference(v, b, level)
         comparisons.append({
             **dataclasses.asdict(c),
             "variant_values": v, "baseline_values": b,
-            "variant_interval": stats.mean_ci(v).as_dict(), "baseline_interval": stats.mean_ci(b).as_dict(),
+            "variant_interval": stats.mean_ci(v, level).as_dict(),
+            "baseline_interval": stats.mean_ci(b, level).as_dict(),
             "difference": diff.as_dict(), "verdict": stats.verdict(diff, c.better, c.tolerance),
-            "seeds_to_decide": stats.seeds_to_decide(diff, c.better, c.tolerance),
+            "seeds_to_decide": stats.seeds_to_decide(diff, c.better, c.tolerance, level),
         })
     return {"variants": variants_out, "arms": arms_out, "comparisons": comparisons, "extra": extra}
 
@@ -823,36 +848,54 @@ def _merge_extra(runs: list[Member]) -> dict[str, Any]:
 def run_claim(claim: Claim, budget: Budget, seeds: int, load: Callable[[str], data.Arrays],
               lanes: int | None = None, on_event: Callable[[dict[str, Any]], None] | None = None
               ) -> tuple[dict[str, Any], list[Member]]:
-    """Train and measure one claim's members; its results (see `analyse`) and the members."""
+    """Train and measure one claim's members; its results (see `analyse`) and the members.
+
+    With two looks (`looks`), every interval is read at `interval_level(2)`; a statement still
+    open after `seeds` whose measured mean and spread `budget.max_seeds` would decide
+    (`stats.seeds_to_decide`) gets seeds up to that: only the variants it compares are
+    trained again, the arms keeping the choice made at the first look. A statement decided
+    at the first look keeps that verdict and its numbers (it is never read again).
+    """
     started = time.perf_counter()
-    group = members(claim, seeds)
-    groups = len(populations.groups(group))
     work: list[dict[str, Any]] = []
     mark = [time.perf_counter()]
 
-    def on_epoch(m: populations.Member, part: populations.Part) -> None:
-        if on_event and m is part.members[0] and m.epochs == 1:
-            on_event({"event": "group", "claim": claim.key, "group": int(part.key.split(".")[0]) + 1, "groups": groups,
-                      "members": len(part.members), "epochs": max(x.spec.training.epochs for x in part.members)})
+    def train(batch: list[Member]) -> None:
+        groups = len(populations.groups(batch))
 
-    def after_epoch(part: populations.Part, result) -> None:
-        # After the part's members are updated: the ones that just finished count as done.
-        # "members" here are the claim's (a progress bar's length); a "group" event's are the group's.
-        if on_event:
-            on_event({"event": "epoch", "claim": claim.key, "group": int(part.key.split(".")[0]) + 1,
-                      "groups": groups, "epoch": result.epoch,
-                      "epochs": max(x.spec.training.epochs for x in part.members),
-                      "members": len(group), "members_done": sum(not m.training for m in group)})
+        def on_epoch(m: populations.Member, part: populations.Part) -> None:
+            if on_event and m is part.members[0] and m.epochs == 1:
+                on_event({"event": "group", "claim": claim.key, "group": int(part.key.split(".")[0]) + 1,
+                          "groups": groups, "members": len(part.members),
+                          "epochs": max(x.spec.training.epochs for x in part.members)})
 
-    def after_part(part: populations.Part) -> None:
-        measure_part(part, budget.target, claim.analysis)
-        now = time.perf_counter()
-        work.append({"members": len(part.members), "cost": sum(_cost(m.spec) for m in part.members),
-                     "seconds": now - mark[0], "compile_seconds": part.population.compile_seconds})
-        mark[0] = now
+        def after_epoch(part: populations.Part, result) -> None:
+            # After the part's members are updated: the ones that just finished count as done.
+            # "members" here are the batch's (a progress bar's length); a "group" event's are the group's.
+            if on_event:
+                on_event({"event": "epoch", "claim": claim.key, "group": int(part.key.split(".")[0]) + 1,
+                          "groups": groups, "epoch": result.epoch,
+                          "epochs": max(x.spec.training.epochs for x in part.members),
+                          "members": len(batch), "members_done": sum(not m.training for m in batch)})
 
-    populations.run(group, load, lanes=lanes, on_epoch=on_epoch, after_epoch=after_epoch, after_part=after_part)
-    result = analyse(claim, group, budget, seeds)
+        def after_part(part: populations.Part) -> None:
+            measure_part(part, budget.target, claim.analysis)
+            now = time.perf_counter()
+            work.append({"members": len(part.members), "cost": sum(_cost(m.spec) for m in part.members),
+                         "seconds": now - mark[0], "compile_seconds": part.population.compile_seconds})
+            mark[0] = now
+
+        populations.run(batch, load, lanes=lanes, on_epoch=on_epoch, after_epoch=after_epoch, after_part=after_part)
+
+    n_looks = looks(budget, seeds)
+    level = interval_level(n_looks)
+    group = members(claim, seeds)
+    train(group)
+    result = analyse(claim, group, budget, seeds, level)
+    for c in result["comparisons"]:
+        c["look"] = 1
+    if n_looks == 2:
+        result, group = _second_look(claim, budget, seeds, level, result, group, train, on_event)
     if claim.analysis == "sets":
         multi = load("mnist-multi")
         result["extra"]["samples"] = {"images": multi.test_images[:8].tolist(),
@@ -860,11 +903,46 @@ def run_claim(claim: Claim, budget: Budget, seeds: int, load: Callable[[str], da
     result.update({
         "key": claim.key, "title": claim.title, "quote": claim.quote, "notes": list(claim.notes),
         "figures_shown": list(claim.figures), "base": claim.base.resolved(),
-        "seeds": list(range(seeds)), "reduced": reductions(budget, claim.budget_fields),
-        "members": len(group), "groups": groups, "work": work,
+        "seeds": sorted({m.seed for m in group}), "reduced": reductions(budget, claim.budget_fields),
+        "members": len(group), "groups": len(populations.groups(group)), "work": work,
         "seconds": time.perf_counter() - started,
     })
     return result, group
+
+
+def _second_look(claim: Claim, budget: Budget, seeds: int, level: float, first: dict[str, Any],
+                 group: list[Member], train: Callable[[list[Member]], None],
+                 on_event: Callable[[dict[str, Any]], None] | None) -> tuple[dict[str, Any], list[Member]]:
+    """`run_claim`'s second look: more seeds for the statements the first left open and
+    `budget.max_seeds` could decide; the others keep their first look."""
+    assert budget.max_seeds is not None
+    reopened = [i for i, c in enumerate(first["comparisons"]) if c["verdict"] == stats.INCONCLUSIVE
+                and c["seeds_to_decide"] is not None and c["seeds_to_decide"] <= budget.max_seeds]
+    if not reopened:
+        return first, group
+    choices = {arm["name"]: arm["chosen"] for arm in first["arms"]}
+    needed = variants_compared(claim, [claim.comparisons[i] for i in reopened], choices)
+    more = members(claim, budget.max_seeds, first_seed=seeds, variants=needed, first_index=len(group))
+    if on_event:
+        on_event({"event": "second look", "claim": claim.key, "statements": len(reopened), "members": len(more),
+                  "seeds": budget.max_seeds})
+    train(more)
+    group = group + more
+    second = analyse(claim, group, budget, budget.max_seeds, level, choices)
+    comparisons = [{**second["comparisons"][i], "look": 2} if i in reopened else c
+                   for i, c in enumerate(first["comparisons"])]
+    return {**second, "arms": first["arms"], "comparisons": comparisons}, group
+
+
+def variants_compared(claim: Claim, comparisons: list[Comparison], choices: dict[str, str]) -> set[str]:
+    """The variants whose members `comparisons` read: a variant itself, an arm's chosen
+    variant, and for the protocol's rules (chosen on test / on validation) the whole pool."""
+    names = {v.name for v in claim.variants}
+    out: set[str] = set()
+    for c in comparisons:
+        for side in (c.variant, c.baseline):
+            out |= {side} if side in names else {choices[side]} if side in choices else names
+    return out
 
 
 # Composites in mnist-multi's training split (seed 0), for estimates without loading it.
@@ -880,13 +958,19 @@ def _cost(spec: spec_lib.RunSpec) -> float:
     return spec.training.epochs * math.floor(images * (1 - spec.training.validation.fraction)) * weights
 
 
-def run(budget: Budget, *, seeds: int | None = None, only: list[str] | None = None,
+def run(budget: Budget, *, seeds: int | None = None, max_seeds: int | None = None, only: list[str] | None = None,
         data_dir: str | None = None, lanes: int | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], dict[str, list[Member]]]:
-    """Run the claims; returns (results as JSON-able data, members per claim kept in memory)."""
+    """Run the claims; returns (results as JSON-able data, members per claim kept in memory).
+    `max_seeds` (default: the budget's) turns on sequential testing (see `run_claim`)."""
     seeds = budget.seeds if seeds is None else seeds
     if seeds < 2:
         raise UserError(f"--seeds {seeds}: a confidence interval needs at least 2 seeds")
+    if max_seeds is not None:
+        if max_seeds <= seeds:
+            raise UserError(f"--max-seeds {max_seeds}: a second look needs more seeds than the first ({seeds}); "
+                            f"give more than {seeds}, or leave it out for one look")
+        budget = dataclasses.replace(budget, max_seeds=max_seeds)
     selected = claims(budget, only)
     lanes = lanes if lanes is not None else default_lanes()
     load = populations.loader(data_dir)
@@ -907,7 +991,8 @@ def run(budget: Budget, *, seeds: int | None = None, only: list[str] | None = No
                       "verdicts": [c["verdict"] for c in result["comparisons"]]})
     from mnistlab import runs
 
-    correct_for_multiplicity(out)
+    n_looks = looks(budget, seeds)
+    correct_for_multiplicity(out, n_looks)
     summary = {
         "budget": {**dataclasses.asdict(budget), "seeds": seeds}, "seeds": seeds,
         "claims": out, "seconds": time.perf_counter() - started,
@@ -915,6 +1000,7 @@ def run(budget: Budget, *, seeds: int | None = None, only: list[str] | None = No
         "environment": runs.environment(), "load_average": _load_average(),
         "data_source": str(load("mnist").source),
         "lanes": lanes, "full_estimate_seconds": estimate(out, budget, seeds),
+        "looks": n_looks, "level": interval_level(n_looks), "max_seeds": budget.max_seeds if n_looks == 2 else None,
     }
     return summary, kept
 
@@ -928,14 +1014,15 @@ def _load_average() -> list[float] | None:
         return None
 
 
-def correct_for_multiplicity(claims_out: list[dict[str, Any]]) -> None:
-    """Give every comparison its p-value and its verdict with the false discovery rate
-    held at 5% over all the run's statements (`stats.corrected_verdicts`): many statements
-    at 95% each make a few verdicts likely by chance alone."""
+def correct_for_multiplicity(claims_out: list[dict[str, Any]], n_looks: int = 1) -> None:
+    """Give every comparison its p-value (adjusted for the looks, `stats.adjusted_p_value`)
+    and its verdict with the false discovery rate held at 5% over all the run's statements
+    (`stats.corrected_verdicts`): many statements at 95% each make a few verdicts likely by
+    chance alone."""
     comparisons = [c for claim in claims_out for c in claim["comparisons"]]
     tests = [(stats.Interval(**c["difference"]), c["better"], c["tolerance"]) for c in comparisons]
-    for c, test, corrected in zip(comparisons, tests, stats.corrected_verdicts(tests)):
-        c["p_value"], c["corrected_verdict"] = stats.p_value(*test), corrected
+    for c, test, corrected in zip(comparisons, tests, stats.corrected_verdicts(tests, looks=n_looks)):
+        c["p_value"], c["corrected_verdict"] = stats.adjusted_p_value(*test, looks=n_looks), corrected
 
 
 def estimate(claims_out: list[dict[str, Any]], budget: Budget, seeds: int) -> float | None:

@@ -101,13 +101,13 @@ NEAR_ZERO_SEEDS = 30
 OPEN_RULE = (
     "Each statement still inconclusive, with the largest difference its interval allows (in the figure's unit) "
     "and the number of paired seeds that would decide it if its mean difference and spread stayed as measured "
-    "(the smallest n with t(0.975, n-1) x sd / sqrt(n) under the mean's distance from the boundary). This run "
+    "(the smallest n with t({quantile:g}, n-1) x sd / sqrt(n) under the mean's distance from the boundary). This run "
     "has {seeds}; more than {near_zero} is called a difference near zero: more seeds would narrow the interval "
     "around a difference too small to matter, not settle its sign.")
 
 
 def largest_difference_text(c: dict[str, Any]) -> str:
-    """The largest |variant - baseline| the 95% interval allows, in the figure's unit ('0.18')."""
+    """The largest |variant - baseline| the interval allows, in the figure's unit ('0.18')."""
     d = c["difference"]
     if d["n"] < 2 or not (_finite(d["low"]) and _finite(d["high"])):
         return "n/a"
@@ -117,6 +117,16 @@ def largest_difference_text(c: dict[str, Any]) -> str:
 
 def _seeds_text(needed: int | None) -> str:
     return "more than 10,000" if needed is None else f"{needed:,}"
+
+
+def _max_seeds_option(results: dict[str, Any]) -> str:
+    return f" --max-seeds {results['max_seeds']}" if results.get("looks", 1) == 2 else ""
+
+
+def _seeds_read(results: dict[str, Any]) -> str:
+    """'5', or '5, or 10 where read again' with a second look."""
+    return f"{results['seeds']}" + (f", or {results['max_seeds']} where read again" if results.get("looks", 1) == 2
+                                    else "")
 
 
 def why_open(c: dict[str, Any], seeds: int) -> str:
@@ -312,18 +322,31 @@ def selection_figure(selection: dict[str, dict[str, dict[str, Any]]]) -> Figure:
 # ------------------------------------------------------------------ the page
 
 
+def level_text(results: dict[str, Any]) -> str:
+    """The intervals' level as the report writes it: '95%', or '97.5%' with two looks."""
+    return f"{results.get('level', stats.LEVEL) * 100:g}%"
+
+
 VERDICT_RULE = (
     "Each statement compares a variant with a baseline on one figure, trained with the same seeds (seed s of both "
-    "shares its initial-weight stream, its shuffling and its dropout masks). The verdict reads the 95% Student-t "
+    "shares its initial-weight stream, its shuffling and its dropout masks). The verdict reads the {level} Student-t "
     "interval of the paired differences d_s = variant_s - baseline_s, signed so that the claimed direction is "
     "positive: **supported** when the whole interval is above the boundary, **not supported** when the whole "
     "interval is below it, **inconclusive** when it straddles it (or fewer than two seeds gave a number). The "
     "boundary is 0, or -tolerance for a claim of 'at least as good (within a tolerance)'. Every figure is shown "
-    "as mean [95% interval] over seeds. Each interval leaves out the true difference 5% of the time, so among "
+    "as mean [{level} interval] over seeds. Each interval leaves out the true difference {miss} of the time, so among "
     "many statements a few verdicts are decided by chance alone: the summary also gives each verdict with the "
     "false discovery rate held at 5% over all the statements (Benjamini-Hochberg on the paired t-tests' p-values, "
     "the tests the intervals are; scipy's false_discovery_control), which withdraws a verdict whose p-value is "
     "not small enough among so many.")
+
+SEQUENTIAL_RULE = (
+    "Sequential testing: every statement is first read after {seeds} seeds; one still inconclusive that {most} "
+    "seeds would decide at its measured mean and spread is read once more after {most}, with only the variants "
+    "it compares trained again (an arm keeps the variant chosen at the first look), and a statement decided at "
+    "the first look is never read again. Two looks at one statement could each be wrong by chance, so each "
+    "interval is at {level} (Bonferroni over the looks: 2.5% + 2.5%), and each p-value is doubled: a verdict is "
+    "still wrong at most 5% of the time. Each statement says after how many seeds it was decided.")
 
 
 def build(results: dict[str, Any], kept: dict[str, list[Member]] | None = None) -> Page:
@@ -334,10 +357,13 @@ def build(results: dict[str, Any], kept: dict[str, list[Member]] | None = None) 
     load = results.get("load_average")
     minutes = results["seconds"] / 60
     page.add("h1", page.title)
-    page.add("p", f"Produced by `mnistlab ablate --budget {budget['name']} --seeds {results['seeds']}` on "
+    page.add("p", f"Produced by `mnistlab ablate --budget {budget['name']} --seeds {results['seeds']}"
+                  f"{_max_seeds_option(results)}` on "
                   f"{results['started']}: **{minutes:.1f} minutes** wall time on {env['device']} "
                   f"({env['cpu_count']} CPU cores{', load average at the end ' + '/'.join(map(str, load)) if load else ''}), "
-                  f"JAX {env['jax']}. Seeds 0 to {results['seeds'] - 1}. The tutorial is part 6 of Atishay Jain's "
+                  f"JAX {env['jax']}. Seeds 0 to {results['seeds'] - 1}"
+                  + (f" (to {results['max_seeds'] - 1} for statements read again)" if _max_seeds_option(results) else "")
+                  + ". The tutorial is part 6 of Atishay Jain's "
                   "deep-learning series (L1/L2, dropout, activations, initialization, momentum/Adam, decay, "
                   "train/validation/test); its statements are quoted in each section.")
     page.add("p", "Data: the first images of MNIST's training set, the last part of them held out for validation "
@@ -346,7 +372,11 @@ def build(results: dict[str, Any], kept: dict[str, list[Member]] | None = None) 
                   "per member at the end and choose nothing, except in the protocol claim, which measures what "
                   "choosing on test would cost.")
     page.add("h2", "How a verdict is computed")
-    page.add("p", VERDICT_RULE)
+    level = level_text(results)
+    miss = f"{100 - results.get('level', stats.LEVEL) * 100:g}%"
+    page.add("p", VERDICT_RULE.format(level=level, miss=miss))
+    if results.get("looks", 1) == 2:
+        page.add("p", SEQUENTIAL_RULE.format(seeds=results["seeds"], most=results["max_seeds"], level=level))
 
     page.add("h2", "Summary")
     rows = []
@@ -355,14 +385,17 @@ def build(results: dict[str, Any], kept: dict[str, list[Member]] | None = None) 
         for comp in c["comparisons"]:
             rows.append([f"{i}. {c['key']}", comp["statement"], _label(comp["figure"]), difference_text(comp),
                          f"**{comp['verdict']}**", _corrected_text(comp)])
-    page.add("table", ["claim", "statement", "figure", "variant - baseline [95% CI]", "verdict",
+    page.add("table", ["claim", "statement", "figure", f"variant - baseline [{level} CI]", "verdict",
                        "p-value; verdict at 5% false discovery rate"], rows)
     counts = {v: sum(comp["verdict"] == v for comp in comparisons) for v in VERDICT_COLOURS}
     page.add("p", ", ".join(f"{n} {v}" for v, n in counts.items()) + f" of {len(rows)} statements.")
     if all("corrected_verdict" in comp for comp in comparisons):
         corrected = {v: sum(comp["corrected_verdict"] == v for comp in comparisons) for v in VERDICT_COLOURS}
         decided = len(rows) - counts[stats.INCONCLUSIVE]
-        page.add("p", f"By chance alone: each 95% interval leaves out the true difference 1 time in 20, so of these "
+        once = ("each 95% interval leaves out the true difference 1 time in 20" if results.get("looks", 1) == 1 else
+                f"each {level} interval leaves out the true difference 1 time in 40, and a statement is read at "
+                "most twice: 1 time in 20")
+        page.add("p", f"By chance alone: {once}, so of these "
                       f"{len(rows)} statements about {0.05 * len(rows):.1f} verdicts could be decided wrongly if no "
                       f"difference were real ({decided} are decided). With the false discovery rate held at 5% over "
                       "all of them: " + ", ".join(f"{n} {v}" for v, n in corrected.items())
@@ -372,11 +405,12 @@ def build(results: dict[str, Any], kept: dict[str, list[Member]] | None = None) 
                  if comp["verdict"] == stats.INCONCLUSIVE]
     if left_open:
         page.add("h2", "The statements left open")
-        page.add("p", OPEN_RULE.format(seeds=results["seeds"], near_zero=NEAR_ZERO_SEEDS))
-        page.add("table", ["claim", "statement", "variant - baseline [95% CI]", "largest difference the interval "
+        page.add("p", OPEN_RULE.format(seeds=_seeds_read(results), near_zero=NEAR_ZERO_SEEDS,
+                                       quantile=0.5 + results.get("level", stats.LEVEL) / 2))
+        page.add("table", ["claim", "statement", f"variant - baseline [{level} CI]", "largest difference the interval "
                            "allows", "seeds that would decide it", "why it is open"],
                  [[f"{i}. {c['key']}", comp["statement"], difference_text(comp), largest_difference_text(comp),
-                   _seeds_text(comp.get("seeds_to_decide")), why_open(comp, results["seeds"])]
+                   _seeds_text(comp.get("seeds_to_decide")), why_open(comp, comp["difference"]["n"])]
                   for i, c, comp in left_open])
 
     page.add("h2", f"What the {budget['name']} budget reduced")
@@ -406,14 +440,16 @@ def _claim_section(page: Page, i: int, c: dict[str, Any], results: dict[str, Any
             + (", at the edge of its grid: a value beyond it might do better" if a.get("at_edge") else "") + ")"
             for a in c["arms"]) + ".")
     page.figure(f"{key}-verdicts.png", differences_figure(c["comparisons"]),
-                "Each statement's paired difference (variant - baseline): dot = mean over seeds, bar = 95% interval; "
+                "Each statement's paired difference (variant - baseline): dot = mean over seeds, bar = "
+                f"{level_text(results)} interval; "
                 "grey line at 0, dotted line at the tolerance; colour = verdict.")
     chosen = {a["chosen"] for a in c["arms"]}
     if key == "protocol":
         sel = c["extra"].get("selection")
         if sel:
             page.figure(f"{key}-selection.png", selection_figure(sel),
-                        "Mean over seeds of the means over test-set halvings; bars: 95% intervals over seeds.")
+                        f"Mean over seeds of the means over test-set halvings; bars: {level_text(results)} "
+                        "intervals over seeds.")
             page.add("table", ["rule", *[_label(f) for f in ("reported", "fresh", "optimism")]],
                      [[rule, *[_interval_text(sel[rule][f], f) for f in ("reported", "fresh", "optimism")]]
                       for rule in sel])
@@ -421,7 +457,8 @@ def _claim_section(page: Page, i: int, c: dict[str, Any], results: dict[str, Any
                     f"The pool of {len(c['variants'])} configurations each seed chooses from.")
     else:
         page.figure(f"{key}-bars.png", bars_figure(c["variants"], c["figures_shown"], chosen),
-                    "Mean over seeds (bar), 95% interval (error bar), each seed (dots); outlined: chosen on validation.")
+                    f"Mean over seeds (bar), {level_text(results)} interval (error bar), each seed (dots); outlined: "
+                    "chosen on validation.")
     series = _curve_series(c)
     if series:
         target = results["budget"]["target"] if any(comp["figure"].endswith("to_target") for comp in c["comparisons"]) else None
@@ -444,7 +481,8 @@ def _claim_section(page: Page, i: int, c: dict[str, Any], results: dict[str, Any
 
     page.add("h3", "Reproduce")
     seeds = c["seeds"]
-    page.add("p", f"`mnistlab ablate --budget {results['budget']['name']} --only {key} --seeds {len(seeds)}` "
+    page.add("p", f"`mnistlab ablate --budget {results['budget']['name']} --only {key} --seeds {results['seeds']}"
+                  f"{_max_seeds_option(results)}` "
                   f"(seeds {', '.join(map(str, seeds))}; {c['members']} members in {c['groups']} compiled "
                   f"group(s), {c['seconds']:.0f} s). Reduced from the full budget: "
                   + ("; ".join(c["reduced"]) if c["reduced"] else "nothing") + ".")
@@ -660,7 +698,8 @@ class Ablation:
     written: list[Path]  # the reports, in the folder and in `docs`
 
 
-def run_and_report(budget: str = "quick", *, seeds: int | None = None, only: list[str] | None = None,
+def run_and_report(budget: str = "quick", *, seeds: int | None = None, max_seeds: int | None = None,
+                   only: list[str] | None = None,
                    out_dir: str | Path = "ablations", docs: str | Path | None = None, data_dir: str | None = None,
                    on_event: Callable[[dict[str, Any]], None] | None = None) -> Ablation:
     """`mnistlab ablate`: run the claims, then write a new folder `out_dir/<time>-ablate-<budget>`
@@ -675,7 +714,8 @@ def run_and_report(budget: str = "quick", *, seeds: int | None = None, only: lis
     ablate.claims(plan, only)  # a bad --only fails before any training
     if docs is not None and not Path(docs).is_dir():
         raise UserError(f"--docs {docs}: no such folder")
-    results, kept = ablate.run(plan, seeds=seeds, only=only, data_dir=data_dir, on_event=on_event)
+    results, kept = ablate.run(plan, seeds=seeds, max_seeds=max_seeds, only=only, data_dir=data_dir,
+                               on_event=on_event)
     folder = runs.new_run_dir(Path(out_dir), f"ablate-{budget}")
     ablate.write_results(folder, results, kept)
     page = build(results, kept)

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from scipy.stats import t as scipy_t
 
 from mnistlab import ablate, ablate_report, engine, populations, stats
 from mnistlab import spec as spec_lib
@@ -80,6 +81,7 @@ def test_reductions_say_what_the_budget_cut():
 def test_the_standard_budget_trains_at_the_tutorials_sizes():
     b = ablate.STANDARD
     assert (b.seeds, b.subset, b.validation, b.units, b.penalty_units) == (5, 60000, 0.1, 1000, 1000)
+    assert ablate.looks(b, b.seeds) == 2 and b.max_seeds == 10  # sequential: open statements get 10 seeds
     regularization = ablate.CLAIMS["regularization"](b)
     assert regularization.base.model.dense_layers[0].units == 1000 and regularization.base.training.subset == 60000
     # Every grid reaches past the quick budget's edges (its choices at an edge: L1 and L2 at
@@ -169,6 +171,94 @@ def test_analysis_chooses_arms_on_validation_and_judges_on_the_paired_interval()
     # a 1 - b = -0.03, -0.03, -0.02, claimed lower: mean -0.02667, interval below 0
     assert second["difference"]["high"] < 0 and second["verdict"] == stats.SUPPORTED
     assert out["variants"][2]["figures"]["test_accuracy"]["mean"] == pytest.approx((0.93 + 0.94 + 0.94) / 3)
+
+
+T975 = {1: 25.45169957, 2: 6.20535061, 3: 4.17653147}  # two-sided 97.5% Student-t quantiles, from a table
+
+
+def _sequential_claim():
+    base = ablate.CLAIMS["decay"](ablate.TEST).base
+    return ablate.Claim(
+        key="k", title="t", quote="q", base=base,
+        variants=tuple(ablate.Variant(n, {}) for n in ("a 1", "a 2", "b", "c")),
+        arms=(ablate.Arm("a best", ("a 1", "a 2")),),
+        comparisons=(ablate.Comparison("c beats b", "c", "b", "test_accuracy"),  # decided after 2 seeds
+                     ablate.Comparison("a beats b", "a best", "b", "test_accuracy"),  # 3 seeds would decide it
+                     ablate.Comparison("a 1 beats c", "a 1", "c", "test_accuracy")),  # near zero: never
+        figures=("test_accuracy",), budget_fields=())
+
+
+# variant -> test accuracy by seed (validation: a 2 above a 1, so "a best" is a 2)
+SEQUENTIAL_FIGURES = {"a 1": [0.91, 0.891, 0.95, 0.95], "a 2": [0.819, 0.821, 0.82, 0.82],
+                      "b": [0.80, 0.80, 0.80, 0.80], "c": [0.90, 0.901, 0.5, 0.5]}
+SEQUENTIAL_VALIDATION = {"a 1": 0.5, "a 2": 0.6, "b": 0.4, "c": 0.4}
+
+
+def _fake_training(monkeypatch, trained):
+    def run(batch, load, **hooks):
+        trained.append(sorted((m.variant, m.seed) for m in batch))
+        for m in batch:
+            m.figures = {"test_accuracy": SEQUENTIAL_FIGURES[m.variant][m.seed],
+                         "val_accuracy": SEQUENTIAL_VALIDATION[m.variant]}
+    monkeypatch.setattr(populations, "run", run)
+
+
+def test_a_second_look_trains_only_what_the_open_statements_compare_and_keeps_the_first_verdicts(monkeypatch):
+    trained, events = [], []
+    _fake_training(monkeypatch, trained)
+    budget = dataclasses.replace(ablate.TEST, max_seeds=4)
+    assert ablate.looks(budget, 2) == 2 and ablate.looks(budget, 4) == 1 and ablate.looks(ablate.TEST, 2) == 1
+    assert ablate.interval_level(2) == pytest.approx(0.975)
+    result, group = ablate.run_claim(_sequential_claim(), budget, 2, load=None, on_event=events.append)
+    # First look: every variant, seeds 0 and 1. Second: "a beats b" only, with "a best" kept
+    # at its first choice (a 2) and b, seeds 2 and 3; "a 1 beats c" has a mean of exactly 0.
+    assert trained == [sorted((v, s) for v in SEQUENTIAL_FIGURES for s in (0, 1)),
+                       [("a 2", 2), ("a 2", 3), ("b", 2), ("b", 3)]]
+    assert [e for e in events if e["event"] == "second look"] == [
+        {"event": "second look", "claim": "k", "statements": 1, "members": 4, "seeds": 4}]
+    decided, reopened, near_zero = result["comparisons"]
+    # c - b = 0.10, 0.101: mean 0.1005, sd 0.000707, half-width t(1) at 97.5% x sd / sqrt(2)
+    sd = 0.001 / math.sqrt(2)
+    assert decided["look"] == 1 and decided["difference"]["n"] == 2 and decided["verdict"] == stats.SUPPORTED
+    assert decided["difference"]["low"] == pytest.approx(0.1005 - T975[1] * sd / math.sqrt(2))
+    # a 2 - b = 0.019, 0.021, 0.02, 0.02: mean 0.02, sd sqrt(0.000002 / 3), t(3) at 97.5%
+    sd = math.sqrt(2e-6 / 3)
+    assert reopened["look"] == 2 and reopened["difference"]["n"] == 4 and reopened["verdict"] == stats.SUPPORTED
+    assert reopened["difference"]["low"] == pytest.approx(0.02 - T975[3] * sd / 2)
+    assert near_zero["look"] == 1 and near_zero["difference"]["n"] == 2 and near_zero["verdict"] == "inconclusive"
+    assert near_zero["seeds_to_decide"] is None
+    assert [a["chosen"] for a in result["arms"]] == ["a 2"] and result["seeds"] == [0, 1, 2, 3]
+    assert len(group) == 4 * 2 + 4
+
+
+def test_the_report_of_two_looks_says_so_and_doubles_every_p_value(monkeypatch, mnist_root):
+    monkeypatch.setenv("MNISTLAB_DATA", str(mnist_root))
+    _fake_training(monkeypatch, [])
+    claim = _sequential_claim()
+    monkeypatch.setattr(ablate, "CLAIMS", {"k": lambda budget: claim})
+    budget = dataclasses.replace(ablate.TEST, max_seeds=4, claims=None)
+    results, kept = ablate.run(budget, seeds=2)
+    assert (results["looks"], results["level"], results["max_seeds"]) == (2, pytest.approx(0.975), 4)
+    for c in results["claims"][0]["comparisons"]:
+        v, b = c["variant_values"], c["baseline_values"]
+        pairs = [x - y for x, y in zip(v, b) if not (math.isnan(x) or math.isnan(y))]
+        t = np.mean(pairs) / (np.std(pairs, ddof=1) / math.sqrt(len(pairs)))
+        p = 2 * (2 * (1 - scipy_t.cdf(abs(t), len(pairs) - 1))) if np.std(pairs) else math.nan
+        assert (math.isnan(p) and math.isnan(c["p_value"])) or c["p_value"] == pytest.approx(min(1.0, p), rel=1e-6)
+    md = ablate_report.markdown(ablate_report.build(results, kept), "figures")
+    assert ablate_report.SEQUENTIAL_RULE.format(seeds=2, most=4, level="97.5%") in md
+    assert "| variant - baseline [97.5% CI] |" in md and "[95% CI]" not in md
+    assert "over 4 paired seeds" in md and "over 2 paired seeds" in md
+
+
+def test_variants_compared_are_the_variants_the_chosen_arms_or_the_whole_pool():
+    claim = _sequential_claim()
+    c = {x.statement: x for x in claim.comparisons}
+    assert ablate.variants_compared(claim, [c["c beats b"]], {"a best": "a 2"}) == {"b", "c"}
+    assert ablate.variants_compared(claim, [c["a beats b"], c["a 1 beats c"]], {"a best": "a 2"}) == {
+        "a 1", "a 2", "b", "c"}
+    protocol = ablate.CLAIMS["protocol"](ablate.TEST)
+    assert ablate.variants_compared(protocol, list(protocol.comparisons), {}) == {v.name for v in protocol.variants}
 
 
 def test_a_missing_seed_drops_out_of_the_pairing():

@@ -448,6 +448,10 @@ def ablate_events(budget: str, quiet: bool) -> Iterator[Callable[[dict[str, Any]
                 bar.reset(members, total=e.get("members"), visible=True, note="")
                 bar.update(epochs, visible=False)
                 say_above(f"[bold]{e['claim']}[/bold]: {e['title']}")
+            elif kind == "second look":
+                bar.reset(members, total=e["members"], visible=True, note="")
+                open_ = f"{e['statements']} statement{'s' if e['statements'] != 1 else ''} open"
+                say_above(f"  {open_}: {e['members']} members more, up to {e['seeds']} seeds")
             elif kind == "group":
                 bar.update(members, note=f"group {e['group']}/{e['groups']}")
                 bar.reset(epochs, total=e["epochs"], visible=True, note=f"{e['members']} members")
@@ -469,7 +473,8 @@ def verdicts(done) -> None:
     """Every comparison's interval and verdict, and where the results and reports are."""
     from mnistlab import ablate, ablate_report
 
-    table = Table("claim", "statement", "difference [95% CI]", "verdict", title="verdicts")
+    table = Table("claim", "statement", f"difference [{ablate_report.level_text(done.results)} CI]", "verdict",
+                  title="verdicts")
     for claim in done.results["claims"]:
         for c in claim["comparisons"]:
             table.add_row(claim["key"], c["statement"], ablate_report.difference_text(c), c["verdict"])

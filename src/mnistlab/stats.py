@@ -118,6 +118,15 @@ def p_value(difference: Interval, better: Better = "higher", tolerance: float = 
     return float(2 * scipy_stats.t.sf(abs(t), difference.n - 1))
 
 
+def adjusted_p_value(difference: Interval, better: Better = "higher", tolerance: float = 0.0,
+                     looks: int = 1) -> float:
+    """`p_value` times `looks` (at most 1): Bonferroni over the looks of sequential testing,
+    where each look reads its interval at 1 - (1 - LEVEL) / looks. Under LEVEL's rate 1 - LEVEL
+    exactly when that interval leaves the boundary out."""
+    p = p_value(difference, better, tolerance)
+    return p if math.isnan(p) else min(1.0, looks * p)  # NaN (no test) stays NaN
+
+
 def seeds_to_decide(difference: Interval, better: Better = "higher", tolerance: float = 0.0,
                     level: float = LEVEL, most: int = 10_000) -> int | None:
     """How many paired seeds an undecided statement would need, were its mean difference and
@@ -138,16 +147,18 @@ def seeds_to_decide(difference: Interval, better: Better = "higher", tolerance: 
     return int(n[np.argmax(enough)]) if enough.any() else None
 
 
-def corrected_verdicts(tests: Sequence[tuple[Interval, Better, float]], rate: float = 1 - LEVEL) -> list[str]:
+def corrected_verdicts(tests: Sequence[tuple[Interval, Better, float]], rate: float = 1 - LEVEL,
+                       looks: int = 1) -> list[str]:
     """`verdict` for many statements at once, the false discovery rate held at `rate`.
 
-    Each statement's p-value (`p_value`) is adjusted over all of them by Benjamini and
-    Hochberg's procedure (scipy's `false_discovery_control`); a statement whose adjusted
-    p-value is under `rate` is decided in the direction of its mean, the others are
-    inconclusive. Of the decided verdicts, at most `rate` are then expected wrong, where
-    `rate` of each raw verdict's interval could be.
+    Each statement's p-value (`p_value`, times `looks` when a statement may be read at that
+    many looks: `adjusted_p_value`) is adjusted over all of them by Benjamini and Hochberg's
+    procedure (scipy's `false_discovery_control`); a statement whose adjusted p-value is
+    under `rate` is decided in the direction of its mean, the others are inconclusive. Of
+    the decided verdicts, at most `rate` are then expected wrong, where `rate` of each raw
+    verdict's interval could be.
     """
-    p = np.array([p_value(*test) for test in tests])
+    p = np.array([adjusted_p_value(*test, looks=looks) for test in tests])
     adjusted = np.full(len(p), np.nan)
     finite = np.isfinite(p)
     if finite.any():

@@ -259,3 +259,19 @@ def test_seeds_to_decide_edge_cases():
     assert stats.seeds_to_decide(just_over, most=10_001) == 10_001
     assert stats.seeds_to_decide(Interval(0.5, 0.5, 0.5, 3, 0.0)) == 3  # no spread: already decided
     assert stats.seeds_to_decide(Interval(1.0, math.nan, math.nan, 1, math.nan)) is None  # one seed
+
+
+def test_a_statement_read_at_two_looks_has_its_p_value_doubled_before_the_correction():
+    # Two statements with p = 0.02 and 0.03 (one look: both under 0.05; Benjamini-Hochberg
+    # over two: 0.03 and 0.03, both decided). Read at up to two looks: 0.04 and 0.06, then
+    # BH: 0.06 and 0.06, neither decided.
+    def with_p(p):  # a paired difference of 3 seeds whose t-test gives p exactly
+        t = stats.t_quantile(2, 1 - p)
+        return Interval(mean=t * 0.01 / math.sqrt(3), low=math.nan, high=math.nan, n=3, sd=0.01)
+    tests = [(with_p(0.02), "higher", 0.0), (with_p(0.03), "higher", 0.0)]
+    assert [stats.p_value(*t) for t in tests] == pytest.approx([0.02, 0.03])
+    assert [stats.adjusted_p_value(*t, looks=2) for t in tests] == pytest.approx([0.04, 0.06])
+    assert stats.adjusted_p_value(with_p(0.7), looks=2) == 1.0
+    assert math.isnan(stats.adjusted_p_value(Interval(0.01, math.nan, math.nan, 1, math.nan), looks=2))
+    assert stats.corrected_verdicts(tests) == [SUPPORTED, SUPPORTED]
+    assert stats.corrected_verdicts(tests, looks=2) == [INCONCLUSIVE, INCONCLUSIVE]

@@ -146,6 +146,9 @@ def ablate(
                                         "about an hour), full (hours), or test (seconds, for the test suite).",
                                         autocompletion=complete("ablate", "BUDGETS"))] = "quick",
     seeds: Annotated[Optional[int], typer.Option(help="Seeds per variant (default: the budget's; at least 2).")] = None,
+    max_seeds: Annotated[Optional[int], typer.Option(
+        help="Sequential testing: a statement still open after --seeds gets seeds up to this many when they "
+             "could decide it (each look's interval at 97.5%, so a verdict stays 95% sure).")] = None,
     only: Annotated[Optional[list[str]], typer.Option(
         "--only", help="Run only these claims (repeatable or comma-separated): regularization, dropout, "
                        "activation, output, initialization, optimizer, decay, protocol, tutorial.")] = None,
@@ -161,7 +164,8 @@ def ablate(
 
     try:
         with console.ablate_events(budget, quiet) as on_event:
-            done = ablate_report.run_and_report(budget, seeds=seeds, only=only, out_dir=out_dir, docs=docs,
+            done = ablate_report.run_and_report(budget, seeds=seeds, max_seeds=max_seeds, only=only, out_dir=out_dir,
+                                                docs=docs,
                                                 data_dir=str(data_dir) if data_dir else None, on_event=on_event)
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: an ablation keeps no partial results
         console.interrupted("an ablation is written whole at its end; nothing was written")
