@@ -272,6 +272,13 @@ def test_a_statement_read_at_two_looks_has_its_p_value_doubled_before_the_correc
     assert [stats.p_value(*t) for t in tests] == pytest.approx([0.02, 0.03])
     assert [stats.adjusted_p_value(*t, looks=2) for t in tests] == pytest.approx([0.04, 0.06])
     assert stats.adjusted_p_value(with_p(0.7), looks=2) == 1.0
+    assert stats.adjusted_p_value(with_p(0.02)) == pytest.approx(0.02)  # one look by default
+    # The direction and the tolerance are the p-value's: 2 x p_value(d, "lower", 0.01) etc.
+    d = with_p(0.02)
+    for better in ("higher", "lower"):
+        assert stats.adjusted_p_value(d, better, 0.01, looks=2) == pytest.approx(2 * stats.p_value(d, better, 0.01))
+    assert stats.adjusted_p_value(d, tolerance=0.01, looks=2) == pytest.approx(2 * stats.p_value(d, "higher", 0.01))
+    assert stats.p_value(d, "higher", 0.01) != pytest.approx(stats.p_value(d, "lower", 0.01))
     assert math.isnan(stats.adjusted_p_value(Interval(0.01, math.nan, math.nan, 1, math.nan), looks=2))
     assert stats.corrected_verdicts(tests) == [SUPPORTED, SUPPORTED]
     assert stats.corrected_verdicts(tests, looks=2) == [INCONCLUSIVE, INCONCLUSIVE]
