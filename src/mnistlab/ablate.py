@@ -66,8 +66,8 @@ class Budget:
     pool_l2: tuple[float, ...]
     resamples: int  # random test-set halvings in the protocol claim
     claims: tuple[str, ...] | None = None  # the claims run by default (None: all)
-    # Sequential testing: a statement still open after `seeds` gets seeds up to this many
-    # (None: one look). See `looks` and `run_claim`.
+    # Sequential testing: a statement still open after `seeds` gets more, doubling up to this
+    # many (None: one look). See `look_seeds` and `run_claim`.
     max_seeds: int | None = None
     expected: str = ""  # how long it takes, as measured / estimated
 
@@ -99,7 +99,7 @@ TEST = dataclasses.replace(
     tutorial_epochs=1, multi_subset=2000, pool_units=32, pool_epochs=1, pool_learning_rates=(1e-3, 1e-2),
     pool_l2=(0.0, 1e-4), resamples=20, claims=("regularization", "output"), expected="under a minute")
 
-# The tutorial's sizes (all 60,000 images, 1000 hidden units, 5 seeds) in about an hour on 2
+# The tutorial's sizes (all 60,000 images, 1000 hidden units, 5 seeds) in about 70 minutes on 2
 # cores. Epochs: where validation curves flatten. scripts/ablate_epochs.py measured (2 seeds,
 # 25 epochs, smoothed over 3) the 1000-unit network within 0.2 points of its best by epoch 9-10
 # with or without L2, and the dropout claim's network by epoch 10-15 (hidden 0.5: 13; input 0.2
@@ -107,14 +107,16 @@ TEST = dataclasses.replace(
 # Keras' mnist_mlp example (20 epochs, dropout 0.2), not 1024: a quarter of the time. Grids
 # widened past the quick run's edges (L1 and L2 best at its smallest strength, 1e-5; SGD at
 # its largest rate, 1); L1+L2, which no statement compares, is left out. Sequential testing:
-# a statement open after 5 seeds that 10 could decide is read again after 10 (`run_claim`).
+# a statement open after 5 seeds that 20 could decide is read again after 10 and, still
+# open, after 20 (`run_claim`): at 10 alone, dropout 0.5 against none stayed open at +0.16
+# [-0.03, +0.35] points, 16 seeds needed at its spread.
 STANDARD = dataclasses.replace(
-    FULL, name="standard", max_seeds=10, epochs=10, long_epochs=20, time_epochs=10, dropout_units=512,
+    FULL, name="standard", max_seeds=20, epochs=10, long_epochs=20, time_epochs=10, dropout_units=512,
     strengths=(1e-7, 1e-6, 1e-5, 1e-4, 1e-3), penalty_kinds=("L1", "L2"),
     learning_rates={"sgd": (0.1, 0.3, 1.0, 3.0), "momentum": (0.03, 0.1, 0.3), "nesterov": (0.03, 0.1, 0.3),
                     "adam": (3e-4, 1e-3, 3e-3)},
     tutorial_epochs=10, pool_epochs=10,
-    expected="about an hour on a 2-core CPU")
+    expected="about 70 minutes on a 2-core CPU")
 
 BUDGETS = {b.name: b for b in (QUICK, STANDARD, FULL, TEST)}
 
@@ -597,16 +599,24 @@ def members(claim: Claim, seeds: int, *, first_seed: int = 0, variants: set[str]
     return out
 
 
-def looks(budget: Budget, seeds: int) -> int:
-    """How many times a statement's interval is read: once after `seeds`, and again after
-    `budget.max_seeds` for a statement still open (sequential testing)."""
-    return 2 if budget.max_seeds is not None and budget.max_seeds > seeds else 1
+def look_seeds(budget: Budget, seeds: int) -> list[int]:
+    """The seeds after which a statement is read (sequential testing): `seeds`, then, for
+    a statement still open, twice as many each time up to `budget.max_seeds` (5, 10, 20)."""
+    out = [seeds]
+    while budget.max_seeds is not None and out[-1] < budget.max_seeds:
+        out.append(min(2 * out[-1], budget.max_seeds))
+    return out
 
 
-def interval_level(n_looks: int) -> float:
-    """Each look's interval level: 95% with one look; with two, 97.5% at each (Bonferroni over
-    the looks), so a statement's chance of a wrong verdict stays at most 5% however it ends."""
-    return 1 - (1 - stats.LEVEL) / n_looks
+def look_levels(n_looks: int) -> list[float]:
+    """Each look's interval level, Bonferroni over the looks so that a statement's chance
+    of a wrong verdict stays at most 5% however many looks it gets: 95% with one look; with
+    more, the first (which reads every statement and decides most) at 97.5% and the later
+    ones sharing the other 2.5%: 97.5% with two looks, 98.75% each with three."""
+    miss = 1 - stats.LEVEL
+    if n_looks == 1:
+        return [stats.LEVEL]
+    return [1 - miss / 2] + [1 - miss / 2 / (n_looks - 1)] * (n_looks - 1)
 
 
 def default_lanes() -> int | None:
@@ -766,9 +776,11 @@ def _selection_per_seed(group: list[Member], budget: Budget, seeds: int) -> dict
 
 
 def analyse(claim: Claim, group: list[Member], budget: Budget, seeds: int, level: float = stats.LEVEL,
-            choices: dict[str, str] | None = None) -> dict[str, Any]:
+            choices: dict[str, str] | None = None, verdict_level: float | None = None) -> dict[str, Any]:
     """Intervals (at `level`) per variant and figure, arm choices (or the `choices` made
-    already, arm -> variant), comparisons with verdicts."""
+    already, arm -> variant), comparisons with verdicts (read at `verdict_level`, default
+    `level`: a later look of sequential testing reads its verdicts at its own level)."""
+    verdict_level = level if verdict_level is None else verdict_level
     by_variant: dict[str, list[Member]] = {}
     for m in group:
         by_variant.setdefault(m.variant, []).append(m)
@@ -820,14 +832,15 @@ def analyse(claim: Claim, group: list[Member], budget: Budget, seeds: int, level
     comparisons = []
     for c in claim.comparisons:
         v, b = arm_values[c.variant](c.figure), arm_values[c.baseline](c.figure)
-        diff = stats.paired_difference(v, b, level)
+        diff = stats.paired_difference(v, b, verdict_level)
         comparisons.append({
             **dataclasses.asdict(c),
             "variant_values": v, "baseline_values": b,
             "variant_interval": stats.mean_ci(v, level).as_dict(),
             "baseline_interval": stats.mean_ci(b, level).as_dict(),
             "difference": diff.as_dict(), "verdict": stats.verdict(diff, c.better, c.tolerance),
-            "seeds_to_decide": stats.seeds_to_decide(diff, c.better, c.tolerance, level),
+            "seeds_to_decide": stats.seeds_to_decide(diff, c.better, c.tolerance, verdict_level),
+            "level": verdict_level,
         })
     return {"variants": variants_out, "arms": arms_out, "comparisons": comparisons, "extra": extra}
 
@@ -850,11 +863,13 @@ def run_claim(claim: Claim, budget: Budget, seeds: int, load: Callable[[str], da
               ) -> tuple[dict[str, Any], list[Member]]:
     """Train and measure one claim's members; its results (see `analyse`) and the members.
 
-    With two looks (`looks`), every interval is read at `interval_level(2)`; a statement still
-    open after `seeds` whose measured mean and spread `budget.max_seeds` would decide
-    (`stats.seeds_to_decide`) gets seeds up to that: only the variants it compares are
-    trained again, the arms keeping the choice made at the first look. A statement decided
-    at the first look keeps that verdict and its numbers (it is never read again).
+    Sequential testing (`budget.max_seeds`): every statement is read after `seeds`; one
+    still open whose measured mean and spread `budget.max_seeds` would decide
+    (`stats.seeds_to_decide`) is read again at the next of `look_seeds`, and so on: only the
+    variants it compares are trained for the seeds they lack, the arms keeping the choice
+    made at the first look. Each look reads its verdicts at its level of `look_levels`; a
+    statement decided at a look keeps that verdict and its numbers (it is never read again).
+    Every figure of the variants is shown at the first look's level.
     """
     started = time.perf_counter()
     work: list[dict[str, Any]] = []
@@ -887,15 +902,15 @@ def run_claim(claim: Claim, budget: Budget, seeds: int, load: Callable[[str], da
 
         populations.run(batch, load, lanes=lanes, on_epoch=on_epoch, after_epoch=after_epoch, after_part=after_part)
 
-    n_looks = looks(budget, seeds)
-    level = interval_level(n_looks)
+    seeds_at = look_seeds(budget, seeds)
+    levels = look_levels(len(seeds_at))
     group = members(claim, seeds)
     train(group)
-    result = analyse(claim, group, budget, seeds, level)
+    result = analyse(claim, group, budget, seeds, levels[0])
     for c in result["comparisons"]:
         c["look"] = 1
-    if n_looks == 2:
-        result, group = _second_look(claim, budget, seeds, level, result, group, train, on_event)
+    for look in range(2, len(seeds_at) + 1):
+        result, group = _next_look(claim, budget, look, seeds_at, levels, result, group, train, on_event)
     if claim.analysis == "sets":
         multi = load("mnist-multi")
         result["extra"]["samples"] = {"images": multi.test_images[:8].tolist(),
@@ -910,28 +925,31 @@ def run_claim(claim: Claim, budget: Budget, seeds: int, load: Callable[[str], da
     return result, group
 
 
-def _second_look(claim: Claim, budget: Budget, seeds: int, level: float, first: dict[str, Any],
-                 group: list[Member], train: Callable[[list[Member]], None],
-                 on_event: Callable[[dict[str, Any]], None] | None) -> tuple[dict[str, Any], list[Member]]:
-    """`run_claim`'s second look: more seeds for the statements the first left open and
-    `budget.max_seeds` could decide; the others keep their first look."""
+def _next_look(claim: Claim, budget: Budget, look: int, seeds_at: list[int], levels: list[float],
+               before: dict[str, Any], group: list[Member], train: Callable[[list[Member]], None],
+               on_event: Callable[[dict[str, Any]], None] | None) -> tuple[dict[str, Any], list[Member]]:
+    """`run_claim`'s look number `look` (2, 3, ...): more seeds for the statements still open
+    that `budget.max_seeds` could decide; the others keep what they had."""
     assert budget.max_seeds is not None
-    reopened = [i for i, c in enumerate(first["comparisons"]) if c["verdict"] == stats.INCONCLUSIVE
+    reopened = [i for i, c in enumerate(before["comparisons"]) if c["verdict"] == stats.INCONCLUSIVE
                 and c["seeds_to_decide"] is not None and c["seeds_to_decide"] <= budget.max_seeds]
     if not reopened:
-        return first, group
-    choices = {arm["name"]: arm["chosen"] for arm in first["arms"]}
+        return before, group
+    seeds = seeds_at[look - 1]
+    choices = {arm["name"]: arm["chosen"] for arm in before["arms"]}
     needed = variants_compared(claim, [claim.comparisons[i] for i in reopened], choices)
-    more = members(claim, budget.max_seeds, first_seed=seeds, variants=needed, first_index=len(group))
+    # A statement open at this look was read at the one before, so its variants have the
+    # seeds before that look's: they need seeds_at[look - 2] ... seeds - 1.
+    more = members(claim, seeds, first_seed=seeds_at[look - 2], variants=needed, first_index=len(group))
     if on_event:
-        on_event({"event": "second look", "claim": claim.key, "statements": len(reopened), "members": len(more),
-                  "seeds": budget.max_seeds})
+        on_event({"event": "another look", "claim": claim.key, "look": look, "statements": len(reopened),
+                  "members": len(more), "seeds": seeds})
     train(more)
     group = group + more
-    second = analyse(claim, group, budget, budget.max_seeds, level, choices)
-    comparisons = [{**second["comparisons"][i], "look": 2} if i in reopened else c
-                   for i, c in enumerate(first["comparisons"])]
-    return {**second, "arms": first["arms"], "comparisons": comparisons}, group
+    now = analyse(claim, group, budget, seeds, levels[0], choices, verdict_level=levels[look - 1])
+    comparisons = [{**now["comparisons"][i], "look": look} if i in reopened else c
+                   for i, c in enumerate(before["comparisons"])]
+    return {**now, "arms": before["arms"], "comparisons": comparisons}, group
 
 
 def variants_compared(claim: Claim, comparisons: list[Comparison], choices: dict[str, str]) -> set[str]:
@@ -968,7 +986,7 @@ def run(budget: Budget, *, seeds: int | None = None, max_seeds: int | None = Non
         raise UserError(f"--seeds {seeds}: a confidence interval needs at least 2 seeds")
     if max_seeds is not None:
         if max_seeds <= seeds:
-            raise UserError(f"--max-seeds {max_seeds}: a second look needs more seeds than the first ({seeds}); "
+            raise UserError(f"--max-seeds {max_seeds}: a later look needs more seeds than the first ({seeds}); "
                             f"give more than {seeds}, or leave it out for one look")
         budget = dataclasses.replace(budget, max_seeds=max_seeds)
     selected = claims(budget, only)
@@ -991,8 +1009,8 @@ def run(budget: Budget, *, seeds: int | None = None, max_seeds: int | None = Non
                       "verdicts": [c["verdict"] for c in result["comparisons"]]})
     from mnistlab import runs
 
-    n_looks = looks(budget, seeds)
-    correct_for_multiplicity(out, n_looks)
+    seeds_at = look_seeds(budget, seeds)
+    correct_for_multiplicity(out)
     summary = {
         "budget": {**dataclasses.asdict(budget), "seeds": seeds}, "seeds": seeds,
         "claims": out, "seconds": time.perf_counter() - started,
@@ -1000,7 +1018,8 @@ def run(budget: Budget, *, seeds: int | None = None, max_seeds: int | None = Non
         "environment": runs.environment(), "load_average": _load_average(),
         "data_source": str(load("mnist").source),
         "lanes": lanes, "full_estimate_seconds": estimate(out, budget, seeds),
-        "looks": n_looks, "level": interval_level(n_looks), "max_seeds": budget.max_seeds if n_looks == 2 else None,
+        "looks": len(seeds_at), "look_seeds": seeds_at, "levels": look_levels(len(seeds_at)),
+        "level": look_levels(len(seeds_at))[0], "max_seeds": seeds_at[-1] if len(seeds_at) > 1 else None,
     }
     return summary, kept
 
@@ -1014,15 +1033,16 @@ def _load_average() -> list[float] | None:
         return None
 
 
-def correct_for_multiplicity(claims_out: list[dict[str, Any]], n_looks: int = 1) -> None:
-    """Give every comparison its p-value (adjusted for the looks, `stats.adjusted_p_value`)
-    and its verdict with the false discovery rate held at 5% over all the run's statements
-    (`stats.corrected_verdicts`): many statements at 95% each make a few verdicts likely by
-    chance alone."""
+def correct_for_multiplicity(claims_out: list[dict[str, Any]]) -> None:
+    """Give every comparison its p-value (on the 5% scale for the level its last look read it
+    at, `stats.adjusted_p_value`) and its verdict with the false discovery rate held at 5%
+    over all the run's statements (`stats.corrected_verdicts`): many statements at 95% each
+    make a few verdicts likely by chance alone."""
     comparisons = [c for claim in claims_out for c in claim["comparisons"]]
     tests = [(stats.Interval(**c["difference"]), c["better"], c["tolerance"]) for c in comparisons]
-    for c, test, corrected in zip(comparisons, tests, stats.corrected_verdicts(tests, looks=n_looks)):
-        c["p_value"], c["corrected_verdict"] = stats.adjusted_p_value(*test, looks=n_looks), corrected
+    levels = [c.get("level", stats.LEVEL) for c in comparisons]
+    for c, test, level, corrected in zip(comparisons, tests, levels, stats.corrected_verdicts(tests, levels=levels)):
+        c["p_value"], c["corrected_verdict"] = stats.adjusted_p_value(*test, level=level), corrected
 
 
 def estimate(claims_out: list[dict[str, Any]], budget: Budget, seeds: int) -> float | None:

@@ -101,7 +101,7 @@ NEAR_ZERO_SEEDS = 30
 OPEN_RULE = (
     "Each statement still inconclusive, with the largest difference its interval allows (in the figure's unit) "
     "and the number of paired seeds that would decide it if its mean difference and spread stayed as measured "
-    "(the smallest n with t({quantile:g}, n-1) x sd / sqrt(n) under the mean's distance from the boundary). This run "
+    "(the smallest n with t({quantile}, n-1) x sd / sqrt(n) under the mean's distance from the boundary). This run "
     "has {seeds}; more than {near_zero} is called a difference near zero: more seeds would narrow the interval "
     "around a difference too small to matter, not settle its sign.")
 
@@ -120,13 +120,19 @@ def _seeds_text(needed: int | None) -> str:
 
 
 def _max_seeds_option(results: dict[str, Any]) -> str:
-    return f" --max-seeds {results['max_seeds']}" if results.get("looks", 1) == 2 else ""
+    return f" --max-seeds {results['max_seeds']}" if results.get("looks", 1) > 1 else ""
+
+
+def _later_looks(results: dict[str, Any]) -> list[int]:
+    """The seeds of the looks after the first ([10, 20]); none with one look."""
+    return results.get("look_seeds", [results["seeds"], results.get("max_seeds")])[1:] if _max_seeds_option(results) \
+        else []
 
 
 def _seeds_read(results: dict[str, Any]) -> str:
-    """'5', or '5, or 10 where read again' with a second look."""
-    return f"{results['seeds']}" + (f", or {results['max_seeds']} where read again" if results.get("looks", 1) == 2
-                                    else "")
+    """'5', or '5, or 10 and 20 where read again' with later looks."""
+    later = _later_looks(results)
+    return f"{results['seeds']}" + (f", or {' and '.join(map(str, later))} where read again" if later else "")
 
 
 def why_open(c: dict[str, Any], seeds: int) -> str:
@@ -323,8 +329,21 @@ def selection_figure(selection: dict[str, dict[str, dict[str, Any]]]) -> Figure:
 
 
 def level_text(results: dict[str, Any]) -> str:
-    """The intervals' level as the report writes it: '95%', or '97.5%' with two looks."""
+    """The level of the first look's intervals, and of every figure shown for the variants:
+    '95%', or '97.5%' with later looks (`ablate.look_levels`)."""
     return f"{results.get('level', stats.LEVEL) * 100:g}%"
+
+
+def _later_level(results: dict[str, Any]) -> float | None:
+    """The later looks' level where it differs from the first's (three looks or more)."""
+    levels = results.get("levels", [results.get("level", stats.LEVEL)])
+    return levels[-1] if levels[-1] != levels[0] else None
+
+
+def ci_text(results: dict[str, Any], noun: str = "CI") -> str:
+    """What a statement's interval is: '97.5% CI', or '97.5% CI (98.75% where read again)'."""
+    later = _later_level(results)
+    return f"{level_text(results)} {noun}" + (f" ({later * 100:g}% where read again)" if later else "")
 
 
 VERDICT_RULE = (
@@ -342,11 +361,26 @@ VERDICT_RULE = (
 
 SEQUENTIAL_RULE = (
     "Sequential testing: every statement is first read after {seeds} seeds; one still inconclusive that {most} "
-    "seeds would decide at its measured mean and spread is read once more after {most}, with only the variants "
-    "it compares trained again (an arm keeps the variant chosen at the first look), and a statement decided at "
-    "the first look is never read again. Two looks at one statement could each be wrong by chance, so each "
-    "interval is at {level} (Bonferroni over the looks: 2.5% + 2.5%), and each p-value is doubled: a verdict is "
-    "still wrong at most 5% of the time. Each statement says after how many seeds it was decided.")
+    "seeds would decide at its measured mean and spread is read again after {later}, each time only while "
+    "still open, with only the variants it compares trained for more seeds (an arm keeps the variant chosen at "
+    "the first look); a statement decided at a look is never read again. Each look at one statement could be "
+    "wrong by chance, so the looks share the 5% (Bonferroni): {shares}, and each p-value is put on the 5% "
+    "scale of its last look ({scales}): a verdict is still wrong at most 5% of the time. Each statement says "
+    "after how many seeds it was decided.")
+
+
+def sequential_text(results: dict[str, Any]) -> str:
+    """SEQUENTIAL_RULE for this run's looks."""
+    levels, later = results["levels"], _later_looks(results)
+    misses = [f"{(1 - level) * 100:g}%" for level in levels]
+    first = f"the first look's intervals at {levels[0] * 100:g}%"
+    rest = (f"the second's at {levels[1] * 100:g}%" if len(levels) == 2
+            else f"the {len(levels) - 1} later ones' at {levels[1] * 100:g}% each")
+    factors = sorted({(1 - stats.LEVEL) / (1 - level) for level in levels})
+    scales = " or ".join(f"times {f:g}" for f in factors)
+    return SEQUENTIAL_RULE.format(seeds=results["seeds"], most=results["max_seeds"],
+                                  later=" and then ".join(map(str, later)),
+                                  shares=f"{first}, {rest} ({' + '.join(misses)})", scales=scales)
 
 
 def build(results: dict[str, Any], kept: dict[str, list[Member]] | None = None) -> Page:
@@ -375,8 +409,8 @@ def build(results: dict[str, Any], kept: dict[str, list[Member]] | None = None) 
     level = level_text(results)
     miss = f"{100 - results.get('level', stats.LEVEL) * 100:g}%"
     page.add("p", VERDICT_RULE.format(level=level, miss=miss))
-    if results.get("looks", 1) == 2:
-        page.add("p", SEQUENTIAL_RULE.format(seeds=results["seeds"], most=results["max_seeds"], level=level))
+    if results.get("looks", 1) > 1:
+        page.add("p", sequential_text(results))
 
     page.add("h2", "Summary")
     rows = []
@@ -385,7 +419,7 @@ def build(results: dict[str, Any], kept: dict[str, list[Member]] | None = None) 
         for comp in c["comparisons"]:
             rows.append([f"{i}. {c['key']}", comp["statement"], _label(comp["figure"]), difference_text(comp),
                          f"**{comp['verdict']}**", _corrected_text(comp)])
-    page.add("table", ["claim", "statement", "figure", f"variant - baseline [{level} CI]", "verdict",
+    page.add("table", ["claim", "statement", "figure", f"variant - baseline [{ci_text(results)}]", "verdict",
                        "p-value; verdict at 5% false discovery rate"], rows)
     counts = {v: sum(comp["verdict"] == v for comp in comparisons) for v in VERDICT_COLOURS}
     page.add("p", ", ".join(f"{n} {v}" for v, n in counts.items()) + f" of {len(rows)} statements.")
@@ -393,8 +427,7 @@ def build(results: dict[str, Any], kept: dict[str, list[Member]] | None = None) 
         corrected = {v: sum(comp["corrected_verdict"] == v for comp in comparisons) for v in VERDICT_COLOURS}
         decided = len(rows) - counts[stats.INCONCLUSIVE]
         once = ("each 95% interval leaves out the true difference 1 time in 20" if results.get("looks", 1) == 1 else
-                f"each {level} interval leaves out the true difference 1 time in 40, and a statement is read at "
-                "most twice: 1 time in 20")
+                "the looks at one statement together leave out its true difference at most 1 time in 20")
         page.add("p", f"By chance alone: {once}, so of these "
                       f"{len(rows)} statements about {0.05 * len(rows):.1f} verdicts could be decided wrongly if no "
                       f"difference were real ({decided} are decided). With the false discovery rate held at 5% over "
@@ -405,9 +438,11 @@ def build(results: dict[str, Any], kept: dict[str, list[Member]] | None = None) 
                  if comp["verdict"] == stats.INCONCLUSIVE]
     if left_open:
         page.add("h2", "The statements left open")
-        page.add("p", OPEN_RULE.format(seeds=_seeds_read(results), near_zero=NEAR_ZERO_SEEDS,
-                                       quantile=0.5 + results.get("level", stats.LEVEL) / 2))
-        page.add("table", ["claim", "statement", f"variant - baseline [{level} CI]", "largest difference the interval "
+        later = _later_level(results)
+        quantile = f"{0.5 + results.get('level', stats.LEVEL) / 2:g}" + (
+            f"; {0.5 + later / 2:g} for a statement read again" if later else "")
+        page.add("p", OPEN_RULE.format(seeds=_seeds_read(results), near_zero=NEAR_ZERO_SEEDS, quantile=quantile))
+        page.add("table", ["claim", "statement", f"variant - baseline [{ci_text(results)}]", "largest difference the interval "
                            "allows", "seeds that would decide it", "why it is open"],
                  [[f"{i}. {c['key']}", comp["statement"], difference_text(comp), largest_difference_text(comp),
                    _seeds_text(comp.get("seeds_to_decide")), why_open(comp, comp["difference"]["n"])]
@@ -441,7 +476,7 @@ def _claim_section(page: Page, i: int, c: dict[str, Any], results: dict[str, Any
             for a in c["arms"]) + ".")
     page.figure(f"{key}-verdicts.png", differences_figure(c["comparisons"]),
                 "Each statement's paired difference (variant - baseline): dot = mean over seeds, bar = "
-                f"{level_text(results)} interval; "
+                f"{ci_text(results, 'interval')}; "
                 "grey line at 0, dotted line at the tolerance; colour = verdict.")
     chosen = {a["chosen"] for a in c["arms"]}
     if key == "protocol":

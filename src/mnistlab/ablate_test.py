@@ -81,7 +81,7 @@ def test_reductions_say_what_the_budget_cut():
 def test_the_standard_budget_trains_at_the_tutorials_sizes():
     b = ablate.STANDARD
     assert (b.seeds, b.subset, b.validation, b.units, b.penalty_units) == (5, 60000, 0.1, 1000, 1000)
-    assert ablate.looks(b, b.seeds) == 2 and b.max_seeds == 10  # sequential: open statements get 10 seeds
+    assert ablate.look_seeds(b, b.seeds) == [5, 10, 20]  # sequential: open statements get 10, then 20 seeds
     regularization = ablate.CLAIMS["regularization"](b)
     assert regularization.base.model.dense_layers[0].units == 1000 and regularization.base.training.subset == 60000
     # Every grid reaches past the quick budget's edges (its choices at an edge: L1 and L2 at
@@ -194,28 +194,76 @@ SEQUENTIAL_FIGURES = {"a 1": [0.91, 0.891, 0.95, 0.95], "a 2": [0.819, 0.821, 0.
 SEQUENTIAL_VALIDATION = {"a 1": 0.5, "a 2": 0.6, "b": 0.4, "c": 0.4}
 
 
-def _fake_training(monkeypatch, trained):
+def _fake_training(monkeypatch, trained, test=SEQUENTIAL_FIGURES, validation=SEQUENTIAL_VALIDATION):
     def run(batch, load, **hooks):
         trained.append(sorted((m.variant, m.seed) for m in batch))
         for m in batch:
-            m.figures = {"test_accuracy": SEQUENTIAL_FIGURES[m.variant][m.seed],
-                         "val_accuracy": SEQUENTIAL_VALIDATION[m.variant]}
+            m.figures = {"test_accuracy": test[m.variant][m.seed], "val_accuracy": validation[m.variant]}
     monkeypatch.setattr(populations, "run", run)
+
+
+def test_looks_double_the_seeds_up_to_the_most_and_share_the_five_percent():
+    assert ablate.look_seeds(ablate.TEST, 2) == [2]  # no max_seeds: one look
+    assert ablate.look_seeds(dataclasses.replace(ablate.TEST, max_seeds=4), 2) == [2, 4]
+    assert ablate.look_seeds(dataclasses.replace(ablate.TEST, max_seeds=12), 5) == [5, 10, 12]
+    assert ablate.look_seeds(dataclasses.replace(ablate.TEST, max_seeds=20), 5) == [5, 10, 20]
+    assert ablate.look_seeds(dataclasses.replace(ablate.TEST, max_seeds=5), 5) == [5]
+    assert ablate.look_levels(1) == [0.95]
+    assert ablate.look_levels(2) == pytest.approx([0.975, 0.975])
+    assert ablate.look_levels(3) == pytest.approx([0.975, 0.9875, 0.9875])
+    assert ablate.look_levels(4) == pytest.approx([0.975, 1 - 0.025 / 3, 1 - 0.025 / 3, 1 - 0.025 / 3])
+    for n in (2, 3, 4):  # the misses add up to 5%
+        assert sum(1 - level for level in ablate.look_levels(n)) == pytest.approx(0.05)
+
+
+# p - q by seed: open after 2 seeds (6 would decide it at 97.5%), open after 4 (5 would at
+# 98.75%), decided after 8; r - q decided after 2.
+THREE_LOOKS = {"p": [0.81, 0.83, 0.815, 0.825, 0.82, 0.82, 0.82, 0.82], "q": [0.80] * 8, "r": [0.90, 0.901]}
+
+
+def test_a_third_look_reads_what_the_second_left_open_at_its_own_level(monkeypatch):
+    trained, events = [], []
+    _fake_training(monkeypatch, trained, THREE_LOOKS, {"p": 0.5, "q": 0.5, "r": 0.5})
+    base = ablate.CLAIMS["decay"](ablate.TEST).base
+    claim = ablate.Claim(
+        key="k", title="t", quote="q", base=base, variants=tuple(ablate.Variant(n, {}) for n in ("p", "q", "r")),
+        comparisons=(ablate.Comparison("r beats q", "r", "q", "test_accuracy"),
+                     ablate.Comparison("p beats q", "p", "q", "test_accuracy")),
+        figures=("test_accuracy",), budget_fields=())
+    budget = dataclasses.replace(ablate.TEST, max_seeds=8)
+    result, group = ablate.run_claim(claim, budget, 2, load=None, on_event=events.append)
+    assert trained == [sorted((v, s) for v in "pqr" for s in (0, 1)),
+                       [("p", 2), ("p", 3), ("q", 2), ("q", 3)],
+                       sorted((v, s) for v in "pq" for s in range(4, 8))]
+    assert [(e["look"], e["members"], e["seeds"]) for e in events if e["event"] == "another look"] == [
+        (2, 4, 4), (3, 8, 8)]
+    decided, late = result["comparisons"]
+    assert (decided["look"], decided["level"], decided["difference"]["n"]) == (1, pytest.approx(0.975), 2)
+    d = np.array(THREE_LOOKS["p"]) - 0.80
+    half = scipy_t.ppf(1 - 0.0125 / 2, 7) * np.std(d, ddof=1) / math.sqrt(8)
+    assert (late["look"], late["level"], late["difference"]["n"]) == (3, pytest.approx(0.9875), 8)
+    assert late["difference"]["low"] == pytest.approx(d.mean() - half) and late["verdict"] == stats.SUPPORTED
+    # The variants' own figures stay at the first look's level, over every seed they have.
+    p = result["variants"][0]["figures"]["test_accuracy"]
+    assert p["low"] == pytest.approx(0.82 - scipy_t.ppf(1 - 0.025 / 2, 7) * np.std(THREE_LOOKS["p"], ddof=1) / math.sqrt(8))
+    # The looks before: 97.5% after 2 seeds said 6 would decide it; 98.75% after 4, 5.
+    for n, level, needed in ((2, 0.975, 6), (4, 0.9875, 5)):
+        sd = np.std(d[:n], ddof=1)
+        assert scipy_t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n) > 0.02  # open at that look
+        assert [k for k in range(2, 9) if scipy_t.ppf(0.5 + level / 2, k - 1) * sd / math.sqrt(k) < 0.02][0] == needed
 
 
 def test_a_second_look_trains_only_what_the_open_statements_compare_and_keeps_the_first_verdicts(monkeypatch):
     trained, events = [], []
     _fake_training(monkeypatch, trained)
     budget = dataclasses.replace(ablate.TEST, max_seeds=4)
-    assert ablate.looks(budget, 2) == 2 and ablate.looks(budget, 4) == 1 and ablate.looks(ablate.TEST, 2) == 1
-    assert ablate.interval_level(2) == pytest.approx(0.975)
     result, group = ablate.run_claim(_sequential_claim(), budget, 2, load=None, on_event=events.append)
     # First look: every variant, seeds 0 and 1. Second: "a beats b" only, with "a best" kept
     # at its first choice (a 2) and b, seeds 2 and 3; "a 1 beats c" has a mean of exactly 0.
     assert trained == [sorted((v, s) for v in SEQUENTIAL_FIGURES for s in (0, 1)),
                        [("a 2", 2), ("a 2", 3), ("b", 2), ("b", 3)]]
-    assert [e for e in events if e["event"] == "second look"] == [
-        {"event": "second look", "claim": "k", "statements": 1, "members": 4, "seeds": 4}]
+    assert [e for e in events if e["event"] == "another look"] == [
+        {"event": "another look", "claim": "k", "look": 2, "statements": 1, "members": 4, "seeds": 4}]
     decided, reopened, near_zero = result["comparisons"]
     # c - b = 0.10, 0.101: mean 0.1005, sd 0.000707, half-width t(1) at 97.5% x sd / sqrt(2)
     sd = 0.001 / math.sqrt(2)
@@ -246,9 +294,39 @@ def test_the_report_of_two_looks_says_so_and_doubles_every_p_value(monkeypatch, 
         p = 2 * (2 * (1 - scipy_t.cdf(abs(t), len(pairs) - 1))) if np.std(pairs) else math.nan
         assert (math.isnan(p) and math.isnan(c["p_value"])) or c["p_value"] == pytest.approx(min(1.0, p), rel=1e-6)
     md = ablate_report.markdown(ablate_report.build(results, kept), "figures")
-    assert ablate_report.SEQUENTIAL_RULE.format(seeds=2, most=4, level="97.5%") in md
+    assert ablate_report.sequential_text(results) in md
+    assert ("the first look's intervals at 97.5%, the second's at 97.5% (2.5% + 2.5%)" in md
+            and "(times 2)" in md and "read again after 4," in md)
     assert "| variant - baseline [97.5% CI] |" in md and "[95% CI]" not in md
     assert "over 4 paired seeds" in md and "over 2 paired seeds" in md
+
+
+def test_the_report_of_three_looks_gives_each_statement_its_looks_level_and_p_value(monkeypatch, mnist_root):
+    monkeypatch.setenv("MNISTLAB_DATA", str(mnist_root))
+    _fake_training(monkeypatch, [], THREE_LOOKS, {"p": 0.5, "q": 0.5, "r": 0.5})
+    claim = ablate.Claim(
+        key="k", title="t", quote="q", base=ablate.CLAIMS["decay"](ablate.TEST).base,
+        variants=tuple(ablate.Variant(n, {}) for n in ("p", "q", "r")),
+        comparisons=(ablate.Comparison("r beats q", "r", "q", "test_accuracy"),
+                     ablate.Comparison("p beats q", "p", "q", "test_accuracy")),
+        figures=("test_accuracy",), budget_fields=())
+    monkeypatch.setattr(ablate, "CLAIMS", {"k": lambda budget: claim})
+    results, kept = ablate.run(dataclasses.replace(ablate.TEST, max_seeds=8, claims=None), seeds=2)
+    assert (results["looks"], results["look_seeds"], results["max_seeds"]) == (3, [2, 4, 8], 8)
+    assert results["levels"] == pytest.approx([0.975, 0.9875, 0.9875]) and results["level"] == pytest.approx(0.975)
+    first, third = results["claims"][0]["comparisons"]
+    # p-values on the 5% scale of the last look read: x2 at the first (2.5%), x4 at the third (1.25%).
+    for c, n, factor in ((first, 2, 2), (third, 8, 4)):
+        pairs = np.array(c["variant_values"][:n]) - np.array(c["baseline_values"][:n])
+        t = pairs.mean() / (np.std(pairs, ddof=1) / math.sqrt(n))
+        assert c["p_value"] == pytest.approx(min(1.0, factor * 2 * scipy_t.sf(abs(t), n - 1)), rel=1e-6)
+    md = ablate_report.markdown(ablate_report.build(results, kept), "figures")
+    assert "the first look's intervals at 97.5%, the 2 later ones' at 98.75% each (2.5% + 1.25% + 1.25%)" in md
+    assert "(times 2 or times 4)" in md and "read again after 4 and then 8," in md
+    assert "| variant - baseline [97.5% CI (98.75% where read again)] |" in md
+    assert "bar = 97.5% interval (98.75% where read again);" in md
+    assert "over 8 paired seeds" in md and "over 2 paired seeds" in md
+    assert "`mnistlab ablate --budget test --seeds 2 --max-seeds 8`" in md
 
 
 def test_variants_compared_are_the_variants_the_chosen_arms_or_the_whole_pool():

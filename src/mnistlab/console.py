@@ -448,10 +448,10 @@ def ablate_events(budget: str, quiet: bool) -> Iterator[Callable[[dict[str, Any]
                 bar.reset(members, total=e.get("members"), visible=True, note="")
                 bar.update(epochs, visible=False)
                 say_above(f"[bold]{e['claim']}[/bold]: {e['title']}")
-            elif kind == "second look":
+            elif kind == "another look":
                 bar.reset(members, total=e["members"], visible=True, note="")
                 open_ = f"{e['statements']} statement{'s' if e['statements'] != 1 else ''} open"
-                say_above(f"  {open_}: {e['members']} members more, up to {e['seeds']} seeds")
+                say_above(f"  look {e['look']}, {open_}: {e['members']} members more, up to {e['seeds']} seeds")
             elif kind == "group":
                 bar.update(members, note=f"group {e['group']}/{e['groups']}")
                 bar.reset(epochs, total=e["epochs"], visible=True, note=f"{e['members']} members")

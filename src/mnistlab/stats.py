@@ -119,12 +119,14 @@ def p_value(difference: Interval, better: Better = "higher", tolerance: float = 
 
 
 def adjusted_p_value(difference: Interval, better: Better = "higher", tolerance: float = 0.0,
-                     looks: int = 1) -> float:
-    """`p_value` times `looks` (at most 1): Bonferroni over the looks of sequential testing,
-    where each look reads its interval at 1 - (1 - LEVEL) / looks. Under LEVEL's rate 1 - LEVEL
-    exactly when that interval leaves the boundary out."""
+                     level: float = LEVEL) -> float:
+    """`p_value` on LEVEL's scale for a statement whose interval was read at `level` (at most
+    1): p x (1 - LEVEL) / (1 - level). Sequential testing reads a statement at several looks,
+    each at a level above LEVEL so that their misses add up to 1 - LEVEL (Bonferroni); this
+    p-value is under 1 - LEVEL exactly when that look's interval leaves the boundary out.
+    Taken at the last look a statement was read, it is a valid p-value over all its looks."""
     p = p_value(difference, better, tolerance)
-    return p if math.isnan(p) else min(1.0, looks * p)  # NaN (no test) stays NaN
+    return p if math.isnan(p) else min(1.0, p * (1 - LEVEL) / (1 - level))  # NaN (no test) stays NaN
 
 
 def seeds_to_decide(difference: Interval, better: Better = "higher", tolerance: float = 0.0,
@@ -148,17 +150,18 @@ def seeds_to_decide(difference: Interval, better: Better = "higher", tolerance: 
 
 
 def corrected_verdicts(tests: Sequence[tuple[Interval, Better, float]], rate: float = 1 - LEVEL,
-                       looks: int = 1) -> list[str]:
+                       levels: Sequence[float] | None = None) -> list[str]:
     """`verdict` for many statements at once, the false discovery rate held at `rate`.
 
-    Each statement's p-value (`p_value`, times `looks` when a statement may be read at that
-    many looks: `adjusted_p_value`) is adjusted over all of them by Benjamini and Hochberg's
-    procedure (scipy's `false_discovery_control`); a statement whose adjusted p-value is
-    under `rate` is decided in the direction of its mean, the others are inconclusive. Of
-    the decided verdicts, at most `rate` are then expected wrong, where `rate` of each raw
-    verdict's interval could be.
+    Each statement's p-value (`p_value`, or `adjusted_p_value` at its level in `levels`
+    when sequential testing read it at a level above LEVEL) is adjusted over all of them by
+    Benjamini and Hochberg's procedure (scipy's `false_discovery_control`); a statement whose
+    adjusted p-value is under `rate` is decided in the direction of its mean, the others are
+    inconclusive. Of the decided verdicts, at most `rate` are then expected wrong, where
+    `rate` of each raw verdict's interval could be.
     """
-    p = np.array([adjusted_p_value(*test, looks=looks) for test in tests])
+    levels = [LEVEL] * len(tests) if levels is None else levels
+    p = np.array([adjusted_p_value(*test, level=level) for test, level in zip(tests, levels, strict=True)])
     adjusted = np.full(len(p), np.nan)
     finite = np.isfinite(p)
     if finite.any():

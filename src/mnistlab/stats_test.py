@@ -261,24 +261,33 @@ def test_seeds_to_decide_edge_cases():
     assert stats.seeds_to_decide(Interval(1.0, math.nan, math.nan, 1, math.nan)) is None  # one seed
 
 
-def test_a_statement_read_at_two_looks_has_its_p_value_doubled_before_the_correction():
+def test_a_statement_read_at_a_later_look_has_its_p_value_scaled_before_the_correction():
     # Two statements with p = 0.02 and 0.03 (one look: both under 0.05; Benjamini-Hochberg
-    # over two: 0.03 and 0.03, both decided). Read at up to two looks: 0.04 and 0.06, then
-    # BH: 0.06 and 0.06, neither decided.
+    # over two: 0.03 and 0.03, both decided). Read at 97.5% (two looks of 2.5% each): 0.04 and
+    # 0.06, then BH: 0.06 and 0.06, neither decided.
     def with_p(p):  # a paired difference of 3 seeds whose t-test gives p exactly
         t = stats.t_quantile(2, 1 - p)
         return Interval(mean=t * 0.01 / math.sqrt(3), low=math.nan, high=math.nan, n=3, sd=0.01)
     tests = [(with_p(0.02), "higher", 0.0), (with_p(0.03), "higher", 0.0)]
     assert [stats.p_value(*t) for t in tests] == pytest.approx([0.02, 0.03])
-    assert [stats.adjusted_p_value(*t, looks=2) for t in tests] == pytest.approx([0.04, 0.06])
-    assert stats.adjusted_p_value(with_p(0.7), looks=2) == 1.0
+    assert [stats.adjusted_p_value(*t, level=0.975) for t in tests] == pytest.approx([0.04, 0.06])
+    assert stats.adjusted_p_value(with_p(0.7), level=0.975) == 1.0
+    # A third look's 98.75% (1.25% of the 5%): times 4. p = 0.012 there is 0.048, under 0.05
+    # exactly when its 98.75% interval would leave 0 out (p < 0.0125).
+    assert stats.adjusted_p_value(with_p(0.012), level=0.9875) == pytest.approx(0.048)
+    assert stats.adjusted_p_value(with_p(0.013), level=0.9875) == pytest.approx(0.052)
     assert stats.adjusted_p_value(with_p(0.02)) == pytest.approx(0.02)  # one look by default
     # The direction and the tolerance are the p-value's: 2 x p_value(d, "lower", 0.01) etc.
     d = with_p(0.02)
     for better in ("higher", "lower"):
-        assert stats.adjusted_p_value(d, better, 0.01, looks=2) == pytest.approx(2 * stats.p_value(d, better, 0.01))
-    assert stats.adjusted_p_value(d, tolerance=0.01, looks=2) == pytest.approx(2 * stats.p_value(d, "higher", 0.01))
+        assert stats.adjusted_p_value(d, better, 0.01, level=0.975) == pytest.approx(2 * stats.p_value(d, better, 0.01))
+    assert stats.adjusted_p_value(d, tolerance=0.01, level=0.975) == pytest.approx(2 * stats.p_value(d, "higher", 0.01))
     assert stats.p_value(d, "higher", 0.01) != pytest.approx(stats.p_value(d, "lower", 0.01))
-    assert math.isnan(stats.adjusted_p_value(Interval(0.01, math.nan, math.nan, 1, math.nan), looks=2))
+    assert math.isnan(stats.adjusted_p_value(Interval(0.01, math.nan, math.nan, 1, math.nan), level=0.975))
     assert stats.corrected_verdicts(tests) == [SUPPORTED, SUPPORTED]
-    assert stats.corrected_verdicts(tests, looks=2) == [INCONCLUSIVE, INCONCLUSIVE]
+    assert stats.corrected_verdicts(tests, levels=[0.975, 0.975]) == [INCONCLUSIVE, INCONCLUSIVE]
+    # Each statement at its own level: 0.02 read at the first look (x2: 0.04), 0.03 at one
+    # look (x1: 0.03); BH over two: 0.04 and 0.04, both decided. Swapped: 0.02 and 0.06 -> 0.04
+    # and 0.06: only the first.
+    assert stats.corrected_verdicts(tests, levels=[0.975, 0.95]) == [SUPPORTED, SUPPORTED]
+    assert stats.corrected_verdicts(tests, levels=[0.95, 0.975]) == [SUPPORTED, INCONCLUSIVE]

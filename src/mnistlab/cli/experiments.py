@@ -147,8 +147,9 @@ def ablate(
                                         autocompletion=complete("ablate", "BUDGETS"))] = "quick",
     seeds: Annotated[Optional[int], typer.Option(help="Seeds per variant (default: the budget's; at least 2).")] = None,
     max_seeds: Annotated[Optional[int], typer.Option(
-        help="Sequential testing: a statement still open after --seeds gets seeds up to this many when they "
-             "could decide it (each look's interval at 97.5%, so a verdict stays 95% sure).")] = None,
+        help="Sequential testing: a statement still open after --seeds that this many could decide is read "
+             "again with twice the seeds, and so on up to this many (the looks share the 5%, so a verdict stays "
+             "95% sure).")] = None,
     only: Annotated[Optional[list[str]], typer.Option(
         "--only", help="Run only these claims (repeatable or comma-separated): regularization, dropout, "
                        "activation, output, initialization, optimizer, decay, protocol, tutorial.")] = None,
