@@ -412,6 +412,33 @@ def test_an_interrupted_run_resumes_from_its_checkpoints_to_the_same_numbers(loa
             np.testing.assert_array_equal(again[i][name], value)
 
 
+def test_a_resumed_run_restores_the_best_weights_it_kept_before_the_interruption(load, tmp_path):
+    # Best at epoch 1 (no accuracy can beat another by min_delta 1), interrupted after epoch 2,
+    # resumed for epoch 3: the run ends with epoch 1's weights, which only the checkpoint held.
+    spec = spec_lib.with_values(spec_lib.from_dict(DENSE), {"training.epochs": 3, "training.early_stopping": {
+        "monitor": "val_accuracy", "min_delta": 1.0, "patience": 10, "restore_best_weights": True}})
+    first_epoch = {}
+    populations.run([populations.Member(0, spec_lib.with_values(spec, {"training.epochs": 1,
+                                                                     "training.early_stopping": None}))],
+                    load, on_done=lambda m, part: first_epoch.update(part.params(m)))
+
+    def stop_after_epoch_2(part, result):
+        if result.epoch == 2:
+            raise KeyboardInterrupt
+
+    folder = tmp_path / "checkpoints"
+    with pytest.raises(KeyboardInterrupt):
+        populations.run([populations.Member(0, spec)], load, checkpoints=populations.Checkpoints(folder),
+                        after_epoch=stop_after_epoch_2)
+    resumed, final = populations.Member(0, spec), {}
+    populations.run([resumed], load, checkpoints=populations.Checkpoints(folder),
+                    on_done=lambda m, part: final.update(part.params(m)))
+    assert (resumed.status, resumed.watch.best_epoch, len(resumed.history)) == (populations.COMPLETED, 1, 3)
+    assert sorted(final) == sorted(first_epoch)
+    for name, value in first_epoch.items():
+        np.testing.assert_array_equal(final[name], value)
+
+
 def test_a_part_evaluates_its_members_as_each_alone(load):
     base = spec_lib.from_dict(DENSE)
     members = [populations.Member(i, spec_lib.with_values(base, {"training.seed": i})) for i in range(2)]
