@@ -656,6 +656,17 @@ def test_early_stopping_summary_says_where_it_stopped_and_whose_weights_are_kept
                                                           **expected}
 
 
+def test_a_summary_before_any_epoch_has_no_final_figures_and_says_what_early_stopping_did():
+    stopping = spec_lib.with_values(spec_lib.from_dict(DENSE), {"training.early_stopping": {
+        "monitor": "val_accuracy", "patience": 2}})
+    out = populations.summary(populations.Member(0, stopping))
+    assert (out["status"], out["epochs_completed"], out["seconds_per_epoch"], out["final"]) == (
+        populations.PENDING, 0, [], None)
+    assert out["early_stopping"] == {"monitor": "val_accuracy", "best": None, "best_epoch": None,
+                                     "stopped_epoch": None, "weights_from_epoch": None}
+    assert "early_stopping" not in populations.summary(populations.Member(0, spec_lib.from_dict(DENSE)))
+
+
 def test_early_stopping_summary_before_any_epoch_has_no_epochs():
     spec = spec_lib.with_values(spec_lib.preset("fast"), {"training.validation_split": 0.1,
                                                           "training.early_stopping": {"patience": 2}})
