@@ -291,3 +291,5 @@ def test_a_statement_read_at_a_later_look_has_its_p_value_scaled_before_the_corr
     # and 0.06: only the first.
     assert stats.corrected_verdicts(tests, levels=[0.975, 0.95]) == [SUPPORTED, SUPPORTED]
     assert stats.corrected_verdicts(tests, levels=[0.95, 0.975]) == [SUPPORTED, INCONCLUSIVE]
+    with pytest.raises(ValueError):  # a level for each statement, no fewer
+        stats.corrected_verdicts(tests, levels=[0.975])
