@@ -465,6 +465,20 @@ def test_better_follows_the_direction_of_the_metric():
     assert populations.better(0.3, 0.4, "loss") and not populations.better(0.5, 0.4, "val_loss")
     assert populations.better(0.1, None, "loss") and not populations.better(math.nan, None, "loss")
     assert populations.better(0.5, math.nan, "val_accuracy")  # anything finite beats a diverged best
+    # A tie is no improvement, either way (the first epoch to reach a value keeps it).
+    assert not populations.better(0.8, 0.8, "val_accuracy") and not populations.better(0.4, 0.4, "val_loss")
+
+
+def test_an_epoch_diverges_on_the_engines_flag_a_non_finite_loss_or_a_non_finite_metric():
+    spec = spec_lib.from_dict(DENSE)  # 2 epochs
+    for diverged, loss, value in ((True, 0.5, 0.9), (False, math.nan, 0.9), (False, math.inf, 0.9),
+                                  (False, 0.5, math.nan), (False, math.nan, None)):
+        m = populations.Member(0, spec)
+        populations._advance(m, {"epoch": 1, "loss": loss, "val_accuracy": value}, diverged, "val_accuracy")
+        assert m.status == populations.DIVERGED, (diverged, loss, value)
+    m = populations.Member(0, spec)
+    populations._advance(m, {"epoch": 1, "loss": 0.5, "val_accuracy": 0.9}, False, "val_accuracy")
+    assert (m.status, m.best_value, m.best_epoch) == (populations.RUNNING, 0.9, 1)
 
 
 def test_the_loader_reads_each_dataset_once_from_its_folder(mnist_root, synthetic, tmp_path, monkeypatch):
