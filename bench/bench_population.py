@@ -8,13 +8,22 @@ epochs of real MNIST, every run through the one driver that `train`, `sweep`, `t
     measures, and at forced widths, to show what the measurement decides between.
 Prints a Markdown table and writes JSON. Usage:
   .venv/bin/python bench/bench_population.py [--members 16] [--widths 1,4,16] [--out FILE]
+
+`--sizes 1,16,64,256` measures instead how one population scales (the GPU figures,
+bench/gpu.sh): for each size, that many `seed` members trained together, the fastest
+epoch after the first and the device's peak memory (the process's peak RSS on a CPU).
+`--epochs` and `--subset` shrink the work (the CPU test of bench/gpu.sh).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import resource
 import time
+
+import jax
 
 import numpy as np
 
@@ -62,6 +71,29 @@ def bench(name: str, base: spec_lib.RunSpec, arrays, count: int, widths: list[in
     return rows
 
 
+def peak_memory_bytes() -> tuple[int, str]:
+    """(bytes, what was read): the accelerator's peak allocation where JAX reports one,
+    else the process's peak resident set (CPU: weights, data and activations all live there)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"]), f"{jax.devices()[0].device_kind} peak_bytes_in_use"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS"
+
+
+def scaling(arrays, sizes: list[int], epochs: int) -> list[dict]:
+    """One population of each size of `seed` members: epoch seconds and peak memory."""
+    rows = []
+    for size in sizes:
+        specs = members(spec_lib.preset("seed"), size, epochs)
+        seconds = epoch_seconds(specs, arrays, lanes=None)
+        memory, source = peak_memory_bytes()
+        rows.append({"members": size, "epoch_s": seconds, "member_epoch_s": seconds / size,
+                     "peak_memory_gib": memory / 2**30, "memory_source": source})
+        print(f"[bench] {size} seed members: {seconds:.2f} s/epoch ({seconds / size:.3f} s a member), "
+              f"peak {memory / 2**30:.2f} GiB ({source})", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, default=16)
@@ -69,8 +101,22 @@ def main() -> None:
     parser.add_argument("--networks", default="seed,small")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default="docs/bench-population.json")
+    parser.add_argument("--sizes", default=None, help="population sizes to scale through, e.g. 1,16,64,256")
+    parser.add_argument("--epochs", type=int, default=3, help="with --sizes (at least 2: the first compiles)")
+    parser.add_argument("--subset", type=int, default=None, help="train images, with --sizes")
     args = parser.parse_args()
     arrays = data.load("mnist")
+    if args.sizes:
+        if args.subset:
+            arrays = dataclasses.replace(arrays, train_images=arrays.train_images[:args.subset],
+                                     train_labels=arrays.train_labels[:args.subset])
+        rows = scaling(arrays, [int(n) for n in args.sizes.split(",")], args.epochs)
+        print("\n| members | s/epoch | s/epoch a member | peak memory GiB |\n| --- | --- | --- | --- |")
+        for r in rows:
+            print(f"| {r['members']} | {r['epoch_s']:.2f} | {r['member_epoch_s']:.3f} | {r['peak_memory_gib']:.2f} |")
+        with open(args.out, "w") as f:
+            json.dump({"machine": {**machine.describe(), "date": time.strftime("%Y-%m-%d")}, "sizes": rows}, f, indent=1)
+        return
     widths = [int(w) for w in args.widths.split(",")]
     seed = spec_lib.preset("seed")
     small = spec_lib.with_values(seed, {"model.layers.0.units": 100})

@@ -7,7 +7,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ has no __init__.py
 
 import bench_cnn  # noqa: E402
+import bench_precision  # noqa: E402
 import bench_seed  # noqa: E402
+import bench_speedrun  # noqa: E402
 import machine  # noqa: E402
 import peers  # noqa: E402
 
@@ -227,3 +229,56 @@ def test_machine_summary_names_cores_cpu_flags_and_memory():
     assert machine.summary({**info, "flags": [], "mem_total_gib": None}) == "2 cores of Intel Xeon (no AVX2), Python 3.11.7"
     described = machine.describe()
     assert set(described["flags"]) <= set(machine.KERNEL_FLAGS) and described["cores"] >= 1
+
+
+def _run(acc, wall, steady, program="mnistlab:x"):
+    return {"program": program, "kind": "mnistlab", "epochs": 4, "test_acc": acc, "wall_s": wall,
+            "s_per_epoch_steady": steady, "s_per_epoch_mean": steady}
+
+
+def test_precision_rows_compare_each_policy_with_float32_of_the_same_preset():
+    names = ["mnistlab:seed:float32:0", "mnistlab:seed:mixed_bfloat16:0", "mnistlab:seed:float32:1",
+             "mnistlab:seed:mixed_bfloat16:1", "mnistlab:cnn:float32:0", "mnistlab:cnn:mixed_bfloat16:0"]
+    records = [_run(0.90, 40, 2.0), _run(0.89, 50, 3.0), _run(0.92, 42, 4.0), _run(0.93, 48, 5.0),
+               _run(0.99, 30, 12.0), {"program": "mnistlab:cnn", "kind": "mnistlab", "error": "boom"}]
+    rows = {(r["preset"], r["policy"]): r for r in bench_precision.summarize(names, records)}
+    seed32, seed16 = rows["seed", "float32"], rows["seed", "mixed_bfloat16"]
+    # Medians of the seeds' s/epoch (2 and 4 -> 3; 3 and 5 -> 4), means of their accuracy.
+    assert (seed32["s_per_epoch"], seed16["s_per_epoch"]) == (3.0, 4.0)
+    assert seed16["over_float32"] == pytest.approx(4 / 3) and seed32["over_float32"] == 1.0
+    assert seed16["accuracy_change"] == pytest.approx(0.91 - 0.91) and seed16["wall_s"] == 49
+    cnn16 = rows["cnn", "mixed_bfloat16"]
+    assert cnn16["runs"] == 0 and cnn16["failed"] == 1 and cnn16["over_float32"] is None
+    table = bench_precision.markdown_table(list(rows.values()))
+    assert "| seed | mixed_bfloat16 | 4 | 2 | 4.00 | 1.33 | 49.0 | 0.9100 | +0.00 |" in table
+    assert "| cnn | mixed_bfloat16 | — | 0 | — | — | — | — | — |" in table
+
+
+def test_precision_jobs_alternate_the_policies_within_each_seed(tmp_path):
+    args = bench_precision.parse_args(["--seeds", "2"])
+    names = [name for name, _ in bench_precision.jobs(["seed", "cnn"], 2, None, args, tmp_path)]
+    assert names[:4] == ["mnistlab:seed:float32:0", "mnistlab:seed:mixed_bfloat16:0",
+                         "mnistlab:seed:float32:1", "mnistlab:seed:mixed_bfloat16:1"] and len(names) == 8
+
+
+def test_speedrun_rows_hold_each_program_to_the_targets():
+    names = [f"{p}:{s}" for s in range(3) for p in ("mnistlab:speedrun", "peer:speedrun-torch")]
+    records = [_run(0.991, 13.0, 2.0), _run(0.990, 14.0, 2.5), _run(0.992, 14.0, 2.2), _run(0.990, 15.5, 2.6),
+               _run(0.990, 12.0, 2.1), _run(0.989, 14.5, 2.7)]
+    rows = {r["program"]: r for r in bench_speedrun.summarize(names, records)}
+    ours, torch = rows["mnistlab:speedrun"], rows["peer:speedrun-torch"]
+    assert ours["acc_mean"] == pytest.approx(0.991) and ours["acc_sd"] == pytest.approx(0.001)
+    assert (ours["wall_mean"], ours["wall_max"], ours["meets"]) == (13.0, 14.0, True)
+    # 99.0% mean but one run over 15 s: missed.
+    assert torch["acc_mean"] == pytest.approx(0.98966, abs=1e-5) and not torch["meets"]
+    table = bench_speedrun.markdown_table(list(rows.values()))
+    assert "| mnistlab:speedrun | 3 | 99.10% | 99.00% | 99.20% | 0.10 | 13.0 | 14.0 | 2.10 | yes |" in table
+    assert "| peer:speedrun-torch | 3 | 98.97% |" in table and table.count("| no |") == 1
+
+
+def test_speedrun_jobs_seed_both_programs(tmp_path):
+    args = bench_speedrun.parse_args(["--seeds", "2"])
+    planned = bench_speedrun.jobs(2, [peers.SPEEDRUN_PEER], args, tmp_path)
+    assert [name for name, _ in planned] == ["mnistlab:speedrun:0", "peer:speedrun-torch:0",
+                                             "mnistlab:speedrun:1", "peer:speedrun-torch:1"]
+    assert bench_speedrun.EPOCHS == 4 and peers.ALL_PEERS["speedrun-torch"].venv == "torch"

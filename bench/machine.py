@@ -60,3 +60,7 @@ def summary(info: dict) -> str:
     flags = ", ".join(info["flags"]) or "no AVX2"
     memory = f", {info['mem_total_gib']} GiB" if info.get("mem_total_gib") else ""
     return f"{info['cores_usable']} cores of {info['cpu']} ({flags}){memory}, Python {info['python']}"
+
+
+if __name__ == "__main__":  # bench/gpu.sh records the host beside the GPU
+    print(summary(describe()))

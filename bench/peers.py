@@ -84,7 +84,11 @@ CNN_PEERS: dict[str, Peer] = {
     )
 }
 
-ALL_PEERS: dict[str, Peer] = {**PEERS, **CNN_PEERS}
+# The `speedrun` preset's network in PyTorch (bench/bench_speedrun.py), in the torch venv.
+SPEEDRUN_PEER = replace(PEERS["torch"], name="speedrun-torch", script="speedrun_torch.py",
+                        peers_dir=BENCH_PEERS_DIR, venv="torch")
+
+ALL_PEERS: dict[str, Peer] = {**PEERS, **CNN_PEERS, SPEEDRUN_PEER.name: SPEEDRUN_PEER}
 
 
 def repo_root() -> Path:

@@ -1,5 +1,6 @@
 """engine.py: one step against a hand computation, Keras' epoch bookkeeping, determinism."""
 
+import contextlib
 import io
 import json
 import os
@@ -573,10 +574,15 @@ def test_compile_all_compiles_every_program_an_epoch_needs(monkeypatch):
     population.train_epoch()
     population.evaluate(images, labels)
     assert engine.COMPILATIONS == compiled  # nothing left to compile
-    plain = engine.Population(specs, images, labels, lanes=2, chunks_per_epoch=2)
-    plain.compile_all()  # no validation data: no evaluation program
-    plain.train_epoch()
+    # No validation data: the evaluation is compiled all the same (a test set may come at the
+    # end), for one member's weights too, so a run's test evaluation compiles nothing.
+    plain = engine.Population(specs[:1], images, labels, lanes=1, chunks_per_epoch=2)
+    plain.compile_all()
+    compiled = {"init": 2, "order": 2, "chunk": 4, "evaluate": 2}
     assert engine.COMPILATIONS == compiled
+    plain.train_epoch()
+    engine.evaluate(specs[0], plain.member_params(0), images, labels)
+    assert engine.COMPILATIONS == compiled  # evaluate's own population of one finds all compiled
     # Label sets: the evaluation program compiled ahead takes (block, classes) labels.
     sets = (np.arange(40)[:, None] % np.array([2, 3, 5]) == 0).astype(np.int32)
     multi = [spec.model_copy(update={"model": ModelSpec(layers=[Dense(units=3, activation="sigmoid")])})
@@ -584,7 +590,7 @@ def test_compile_all_compiles_every_program_an_epoch_needs(monkeypatch):
     population = engine.Population(multi, images, sets, images[:10], sets[:10], lanes=2, chunks_per_epoch=2,
                                    eval_batches_per_call=2)
     population.compile_all()
-    compiled = {"init": 2, "order": 2, "chunk": 4, "evaluate": 2}
+    compiled = {"init": 3, "order": 3, "chunk": 6, "evaluate": 3}
     assert engine.COMPILATIONS == compiled
     population.train_epoch()
     assert engine.COMPILATIONS == compiled
@@ -924,11 +930,15 @@ def test_compile_seconds_add_up_every_compilation(monkeypatch):
     monkeypatch.setattr(engine, "COMPILATIONS", {})
     clock = iter(range(10**6))
     monkeypatch.setattr(engine, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    # One program after another, so that the clock's readings pair up (compile_all compiles
+    # side by side, and the time of each program is counted all the same).
+    monkeypatch.setattr(engine, "ThreadPoolExecutor", lambda workers: contextlib.nullcontext(
+        types.SimpleNamespace(map=map)))
     images, labels = tiny_data(n=40)
     population = engine.Population([tiny_spec(batch_size=8)], images, labels, chunks_per_epoch=2)
     population.compile_all()
-    assert engine.COMPILATIONS == {"init": 1, "order": 1, "chunk": 2}
-    assert population.compile_seconds == 4.0
+    assert engine.COMPILATIONS == {"init": 1, "order": 1, "chunk": 2, "evaluate": 1}
+    assert population.compile_seconds == 5.0
 
 
 def test_a_program_is_compiled_again_for_another_number_of_samples_only_if_it_depends_on_it(monkeypatch):

@@ -85,8 +85,8 @@ def _regularizer(keras, reg: layers.Regularizer | None):
     return None if reg is None else keras.regularizers.L1L2(l1=reg.l1, l2=reg.l2)
 
 
-def _keras_layer(keras, layer: layers.Layer, name: str):
-    """The Keras layer computing what `layer` computes, named `name`."""
+def _keras_layer(keras, layer: layers.Layer, name: str, dtype_policy: str):
+    """The Keras layer computing what `layer` computes, named `name`, under `dtype_policy`."""
     if isinstance(layer, (layers.ElasticDistortion, layers.RandomStrokeWidth)):
         raise UserError(f"layer '{name}' ({layer.type}): Keras has no such layer, so this network cannot go "
                         "to Keras; export it as ONNX, or train it without that layer")
@@ -101,7 +101,8 @@ def _keras_layer(keras, layer: layers.Layer, name: str):
         c = layer.kernel_constraint
         # Keras' MaxNorm on axis 0: the norm of each unit's incoming weights, as mnistlab's.
         settings["kernel_constraint"] = None if c is None else keras.constraints.MaxNorm(c.max_value, axis=0)
-    return getattr(keras.layers, type(layer).__name__)(**settings, name=name)  # mnistlab's classes bear Keras' names
+    # mnistlab's classes bear Keras' names
+    return getattr(keras.layers, type(layer).__name__)(**settings, name=name, dtype=dtype_policy)
 
 
 def learning_rate(keras, opt: spec_lib.OptimizerSpec):
@@ -141,11 +142,12 @@ def to_keras(spec: RunSpec, params: dict[str, np.ndarray], *, compile: bool = Tr
     runs.check_params(spec, params, "the weights", image_shape)
     layer_list = spec.model.layers
     first = tuple(spec_lib.output_shapes(layer_list, image_shape)[0])
-    # Raw pixels in, as mnistlab takes them: scaled and shaped inside the model.
+    # Raw pixels in, as mnistlab takes them: scaled and shaped inside the model, in float32
+    # under either dtype policy (the first layer casts its input, as mnistlab's does).
     stack = [keras.Input(image_shape), keras.layers.Rescaling(spec.model.input_rescale, name="input_rescale"),
              keras.layers.Reshape(first, name="input_image" if takes_image(layer_list) else "input_vector")]
     names = model.layer_names(spec.model)
-    stack += [_keras_layer(keras, layer, name) for layer, name in zip(layer_list, names)]
+    stack += [_keras_layer(keras, layer, name, spec.model.dtype_policy) for layer, name in zip(layer_list, names)]
     net = keras.Sequential(stack, name=spec.name)
     for name in names:
         own = model.own(params, name, "/")
@@ -176,8 +178,9 @@ def save(spec: RunSpec, params: dict[str, np.ndarray], out: Path) -> None:
 # ------------------------------------------------------------------ in: a Keras model
 
 
-# Config keys that say nothing about the arithmetic: names, dtypes, seeds (the weights come
-# with the file; a dropout or augmentation seed only picks which random draws).
+# Config keys that say nothing about the arithmetic: names, seeds (the weights come with
+# the file; a dropout or augmentation seed only picks which random draws), and the dtype
+# policy, read for the whole model by `_dtype_policy_in`.
 IGNORED = {"name", "trainable", "dtype", "seed"}
 # Per Keras layer class: (mnistlab's type, the keys mnistlab has, keys at the one value mnistlab computes).
 _CHANNELS_LAST = {"data_format": "channels_last"}
@@ -303,6 +306,23 @@ def _layer_in(keras_layer, where: str) -> dict[str, Any]:
     return out
 
 
+def _dtype_policy_in(keras_layers: list) -> str:
+    """The model's dtype policy: that of its layers with weights, which must share one of
+    mnistlab's. A layer without weights may also be float32, as Keras' mixed-precision guide
+    has the output's softmax be (mnistlab computes the softmax and loss in float32)."""
+    allowed = spec_lib.DTYPE_POLICIES
+    found = {layer.name: layer.dtype_policy.name for layer in keras_layers}
+    for name, policy in found.items():
+        if policy not in allowed:
+            raise _refuse(f"layer '{name}'", "dtype", policy, f"mnistlab computes under {' or '.join(allowed)}")
+    weighted = {found[layer.name] for layer in keras_layers if layer.weights}
+    if len(weighted) > 1:
+        raise UserError("the layers with weights compute under different dtype policies ("
+                        + ", ".join(f"'{layer.name}' {found[layer.name]}" for layer in keras_layers if layer.weights)
+                        + "): mnistlab computes a model under one; set one policy for them all")
+    return weighted.pop() if weighted else "float32"
+
+
 def _schedule_in(value: Any) -> tuple[float, dict[str, Any]]:
     """(learning rate, mnistlab schedule table) of a Keras learning rate."""
     if isinstance(value, (int, float)):
@@ -389,7 +409,7 @@ def from_keras(net, *, name: str | None = None, dataset: str = "mnist") -> tuple
     tables = [_layer_in(layer, f"layer '{layer.name}' ({type(layer).__name__})") for layer in rest]
     spec = spec_lib.from_dict({
         "name": name or net.name, "dataset": dataset,
-        "model": {"input_rescale": input_rescale, "layers": tables},
+        "model": {"input_rescale": input_rescale, "dtype_policy": _dtype_policy_in(rest), "layers": tables},
         **({"optimizer": _optimizer_in(net.optimizer)} if getattr(net, "optimizer", None) is not None else {}),
     }, f"Keras model '{net.name}'")
     _loss_in(getattr(net, "loss", None), spec.model.output_activation)

@@ -105,6 +105,56 @@ def test_every_layer_type_and_setting_goes_out_and_comes_back(mnist, tmp_path):
     assert all(np.array_equal(got[k], params[k]) for k in params) and set(got) == set(params)
 
 
+MIXED = {"name": "mixed", "model": {"dtype_policy": "mixed_bfloat16", "layers": [
+    {"type": "conv2d", "filters": 8, "kernel_size": 3, "padding": "same"},
+    {"type": "batch_normalization"}, {"type": "activation", "activation": "relu"},
+    {"type": "max_pooling2d", "pool_size": 2}, {"type": "flatten"},
+    {"type": "dense", "units": 64, "activation": "relu"}, {"type": "dropout", "rate": 0.5},
+    {"type": "dense", "units": 10, "activation": "softmax"}]}}
+
+
+def test_a_mixed_bfloat16_model_goes_out_under_keras_policy_and_comes_back(mnist):
+    spec = spec_lib.from_dict(MIXED)
+    single = spec_lib.with_values(spec, {"model.dtype_policy": "float32"})
+    rng = np.random.default_rng(0)
+    params = {k: v + np.abs(rng.normal(0, 0.2, v.shape)).astype(np.float32) if k.endswith("variance")
+              else v + rng.normal(0, 0.2, v.shape).astype(np.float32)
+              for k, v in model.init(spec.model, 1, (28, 28)).items()}
+    net = keras_io.to_keras(spec, params)
+    assert {net.get_layer(name).dtype_policy.name for name in model.layer_names(spec.model)} == {"mixed_bfloat16"}
+    assert {v.dtype for v in net.weights} == {"float32"}  # Keras' variables stay float32 too
+    images = mnist.test_images[:1000]
+    theirs, theirs_single = net.predict(images, verbose=0), keras_io.to_keras(single, params).predict(images, verbose=0)
+    assert theirs.dtype == "bfloat16"  # Keras computes it all in bfloat16, its softmax too
+    ours = np.asarray(model.probabilities(spec.model, params, images))
+    # The two compute in bfloat16 with roundings in other places (Keras' softmax in bfloat16,
+    # XLA's convolution against mnistlab's patch products), so they agree as closely as
+    # bfloat16 lets Keras agree with itself in float32, and on 99% of the classes at least.
+    own_spread = np.abs(theirs.astype(np.float32) - theirs_single).max()
+    print(f"mixed_bfloat16: |mnistlab - Keras| <= {np.abs(ours - theirs).max():.4f}, Keras' own bfloat16 vs "
+          f"float32 {own_spread:.4f}")
+    assert 1e-3 < np.abs(ours - theirs.astype(np.float32)).max() <= 2 * own_spread
+    assert np.mean(ours.argmax(1) == theirs.argmax(1)) >= 0.99
+    back, _ = keras_io.from_keras(net)
+    assert back.model == spec.model
+
+
+def test_a_keras_model_under_another_or_a_divided_dtype_policy_is_refused_naming_it():
+    def net(*policies):
+        return keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(dtype=policies[0]),
+                                 keras.layers.Dense(8, dtype=policies[1], name="hidden"),
+                                 keras.layers.Dense(10, dtype=policies[2], name="out"),
+                                 keras.layers.Activation("softmax", dtype=policies[3], name="last")])
+    with pytest.raises(UserError, match="layer 'hidden': dtype = 'mixed_float16': mnistlab computes under "
+                                        "float32 or mixed_bfloat16"):
+        keras_io.from_keras(net("float32", "mixed_float16", "mixed_float16", "float32"))
+    with pytest.raises(UserError, match="different dtype policies \\('hidden' float32, 'out' mixed_bfloat16\\)"):
+        keras_io.from_keras(net("float32", "float32", "mixed_bfloat16", "float32"))
+    # Layers without weights may stay in float32, as Keras' guide has the output's softmax.
+    spec, _ = keras_io.from_keras(net("float32", "mixed_bfloat16", "mixed_bfloat16", "float32"))
+    assert spec.model.dtype_policy == "mixed_bfloat16"
+
+
 @pytest.mark.parametrize("optimizer", [
     {"name": "adam", "amsgrad": True, "schedule": {"name": "exponential", "decay_steps": 10, "decay_rate": 0.5}},
     {"name": "adamw", "weight_decay": 0.01, "schedule": {"name": "step", "decay_steps": 5}},

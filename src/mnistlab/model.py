@@ -103,22 +103,50 @@ def inputs(spec: ModelSpec, images: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1)
 
 
+# Keras' dtype policies: the dtype a mixed policy's layers compute in. The weights (Keras'
+# variables) and the optimizer stay float32 under either; None casts nothing.
+COMPUTE_DTYPES = {"float32": None, "mixed_bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(spec: ModelSpec) -> jnp.dtype | None:
+    return COMPUTE_DTYPES[spec.dtype_policy]
+
+
 def apply_layer(layer, name: str, params: Params, hyper: Hyper, x: jax.Array, *, output: bool = False,
-                key: jax.Array | None = None, weight: jax.Array | None = None) -> tuple[jax.Array, Params]:
+                key: jax.Array | None = None, weight: jax.Array | None = None,
+                dtype: jnp.dtype | None = None) -> tuple[jax.Array, Params]:
     """(output, moved statistics) of one layer, in the model's names (see `layers.Layer.apply`);
-    augmentation layers are `forward`'s (applied a run at a time), here the identity."""
-    x, moved = layer.apply(x, own(params, name, "/"), own(hyper, name, "."), output=output, key=key, weight=weight)
-    return x, _named([(name, moved)], "/")
+    augmentation layers are `forward`'s (applied a run at a time), here the identity.
+
+    `dtype` is a mixed policy's compute dtype: as Keras autocasts, the layer's input and its
+    weights are cast to it (the float32 weights get float32 gradients through the cast), and
+    its output is in it. A layer with `float32_compute` (batch normalization, as in Keras 3)
+    computes in float32 and casts its output back; its moved statistics stay float32.
+    """
+    weights = own(params, name, "/")
+    if dtype is not None:
+        compute = jnp.float32 if layer.float32_compute else dtype
+        weights = {k: w.astype(compute) for k, w in weights.items()}
+        x = x.astype(compute)
+    x, moved = layer.apply(x, weights, own(hyper, name, "."), output=output, key=key, weight=weight)
+    return (x if dtype is None else x.astype(dtype)), _named([(name, moved)], "/")
+
+
+def _float32(x: jax.Array, dtype: jnp.dtype | None) -> jax.Array:
+    """A mixed policy's output back in float32 (the softmax and loss are float32)."""
+    return x if dtype is None else x.astype(jnp.float32)
 
 
 def walk(spec: ModelSpec, params: Params, images: jax.Array) -> Iterator[tuple[int, jax.Array]]:
-    """(layer index, output) after each layer in turn, at inference; the last output is
-    the logits (what `logits` returns), for reading hidden layers on the way."""
+    """(layer index, output) after each layer in turn, at inference, float32 under every
+    policy; the last output is the logits (what `logits` returns), for reading hidden
+    layers on the way."""
     final = final_activation_index(spec)
+    dtype = compute_dtype(spec)
     x = inputs(spec, images)
     for i, (name, layer) in enumerate(zip(layer_names(spec), spec.layers)):
-        x, _ = apply_layer(layer, name, params, {}, x, output=i == final)
-        yield i, x
+        x, _ = apply_layer(layer, name, params, {}, x, output=i == final, dtype=dtype)
+        yield i, _float32(x, dtype)
 
 
 def forward(spec: ModelSpec, params: Params, hyper: Hyper, images: jax.Array,
@@ -130,7 +158,10 @@ def forward(spec: ModelSpec, params: Params, hyper: Hyper, images: jax.Array,
     moving statistics. In training, `mask` (N,) marks the real samples of a padded last
     batch, so that batch statistics leave the padding out; the moved statistics are
     returned for the caller to keep. Layer i draws its randomness from `key` folded with i.
+    The logits are float32 under every dtype policy: the softmax and the loss are computed
+    in float32, as Keras' mixed-precision guide has a model's last layer do.
     """
+    dtype = compute_dtype(spec)
     x = inputs(spec, images)
     training = key is not None
     weight = jnp.ones(x.shape[0], jnp.float32) if mask is None else mask.astype(jnp.float32)
@@ -147,9 +178,10 @@ def forward(spec: ModelSpec, params: Params, hyper: Hyper, images: jax.Array,
                     x = augment(x, pending, hyper, layer_key)
                 pending = []
             continue
-        x, stats = apply_layer(layer, name, params, hyper, x, output=i == final, key=layer_key, weight=weight)
+        x, stats = apply_layer(layer, name, params, hyper, x, output=i == final, key=layer_key, weight=weight,
+                               dtype=dtype)
         moved.update(stats)
-    return x, moved
+    return _float32(x, dtype), moved
 
 
 def logits(spec: ModelSpec, params: Params, hyper: Hyper, images: jax.Array,

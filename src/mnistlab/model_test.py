@@ -447,3 +447,100 @@ def test_a_summary_wider_than_100_columns_is_fitted_into_100():
                                         (5 * 1024 ** 4, "5.00 TB"), (2 * 1024 ** 5, "2.00 PB")])
 def test_sizes_read_as_keras_writes_them(size, text):
     assert model.readable_size(size) == text
+
+
+# ------------------------------------------------------------------ Keras' mixed_bfloat16
+
+BF16_UNIT = 2.0 ** -8  # bfloat16's unit roundoff: 8 significant bits, round to nearest
+
+
+def _mixed_net(policy: str) -> ModelSpec:
+    return ModelSpec(dtype_policy=policy, layers=[
+        Dense(units=64, activation="relu", bias_initializer={"name": "random_uniform", "minval": -0.5, "maxval": 0.5}),
+        Dropout(rate=0.3),
+        Dense(units=10, activation="softmax",
+              bias_initializer={"name": "random_uniform", "minval": -0.5, "maxval": 0.5})])
+
+
+def _reference_and_bound(params, images):
+    """The two-layer net's logits in float64, and how far bfloat16 may move them.
+
+    The bound is a first-order one, layer by layer: rounding an input and a weight to
+    bfloat16 moves each product by at most 2u of its size, rounding the bias and the
+    result by u of theirs, and an error already in the input passes through |W| (ReLU is
+    1-Lipschitz). It holds whether or not XLA keeps excess precision between operations.
+    """
+    u = BF16_UNIT
+    x = np.float32(images.reshape(len(images), -1)) * np.float32(1 / 255)
+    x = x.astype(np.float64)
+    w1, b1, w2, b2 = (np.asarray(params[k], np.float64) for k in
+                      ("dense/kernel", "dense/bias", "dense_1/kernel", "dense_1/bias"))
+    pre = x @ w1 + b1
+    h = np.maximum(pre, 0)
+    z = h @ w2 + b2
+    err_h = 2 * u * (np.abs(x) @ np.abs(w1)) + u * np.abs(x @ w1) + u * np.abs(b1) + u * np.abs(pre)
+    err_z = err_h @ np.abs(w2) + 2 * u * (h @ np.abs(w2)) + u * np.abs(h @ w2) + u * np.abs(b2) + u * np.abs(z)
+    return z, 1.01 * err_z  # 1% for the second-order terms (u^2 ~ 1.5e-5 of each)
+
+
+def test_mixed_bfloat16_computes_in_bfloat16_within_its_rounding_and_float32_does_not():
+    images = np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    params = {k: jnp.asarray(v) for k, v in model.init(_mixed_net("float32"), 3, 784).items()}
+    reference, bound = _reference_and_bound(params, images)
+    single = np.asarray(model.logits(_mixed_net("float32"), params, {}, jnp.asarray(images)), np.float64)
+    mixed = np.asarray(model.logits(_mixed_net("mixed_bfloat16"), params, {}, jnp.asarray(images)), np.float64)
+    assert mixed.dtype == single.dtype  # logits in float32 under both policies (the loss is float32)
+    np.testing.assert_allclose(single, reference, rtol=1e-5, atol=1e-5)
+    assert np.all(np.abs(mixed - reference) <= bound)
+    # And it is bfloat16's arithmetic, not float32's: its error is a thousand times float32's.
+    assert np.abs(mixed - reference).max() > 1000 * np.abs(single - reference).max()
+
+
+def test_mixed_bfloat16_keeps_float32_weights_and_gives_them_float32_gradients():
+    images = jnp.asarray(np.random.default_rng(1).integers(0, 256, (32, 28, 28), dtype=np.uint8))
+    labels = jnp.arange(32) % 10
+    params = {k: jnp.asarray(v) for k, v in model.init(_mixed_net("float32"), 3, 784).items()}
+
+    def loss(spec, p):
+        z = model.logits(spec, p, model.hyperparameters(spec), images, jax.random.PRNGKey(0))
+        return -jnp.mean(jax.nn.log_softmax(z)[jnp.arange(32), labels])
+
+    single = jax.grad(lambda p: loss(_mixed_net("float32"), p))(params)
+    mixed = jax.grad(lambda p: loss(_mixed_net("mixed_bfloat16"), p))(params)
+    for name, g in mixed.items():
+        assert g.dtype == jnp.float32, name
+        # What bfloat16 costs a gradient: the output layer's moves by about 2^-8 of its size
+        # (measured 0.2-0.6%); the hidden layer's, a sum over the batch of terms that cancel,
+        # by more (8%), but its direction stays within 5 degrees of float32's.
+        a, b = np.ravel(g).astype(np.float64), np.ravel(single[name]).astype(np.float64)
+        error, cosine = np.linalg.norm(a - b) / np.linalg.norm(b), a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+        assert 1e-4 < error < (4 * BF16_UNIT if name.startswith("dense_1/") else 0.1), (name, error)
+        assert cosine > np.cos(np.radians(5)), (name, cosine)
+
+
+def test_under_mixed_bfloat16_batch_normalization_computes_in_float32():
+    # Keras 3 casts bfloat16 inputs of BatchNormalization to float32: the batch moments of
+    # the bfloat16 activations are exact to float32, and so are the moving statistics.
+    layer = BatchNormalization(momentum=0.5)
+    x = jnp.asarray(np.random.default_rng(2).normal(3.0, 0.7, (256, 8)), jnp.bfloat16)
+    # Weights no bfloat16 holds exactly (it keeps 8 significant bits of 0.3137...).
+    start = {"gamma": 1.3717, "beta": -0.2913, "moving_mean": 0.3137, "moving_variance": 1.2345}
+    params = {f"batch_normalization/{k}": jnp.full(8, v, jnp.float32) for k, v in start.items()}
+    y, moved = model.apply_layer(layer, "batch_normalization", params, {"batch_normalization.momentum": 0.5}, x,
+                                 key=jax.random.PRNGKey(0), weight=jnp.ones(256), dtype=jnp.bfloat16)
+    exact = np.asarray(x, np.float64)
+    mean, var = exact.mean(0), exact.var(0)
+    assert y.dtype == jnp.bfloat16 and moved["batch_normalization/moving_mean"].dtype == jnp.float32
+    np.testing.assert_allclose(moved["batch_normalization/moving_mean"], 0.5 * 0.3137 + 0.5 * mean, rtol=1e-6)
+    np.testing.assert_allclose(moved["batch_normalization/moving_variance"], 0.5 * 1.2345 + 0.5 * var, rtol=1e-6)
+    expected = 1.3717 * (exact - mean) / np.sqrt(var + 1e-3) - 0.2913
+    np.testing.assert_allclose(np.asarray(y, np.float64), expected, rtol=BF16_UNIT, atol=BF16_UNIT)
+
+
+def test_the_dtype_policy_is_part_of_the_compiled_program():
+    assert model.structure(_mixed_net("float32")) == model.structure(_mixed_net("mixed_bfloat16"))  # layers alike
+    from mnistlab import engine
+    run = spec_lib.preset("seed")
+    mixed = spec_lib.with_values(run, {"model.dtype_policy": "mixed_bfloat16"})
+    assert engine.structure(run) != engine.structure(mixed)
+    assert engine.numbers(run) == engine.numbers(mixed)

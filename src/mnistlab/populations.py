@@ -68,7 +68,7 @@ ROLES: dict[str, dict[str, str]] = {
     "EarlyStopping": dict.fromkeys(("monitor", "min_delta", "patience", "mode", "baseline",
                                     "restore_best_weights", "start_from_epoch"), MEMBER),
     "Holdout": {"fraction": DATA, "method": DATA},
-    "ModelSpec": {"layers": NESTED, "input_rescale": PROGRAM},
+    "ModelSpec": {"layers": NESTED, "input_rescale": PROGRAM, "dtype_policy": PROGRAM},
     "Initializer": dict.fromkeys(("name", "mean", "stddev", "minval", "maxval", "value"), MEMBER),
     "Regularizer": {"l1": NUMBER, "l2": NUMBER},
     "MaxNorm": {"max_value": NUMBER},

@@ -129,7 +129,7 @@ BASES = {
 
 NAMES = (*layers.ACTIVATIONS, *layers.INITIALIZERS, *spec_lib.OPTIMIZERS, "exponential", "inverse_time",
          "step", "cosine", "constant", "stratified", "last", "same", "valid", "reflect", "nearest", "wrap",
-         "val_accuracy", "max")
+         "val_accuracy", "max", *spec_lib.DTYPE_POLICIES)
 
 
 def _alternatives(path: str, value) -> list:

@@ -86,6 +86,9 @@ def output_shapes(layer_list: list, image_shape: tuple[int, ...]) -> list[tuple[
     return shapes
 
 
+DTYPE_POLICIES = ("float32", "mixed_bfloat16")
+
+
 class ModelSpec(Settings):
     """A Sequential stack over pixels times `input_rescale` (1/255: [0, 1]).
 
@@ -95,6 +98,9 @@ class ModelSpec(Settings):
 
     layers: list[AnyLayer] = Field(min_length=1)
     input_rescale: float = Field(default=1 / 255, gt=0)
+    # Keras' dtype policy (`keras.mixed_precision`): "mixed_bfloat16" computes each layer in
+    # bfloat16 while the weights and the optimizer stay float32 (see model.apply_layer).
+    dtype_policy: Literal[DTYPE_POLICIES] = "float32"
 
     @model_validator(mode="before")
     @classmethod

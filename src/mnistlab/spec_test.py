@@ -131,7 +131,7 @@ def test_from_source_reads_a_file_or_a_preset_then_the_overrides(tmp_path):
 
 def test_presets_are_listed_by_name_with_their_first_comment():
     listed = spec_lib.presets()
-    assert list(listed) == ["cnn", "cnn-best", "fast", "keras-mlp", "robust", "seed"]
+    assert list(listed) == ["cnn", "cnn-best", "fast", "keras-mlp", "robust", "seed", "speedrun"]
     assert listed["seed"] == ("The tutorial's program: 784-1000-10, ReLU, softmax, Glorot normal, l2(0.01), Adam, "
                               "20 epochs at batch 32")
 

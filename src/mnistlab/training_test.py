@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import mnistlab
-from mnistlab import data, errors, runs, training
+from mnistlab import data, errors, optim, runs, training
 from mnistlab import spec as spec_lib
 from mnistlab.errors import UserError
 
@@ -726,3 +726,20 @@ def test_an_interrupted_run_does_not_end_its_callbacks_training(synthetic):
     result = mnistlab.train(spec(epochs=3), runs_dir=None, arrays=synthetic, callbacks=[listener], on_epoch=interrupt,
                             verbose=0)
     assert result.status == "interrupted" and listener.begun == {} and listener.ended is None
+
+
+def test_the_speedrun_preset_trains_is_evaluated_once_and_its_rate_ends_at_zero(mnist):
+    spec = mnistlab.preset("speedrun")
+    # Its schedule: up over the warm-up, then a cosine to zero at the run's last step.
+    t = spec.training
+    steps = t.epochs * math.ceil(len(mnist.train_labels) / t.batch_size)
+    hp = optim.hyperparameters(spec.optimizer)
+    rate = lambda step: float(optim.learning_rate(spec.optimizer, hp, step))
+    assert rate(spec.optimizer.schedule.warmup_steps) == pytest.approx(spec.optimizer.learning_rate)
+    assert rate(steps) == pytest.approx(0.0, abs=1e-12) and rate(steps - 1) > 0
+    # It trains (a tenth of the data, one epoch, still warming up: 83% measured, chance is 10%)
+    # and reads the test set once, at the end.
+    short = mnistlab.with_overrides(spec, ["training.subset=6000", "training.epochs=1"])
+    result = mnistlab.train(short, arrays=mnist, runs_dir=None, test=True, verbose=0)
+    assert result.summary["test"]["samples"] == 10_000 and result.summary["test"]["accuracy"] > 0.7
+    assert all("test_accuracy" not in epoch for epoch in result.history)
