@@ -687,3 +687,27 @@ def test_early_stopping_summary_before_any_epoch_has_no_epochs():
     member = populations.Member(0, spec, status=populations.INTERRUPTED)
     assert populations.early_stopping_summary(member) == {
         "monitor": "val_loss", "best": None, "best_epoch": None, "stopped_epoch": None, "weights_from_epoch": None}
+
+
+@pytest.mark.parametrize("budget, device, sizes", [
+    (None, 10, [5, 5, 2]),  # no budget: half the device's free memory, 5 MiB: 5 members a share
+    (2.5, 1000, [2] * 6),  # a budget given wins over the device's memory: 2 whole members
+    (1.5, 1000, [1] * 12),  # room for one member a share
+    (0.5, 1000, [1] * 12),  # less than one member: each still trains, alone
+    (12, 1, [12]),  # all of them fit: one share, said nothing of
+])
+def test_a_group_is_split_into_shares_that_fit_the_memory(monkeypatch, budget, device, sizes):
+    mib = 2**20
+    monkeypatch.setattr(engine, "member_bytes", lambda spec, shape: mib)  # 1 MiB a member
+    monkeypatch.setattr(engine, "device_memory", lambda: device * mib)
+    group = [populations.Member(i, spec_lib.preset("fast")) for i in range(12)]
+    messages = []
+    shares = populations.fit_memory(group, (28, 28), None if budget is None else int(budget * mib), messages)
+    assert [len(share) for share in shares] == sizes
+    assert [m.index for share in shares for m in share] == list(range(12))  # in order, none lost
+    split = len(sizes) > 1
+    fits = 5 if budget is None else budget
+    assert messages == ([f"a group of 12 members needs about 12 MiB; training it in {len(sizes)} parts of at "
+                         f"most {sizes[0]} members to fit {fits:.0f} MiB"] if split else [])
+    populations.fit_memory(group, (28, 28), None if budget is None else int(budget * mib), messages)
+    assert len(messages) == split  # the same message once
