@@ -5,27 +5,20 @@ ReLU -> MaxPooling2D 2 -> Conv2D 64 3x3 ReLU -> MaxPooling2D 2 -> Flatten -> Dro
 Dense 10 softmax; Adam (lr 2e-3 with CosineDecay over the run), batch 64, inputs in [0, 1].
 Usage: KERAS_BACKEND=jax python cnn_keras.py DATA_DIR [epochs]
 """
-import gzip, os, sys, time
+import os, sys, time
 import numpy as np
 import keras
 from keras import layers
 
-
-def idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+from mnist_idx import load
 
 
 d = sys.argv[1]
 epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 keras.utils.set_random_seed(0)
-x_train = idx(f"{d}/train-images-idx3-ubyte.gz").reshape(-1, 28, 28, 1).astype("float32") / 255
-y_train = idx(f"{d}/train-labels-idx1-ubyte.gz")
-x_test = idx(f"{d}/t10k-images-idx3-ubyte.gz").reshape(-1, 28, 28, 1).astype("float32") / 255
-y_test = idx(f"{d}/t10k-labels-idx1-ubyte.gz")
+x_train, y_train, x_test, y_test = load(d)
+x_train = x_train.reshape(-1, 28, 28, 1).astype("float32") / 255
+x_test = x_test.reshape(-1, 28, 28, 1).astype("float32") / 255
 
 model = keras.Sequential([
     keras.Input(shape=(28, 28, 1)),

@@ -6,28 +6,20 @@ Conv2D 64 3x3 ReLU -> MaxPool 2 -> Flatten -> Dropout 0.4 -> Dense 10 softmax; A
 (lr 2e-3, eps 1e-7) with cosine decay per step, batch 64, inputs scaled to [0, 1].
 Usage: python cnn_torch.py DATA_DIR [epochs]
 """
-import gzip, math, sys, time
+import math, sys, time
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
+from mnist_idx import load
 
 d = sys.argv[1]
 epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 torch.manual_seed(0)
-x_train = torch.from_numpy(idx(f"{d}/train-images-idx3-ubyte.gz").reshape(-1, 1, 28, 28).astype(np.float32) / 255)
-y_train = torch.from_numpy(idx(f"{d}/train-labels-idx1-ubyte.gz").astype(np.int64))
-x_test = torch.from_numpy(idx(f"{d}/t10k-images-idx3-ubyte.gz").reshape(-1, 1, 28, 28).astype(np.float32) / 255)
-y_test = torch.from_numpy(idx(f"{d}/t10k-labels-idx1-ubyte.gz").astype(np.int64))
-
+images = lambda x: torch.from_numpy(x.reshape(-1, 1, 28, 28).astype(np.float32) / 255)
+labels = lambda y: torch.from_numpy(y.astype(np.int64))
+x_train, y_train, x_test, y_test = load(d)
+x_train, y_train, x_test, y_test = images(x_train), labels(y_train), images(x_test), labels(y_test)
 
 
 def augment(x):

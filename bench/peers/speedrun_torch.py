@@ -7,28 +7,22 @@ preset's schedule); batch 128, 4 epochs, inputs scaled to [0, 1], channels last 
 fastest layout here). Eager: torch.compile costs more seconds than this whole run takes.
 The seed is $SEED (default 0). Usage: python speedrun_torch.py DATA_DIR [epochs]
 """
-import gzip, math, os, sys, time
+import math, os, sys, time
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+from mnist_idx import load
 
 
 d = sys.argv[1]
 epochs = int(sys.argv[2]) if len(sys.argv) > 2 else 4
 torch.manual_seed(int(os.environ.get("SEED", "0")))
-images = lambda name: torch.from_numpy(idx(f"{d}/{name}").reshape(-1, 1, 28, 28).astype(np.float32) / 255).to(
+images = lambda x: torch.from_numpy(x.reshape(-1, 1, 28, 28).astype(np.float32) / 255).to(
     memory_format=torch.channels_last)
-x_train, x_test = images("train-images-idx3-ubyte.gz"), images("t10k-images-idx3-ubyte.gz")
-y_train = torch.from_numpy(idx(f"{d}/train-labels-idx1-ubyte.gz").astype(np.int64))
-y_test = torch.from_numpy(idx(f"{d}/t10k-labels-idx1-ubyte.gz").astype(np.int64))
+labels = lambda y: torch.from_numpy(y.astype(np.int64))
+x_train, y_train, x_test, y_test = load(d)
+x_train, y_train, x_test, y_test = images(x_train), labels(y_train), images(x_test), labels(y_test)
 
 model = torch.nn.Sequential(
     torch.nn.Conv2d(1, 32, 5, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(32, 64, 3, stride=2), torch.nn.ReLU(),
