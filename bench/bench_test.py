@@ -281,4 +281,4 @@ def test_speedrun_jobs_seed_both_programs(tmp_path):
     planned = bench_speedrun.jobs(2, [peers.SPEEDRUN_PEER], args, tmp_path)
     assert [name for name, _ in planned] == ["mnistlab:speedrun:0", "peer:speedrun-torch:0",
                                              "mnistlab:speedrun:1", "peer:speedrun-torch:1"]
-    assert bench_speedrun.EPOCHS == 4 and peers.ALL_PEERS["speedrun-torch"].venv == "torch"
+    assert bench_speedrun.EPOCHS == 3 and peers.ALL_PEERS["speedrun-torch"].venv == "torch"
