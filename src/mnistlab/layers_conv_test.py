@@ -64,6 +64,15 @@ def numpy_pool(x, kind, size, strides, padding):
     return out
 
 
+@pytest.mark.parametrize("im2col, calls", [(True, 0), (False, 1), (None, 0)])  # None: the CPU's choice
+def test_conv2d_takes_the_path_it_is_told_or_the_backends(monkeypatch, im2col, calls):
+    seen = []
+    real = jax.lax.conv_general_dilated
+    monkeypatch.setattr(jax.lax, "conv_general_dilated", lambda *a, **k: seen.append(1) or real(*a, **k))
+    layers.conv2d(jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 2)), (1, 1), "valid", im2col=im2col)
+    assert len(seen) == calls and jax.default_backend() == "cpu"
+
+
 @pytest.mark.parametrize("im2col", [True, False])  # the CPU's patch product, XLA's convolution (GPUs)
 @pytest.mark.parametrize("kernel_size, strides, padding", [
     ((3, 3), (1, 1), "valid"), ((3, 3), (1, 1), "same"), ((5, 3), (2, 2), "same"), ((2, 2), (2, 1), "valid"),

@@ -487,9 +487,10 @@ def test_mixed_bfloat16_computes_in_bfloat16_within_its_rounding_and_float32_doe
     images = np.random.default_rng(0).integers(0, 256, (64, 28, 28), dtype=np.uint8)
     params = {k: jnp.asarray(v) for k, v in model.init(_mixed_net("float32"), 3, 784).items()}
     reference, bound = _reference_and_bound(params, images)
-    single = np.asarray(model.logits(_mixed_net("float32"), params, {}, jnp.asarray(images)), np.float64)
-    mixed = np.asarray(model.logits(_mixed_net("mixed_bfloat16"), params, {}, jnp.asarray(images)), np.float64)
-    assert mixed.dtype == single.dtype  # logits in float32 under both policies (the loss is float32)
+    single, mixed = (model.logits(_mixed_net(policy), params, {}, jnp.asarray(images))
+                     for policy in ("float32", "mixed_bfloat16"))
+    assert single.dtype == mixed.dtype == jnp.float32  # the loss is float32 under both policies
+    single, mixed = np.asarray(single, np.float64), np.asarray(mixed, np.float64)
     np.testing.assert_allclose(single, reference, rtol=1e-5, atol=1e-5)
     assert np.all(np.abs(mixed - reference) <= bound)
     # And it is bfloat16's arithmetic, not float32's: its error is a thousand times float32's.
@@ -544,3 +545,35 @@ def test_the_dtype_policy_is_part_of_the_compiled_program():
     mixed = spec_lib.with_values(run, {"model.dtype_policy": "mixed_bfloat16"})
     assert engine.structure(run) != engine.structure(mixed)
     assert engine.numbers(run) == engine.numbers(mixed)
+
+
+@pytest.mark.parametrize("rescale, kernel", [
+    (1 / 255, 1 + 2**-9),  # a weight bfloat16 rounds to 1
+    ((1 + 2**-9) / 255, 1.0),  # an input bfloat16 rounds to 1
+])
+def test_mixed_bfloat16_rounds_each_layers_input_and_weights_before_it_computes(rescale, kernel):
+    # One pixel of 255: the logit is x * w - 1 with x * w = 1 + 2^-9 in float32, and exactly
+    # 1 - 1 = 0 once x and w are in bfloat16 (8 significant bits: 1 + 2^-9 rounds to 1). A
+    # layer computed in float32 and only its output rounded would keep 2^-9 (a power of two,
+    # which bfloat16 holds exactly). `walk` computes as `logits` does, and both give float32.
+    images = jnp.full((1, 1, 1), 255, jnp.uint8)
+    params = {"dense/kernel": jnp.array([[kernel, 0.0]], jnp.float32), "dense/bias": jnp.array([-1.0, 0.0], jnp.float32)}
+    for policy, expected in (("float32", 2**-9), ("mixed_bfloat16", 0.0)):
+        spec = ModelSpec(input_rescale=rescale, dtype_policy=policy, layers=[Dense(units=2, activation="softmax")])
+        z = model.logits(spec, params, {}, images)
+        (_, walked), = model.walk(spec, params, images)
+        for got in (z, walked):
+            assert got.dtype == jnp.float32
+            assert float(got[0, 0]) == pytest.approx(expected, abs=1e-6), policy
+
+
+def test_under_float32_a_float64_network_stays_float64():
+    # The float32 policy casts nothing: weights given in float64 (the finite-difference
+    # tests) give float64 logits.
+    jax.config.update("jax_enable_x64", True)
+    try:
+        spec = tiny_spec()
+        params = {k: jnp.asarray(v, jnp.float64) for k, v in model.init(spec, 0, 4).items()}
+        assert model.logits(spec, params, {}, jnp.ones((2, 4), jnp.uint8)).dtype == jnp.float64
+    finally:
+        jax.config.update("jax_enable_x64", False)
