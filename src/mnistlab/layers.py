@@ -480,7 +480,8 @@ class Dropout(Layer):
 
 
 def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x @ w; in bfloat16 (a mixed policy), summed in float32 and rounded once.
+    """x @ w, Dense's and Conv2D's product; in bfloat16 (a mixed policy), summed in float32
+    and rounded once.
 
     The same numbers as Keras' `ops.matmul` under mixed_bfloat16, but asked for as a float32
     result: XLA's CPU backend runs that on the bfloat16 matrix units (AVX512-BF16, AMX) and
