@@ -153,3 +153,24 @@ def test_weights_regularizer_numbers_and_structure_by_hand():
     constrained = Dense(units=4, kernel_constraint={"max_value": 2.0})
     assert constrained.structure()[-1] is True and Dense(units=4).structure()[-1] is False
     assert constrained.numbers() == {"max_norm": 2.0}
+
+
+def test_matmul_in_bfloat16_sums_in_float32_rounds_once_and_leaves_float32_alone():
+    rng = np.random.default_rng(0)
+    x, w = (jnp.asarray(rng.normal(size=shape), jnp.bfloat16) for shape in ((8, 300), (300, 5)))
+    got = layers.matmul(x, w)
+    # The exact sum of the bfloat16 products, rounded once to bfloat16: within half a unit
+    # in the last place (float32's summation error is 2^-16 of that unit here).
+    exact = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+    assert got.dtype == jnp.bfloat16
+    ulp = 2.0 ** (np.floor(np.log2(np.abs(exact))) - 7)
+    assert np.all(np.abs(np.asarray(got, np.float64) - exact) <= 0.5 * ulp * (1 + 1e-3))
+    # Asked for as one float32 product then one rounding (the bfloat16 units' form), and in
+    # float32 the plain product, nothing cast.
+    (product, *rest) = jax.make_jaxpr(layers.matmul)(x, w).eqns
+    assert product.params["preferred_element_type"] == jnp.float32 and product.outvars[0].aval.dtype == jnp.float32
+    assert [e.primitive.name for e in rest] == ["convert_element_type"]
+    plain = jax.make_jaxpr(layers.matmul)(x.astype(jnp.float32), w.astype(jnp.float32)).eqns
+    assert [e.primitive.name for e in plain] == ["dot_general"] and plain[0].outvars[0].aval.dtype == jnp.float32
+    # One side float32, the other bfloat16: float32, as x @ w promotes.
+    assert layers.matmul(x.astype(jnp.float32), w).dtype == layers.matmul(x, w.astype(jnp.float32)).dtype == jnp.float32
