@@ -88,7 +88,14 @@ CNN_PEERS: dict[str, Peer] = {
 SPEEDRUN_PEER = replace(PEERS["torch"], name="speedrun-torch", script="speedrun_torch.py",
                         peers_dir=BENCH_PEERS_DIR, venv="torch")
 
-ALL_PEERS: dict[str, Peer] = {**PEERS, **CNN_PEERS, SPEEDRUN_PEER.name: SPEEDRUN_PEER}
+# KerasTuner's Hyperband on the spaces of examples/tune-*.toml (bench/bench_search.py): its own
+# venv, since keras-tuner is a package the Keras peer does not need.
+KERASTUNER_PEER = Peer("kerastuner", "search_kerastuner.py", ("keras", "jax", "keras-tuner", "six"),
+                       {"KERAS_BACKEND": "jax"}, ("keras", "keras-tuner", "jax", "jaxlib", "numpy"),
+                       peers_dir=BENCH_PEERS_DIR)
+
+ALL_PEERS: dict[str, Peer] = {**PEERS, **CNN_PEERS, SPEEDRUN_PEER.name: SPEEDRUN_PEER,
+                              KERASTUNER_PEER.name: KERASTUNER_PEER}
 
 
 def repo_root() -> Path:

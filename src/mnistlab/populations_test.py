@@ -481,6 +481,45 @@ def test_an_epoch_diverges_on_the_engines_flag_a_non_finite_loss_or_a_non_finite
     assert (m.status, m.best_value, m.best_epoch) == (populations.RUNNING, 0.9, 1)
 
 
+class _Clock:
+    """time.perf_counter for timed_epoch: 10.0 at the start, then a reading at each slice's end."""
+
+    def __init__(self):
+        self.readings = iter([10.0, 11.5, 15.5, 20.0])
+
+    def __call__(self):
+        return next(self.readings)
+
+
+class _Epoch:
+    """The part of engine.Population timed_epoch uses: three members, those not `active` frozen."""
+
+    def __init__(self, width, concurrency, active):
+        self.active, self.size, self.width, self.concurrency = np.array(active), 3, width, concurrency
+
+    def train_epoch(self, on_progress, on_slice):
+        self.on_progress = on_progress
+        if on_slice is not None:  # one member a slice: the active slices train, one after the other
+            for k in [*np.flatnonzero(self.active), 2]:
+                on_slice(int(k))  # slice 2's end seen twice counts once
+        return engine.EpochResult(1, {}, 6.0, [False] * 3)
+
+
+@pytest.mark.parametrize("width, concurrency, active, expected", [
+    (1, 1, [True, False, True], [1.5, math.nan, 4.0]),  # each member timed by its own slice's end
+    (2, 1, [True, False, True], [3.0, math.nan, 3.0]),  # side by side: the epoch's 6 s shared by the two trained
+    (1, 2, [True, False, True], [3.0, math.nan, 3.0]),  # slices run at once: shared too
+    (2, 2, [False, True, False], [math.nan, 6.0, math.nan]),  # one trained: all its own
+])
+def test_an_epoch_times_each_trained_member_and_leaves_the_frozen_untimed(monkeypatch, width, concurrency, active,
+                                                                          expected):
+    monkeypatch.setattr(populations.time, "perf_counter", _Clock())
+    population, on_progress = _Epoch(width, concurrency, active), lambda progress: None
+    result, seconds = populations.timed_epoch(population, on_progress)
+    assert result.seconds == 6.0 and population.on_progress is on_progress
+    np.testing.assert_array_equal(seconds, expected)
+
+
 def test_the_loader_reads_each_dataset_once_from_its_folder(mnist_root, synthetic, tmp_path, monkeypatch):
     # Nowhere else to find it: MNISTLAB_DATA and the cache empty, the only mirror refusing.
     for name, value in (("MNISTLAB_DATA", tmp_path), ("MNISTLAB_CACHE", tmp_path),
@@ -687,6 +726,39 @@ def test_early_stopping_summary_before_any_epoch_has_no_epochs():
     member = populations.Member(0, spec, status=populations.INTERRUPTED)
     assert populations.early_stopping_summary(member) == {
         "monitor": "val_loss", "best": None, "best_epoch": None, "stopped_epoch": None, "weights_from_epoch": None}
+
+
+def test_a_plan_splits_a_group_for_28_by_28_images_and_says_why_in_the_callers_messages(load):
+    members = [populations.Member(i, spec_lib.from_dict(DENSE)) for i in range(3)]
+    member = engine.member_bytes(members[0].spec, (28, 28))  # what one member of MNIST holds
+    messages = ["said before"]
+    parts = populations.plan(members, load, memory_budget=2 * member, messages=messages)
+    assert [[m.index for m in part.members] for part in parts] == [[0, 1], [2]]
+    assert messages == ["said before", f"a group of 3 members needs about {3 * member / 2**20:.0f} MiB; training "
+                                       f"it in 2 parts of at most 2 members to fit {2 * member / 2**20:.0f} MiB"]
+    # Without a list to say it in, it is said nowhere and the plan is the same.
+    assert [len(p.members) for p in populations.plan(members, load, memory_budget=2 * member)] == [2, 1]
+
+
+def test_a_run_trains_within_its_memory_budget_and_reports_its_parts_and_why(load):
+    spec = spec_lib.with_values(spec_lib.from_dict(DENSE), {"training.epochs": 1})
+    members = [populations.Member(i, spec) for i in range(3)]
+    member = engine.member_bytes(spec, (28, 28))
+    report = populations.run(members, load, memory_budget=2 * member, lanes=1)
+    assert report.parts == 2 and all(m.status == populations.COMPLETED for m in members)
+    assert report.messages == [f"a group of 3 members needs about {3 * member / 2**20:.0f} MiB; training it in 2 "
+                               f"parts of at most 2 members to fit {2 * member / 2**20:.0f} MiB"]
+
+
+def test_a_plan_refuses_a_member_the_machine_cannot_hold_counting_every_pixel(load):
+    units = 100_000_000  # 78 billion weights for 28 x 28 inputs: more than any machine's memory
+    huge = spec_lib.from_dict({**DENSE, "model": {"layers": [
+        {"type": "dense", "units": units, "activation": "relu"},
+        {"type": "dense", "units": 10, "activation": "softmax"}]}})
+    with pytest.raises(mnistlab.UserError) as refused:
+        populations.plan([populations.Member(0, huge)], load)
+    weights = 784 * units + units + units * 10 + 10
+    assert f"({weights:,} weights; model.layers.0 holds {784 * units:,} of them)" in str(refused.value)
 
 
 @pytest.mark.parametrize("budget, device, sizes", [

@@ -447,6 +447,21 @@ def test_command_line_options_override_the_tune_table_and_are_checked_as_it_is()
         tune.with_options(table, pruner="asha")
 
 
+def test_the_seed_option_draws_as_the_tune_tables_seed_does(mnist_root, tmp_path):
+    def first_point(seed_in_table, option):
+        raw = space(f"s{seed_in_table}{option}", settings={"seed": seed_in_table, "batch": 1},
+                    set_=[*BASE[:1], "training.epochs=1", *BASE[2:]])
+        (tmp_path / "space.toml").write_text(tomli_w.dumps(raw))
+        folder = tmp_path / raw["name"]
+        subprocess.run([sys.executable, "-m", "mnistlab", "tune", str(tmp_path / "space.toml"), "--trials", "1",
+                        "--study-dir", str(folder), "--quiet", *option], check=True, timeout=300,
+                       env={**os.environ, "MNISTLAB_DATA": str(mnist_root)})
+        return json.loads((folder / "trials.json").read_text())[0]["params"]
+
+    with_option = first_point(0, ["--seed", "1"])
+    assert with_option == first_point(1, []) != first_point(0, [])
+
+
 def test_redact_hides_passwords():
     assert tune.redact("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
     assert tune.normalize_url("postgres://u@h/db") == "postgresql://u@h/db"
