@@ -81,9 +81,12 @@ def peak_memory_bytes() -> tuple[int, str]:
 
 
 def scaling(arrays, sizes: list[int], epochs: int) -> list[dict]:
-    """One population of each size of `seed` members: epoch seconds and peak memory."""
+    """One population of each size of `seed` members: epoch seconds and peak memory.
+
+    The peaks are the process's so far and never go down, so the sizes run smallest first:
+    each peak is then that of the largest population yet, the one just trained."""
     rows = []
-    for size in sizes:
+    for size in sorted(sizes):
         specs = members(spec_lib.preset("seed"), size, epochs)
         seconds = epoch_seconds(specs, arrays, lanes=None)
         memory, source = peak_memory_bytes()

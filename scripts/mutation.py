@@ -141,7 +141,11 @@ def main() -> int:
             forget_tests(module)
     names = [] if args.table else [name for module in modules for name in to_test(module, args.again)]
     if names:
-        subprocess.run([sys.executable, "-m", "mutmut", "run", *names], check=True)
+        # Tests that start `python -m mnistlab` would import the editable install (src/),
+        # not the mutated copy: with src/ changed since, the clean run fails (a config
+        # written by one version, read by the other), and a mutant never reaches them.
+        env = {**os.environ, "PYTHONPATH": str(MUTANTS.parent.resolve())}
+        subprocess.run([sys.executable, "-m", "mutmut", "run", *names], check=True, env=env)
     print(table(modules))
     survivors = [name for module in modules for name, status in statuses(module).items() if status == "survived"]
     if survivors:

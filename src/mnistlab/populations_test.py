@@ -229,10 +229,27 @@ def test_each_role_holds_in_the_code(name, path, old, new):
         assert engine.numbers(a) == engine.numbers(b)
 
 
-def test_a_stratified_holdout_puts_the_seed_in_the_data_key():
+def test_a_stratified_holdout_is_drawn_by_the_seed_which_joins_the_data_key_when_it_holds_anything_out(load):
     spec = spec_lib.with_values(spec_lib.from_dict(DENSE), {"training.validation.method": "stratified"})
     other = spec_lib.with_values(spec, {"training.seed": 1})
     assert populations.data_key(spec) != populations.data_key(other)
+    drawn = [as_rows(*populations.split(s, load("mnist"))[2:]) for s in (spec, other)]
+    assert len(drawn[0]) == len(drawn[1]) == 300 and drawn[0] != drawn[1]
+    # Nothing held out: the seed draws nothing, and members of both seeds share one population.
+    nothing = {"training.validation.fraction": 0.0}
+    assert populations.data_key(spec_lib.with_values(spec, nothing)) == populations.data_key(
+        spec_lib.with_values(other, nothing))
+
+
+def test_a_subset_may_be_the_whole_training_set_and_no_more(load):
+    arrays = load("mnist")
+    spec = spec_lib.with_values(spec_lib.from_dict(DENSE), {"training.subset": 60_000})
+    x_train, _, x_val, _ = populations.split(spec, arrays)
+    assert len(x_train) + len(x_val) == 60_000
+    with pytest.raises(mnistlab.UserError) as refused:
+        populations.split(spec_lib.with_values(spec, {"training.subset": 60_001}), arrays)
+    assert str(refused.value) == ("training.subset = 60001: 'mnist' has 60000 training images; give at most 60000, "
+                                  "or leave subset out for all of them")
 
 
 def as_rows(images, labels) -> list[tuple[bytes, int]]:
@@ -740,14 +757,82 @@ def test_a_plan_splits_a_group_for_28_by_28_images_and_says_why_in_the_callers_m
     assert [len(p.members) for p in populations.plan(members, load, memory_budget=2 * member)] == [2, 1]
 
 
-def test_a_run_trains_within_its_memory_budget_and_reports_its_parts_and_why(load):
+def test_a_run_trains_within_its_memory_budget_and_reports_its_parts_and_why(load, monkeypatch):
+    monkeypatch.setattr(engine, "_PROGRAMS", {})  # the first part compiles, the second reuses its programs
     spec = spec_lib.with_values(spec_lib.from_dict(DENSE), {"training.epochs": 1})
     members = [populations.Member(i, spec) for i in range(3)]
     member = engine.member_bytes(spec, (28, 28))
-    report = populations.run(members, load, memory_budget=2 * member, lanes=1)
+    compiled = []
+    report = populations.run(members, load, memory_budget=2 * member, lanes=1,
+                             after_part=lambda part: compiled.append(part.population.compile_seconds))
     assert report.parts == 2 and all(m.status == populations.COMPLETED for m in members)
+    assert report.compile_seconds == compiled[0] + compiled[1] and compiled[0] > 0 == compiled[1]
     assert report.messages == [f"a group of 3 members needs about {3 * member / 2**20:.0f} MiB; training it in 2 "
                                f"parts of at most 2 members to fit {2 * member / 2**20:.0f} MiB"]
+
+
+def test_a_part_trains_at_the_lanes_and_concurrency_it_measured_on_its_own_data_unless_told(load, monkeypatch):
+    asked = []
+
+    def choose_lanes(spec, images, labels, members):
+        asked.append((spec, images.shape, labels.shape, members))
+        return 2
+
+    monkeypatch.setattr(engine, "choose_lanes", choose_lanes)
+    monkeypatch.setattr(engine, "choose_concurrency", lambda spec, images, labels, width, members: width)
+    spec = spec_lib.with_values(spec_lib.from_dict(DENSE), {"training.epochs": 1})
+    trained = []  # (width, concurrency) of each part's population
+    keep = lambda part, result: trained.append((part.population.width, part.population.concurrency))  # noqa: E731
+    report = populations.run([populations.Member(i, spec) for i in range(3)], load, after_epoch=keep)
+    assert asked == [(spec, (700, 28, 28), (700,), 3)] and list(report.lanes.values()) == [2]
+    assert trained == [(2, 2)]
+    report = populations.run([populations.Member(i, spec) for i in range(3)], load, lanes=1, after_epoch=keep)
+    assert len(asked) == 1 and list(report.lanes.values()) == [1] and trained[1:] == [(1, 1)]  # told: not measured
+
+
+def test_members_a_hook_stops_mid_epoch_keep_no_record_of_it_and_the_part_ends_with_them(load):
+    # As a tune trial of two seeds is pruned from its first seed's epoch: the second seed,
+    # trained in the same compiled epoch, is stopped before its record is folded in.
+    spec = spec_lib.with_values(spec_lib.from_dict(DENSE), {"training.epochs": 3})
+    members = [populations.Member(i, spec) for i in range(2)]
+
+    def prune_both(m, part):
+        for each in members:
+            each.status = "pruned"
+
+    epochs = []
+    populations.run(members, load, lanes=1, on_epoch=prune_both, after_epoch=lambda part, r: epochs.append(r.epoch))
+    assert [(m.status, m.epochs) for m in members] == [("pruned", 1), ("pruned", 0)]
+    assert epochs == [1]  # nothing left to train: no second epoch
+
+
+def test_a_run_tells_its_progress_through_each_epoch(load):
+    spec = spec_lib.from_dict(DENSE)  # 2 epochs of 700 training images at batch 50: 14 steps each
+    heard = []
+    populations.run([populations.Member(0, spec)], load, lanes=1, on_progress=heard.append)
+    ends = [(p.epoch, p.steps_done) for p in heard if p.steps_done == p.steps_total]
+    assert ends == [(1, 14), (2, 14)] and all(p.steps_total == 14 for p in heard)
+
+
+def test_a_member_is_refused_exactly_when_it_needs_more_than_80_percent_of_the_free_memory(monkeypatch):
+    units = 100_000_000
+    huge = spec_lib.from_dict({**DENSE, "model": {"layers": [
+        {"type": "dense", "units": units, "activation": "relu"},
+        {"type": "dense", "units": 10, "activation": "softmax"}]}})
+    weights = 784 * units + units + units * 10 + 10
+    monkeypatch.setattr(engine, "member_bytes", lambda spec, shape: 4 * weights)  # say, the device's
+    need = 4 * weights + 12 * weights  # and the host's float64 draw and its float32 cast: 12 bytes a weight
+    free = need // 4 * 5
+    assert 0.8 * free == need  # exactly 80% of it: the boundary
+    monkeypatch.setattr(engine, "device_memory", lambda: free)
+    populations.check_fits(huge, (28, 28))  # fits
+    monkeypatch.setattr(engine, "device_memory", lambda: free - 1)
+    with pytest.raises(mnistlab.UserError) as refused:
+        populations.check_fits(huge, (28, 28))
+    assert str(refused.value) == (
+        f"p: one member needs about {need / 2**30:.1f} GiB ({weights:,} weights; model.layers.0 holds "
+        f"{784 * units:,} of them) and this machine has {(free - 1) / 2**30:.1f} GiB free, 80% of it usable: "
+        "use fewer units or layers, a smaller batch_size, or a machine with more memory")
 
 
 def test_a_plan_refuses_a_member_the_machine_cannot_hold_counting_every_pixel(load):
