@@ -29,13 +29,13 @@ import datetime as dt
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import machine
 import peers
+from bench_tune import run  # a command timed, its output logged, mnistlab's src/ first on its path
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = {"mlp": ROOT / "examples" / "tune-mlp.toml", "cnn": ROOT / "examples" / "tune-cnn.toml"}
@@ -89,12 +89,6 @@ def band(curves: list[Curve], grid: list[float]) -> list[dict]:
 # ------------------------------------------------------------------ the two sides
 
 
-def mnistlab_env() -> dict[str, str]:
-    src = str(ROOT / "src")
-    old = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": src if not old else f"{src}{os.pathsep}{old}"}
-
-
 def mnistlab_timeout(budget: float) -> float:
     """`--timeout` for a budget: the search stops asking for trials then and stops those in
     training at the end of their epoch, so the start-up before it and that last epoch after
@@ -117,29 +111,15 @@ def kerastuner_trials(work: Path, launched: float) -> list[tuple[float, float | 
     return [(e["time"] - launched, e["score"]) for e in map(json.loads, lines)]
 
 
-def run_logged(cmd: list[str], log: Path, env: dict[str, str], timeout: float | None = None) -> tuple[int, float]:
-    """(exit code, seconds); a process past `timeout` gets SIGTERM, as `timeout(1)` sends."""
-    started = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            code = proc.wait()
-    return code, time.perf_counter() - started
-
-
 def search_mnistlab(space: Path, seed: int, budget: float, folder: Path, final: bool) -> dict:
     base = [sys.executable, "-m", "mnistlab", "tune", str(space), "--study-dir", str(folder), "--quiet"]
     search = [*base, "--trials", "100000", "--seed", str(seed), "--timeout", f"{mnistlab_timeout(budget):g}"]
     launched = time.time()
-    code, seconds = run_logged(search, folder.with_suffix(".search.log"), mnistlab_env())
+    code, seconds = run(search, folder.with_suffix(".search.log"))
     record = {"command": " ".join(search[1:]), "exit": code, "seconds": seconds,
               "trials": mnistlab_trials(folder, launched)}
     if final and code == 0:
-        code, seconds = run_logged([*base, "--final", "--with-validation"], folder.with_suffix(".final.log"),
-                                   mnistlab_env())
+        code, seconds = run([*base, "--final", "--with-validation"], folder.with_suffix(".final.log"))
         evaluations = json.loads((folder / "final.json").read_text()) if (folder / "final.json").exists() else []
         test = (evaluations[-1].get("test") or {}) if evaluations else {}
         record.update(final_exit=code, final_seconds=seconds, test_accuracy=test.get("accuracy"))
@@ -153,12 +133,12 @@ def search_kerastuner(space: str, seed: int, budget: float, folder: Path, final:
     folder.mkdir(parents=True, exist_ok=True)
     args = [space, str(seed), str(peers.default_data_dir()), str(folder)]
     launched = time.time()
-    code, seconds = run_logged([python, script, "search", *args], folder.with_suffix(".search.log"), env, budget)
+    code, seconds = run([python, script, "search", *args], folder.with_suffix(".search.log"), env, budget)
     record = {"command": f"timeout {budget:g} {Path(python).name} {Path(script).name} search {' '.join(args)}",
               "exit": code, "seconds": seconds, "trials": kerastuner_trials(folder, launched)}
     if final and record["trials"]:
         log = folder.with_suffix(".final.log")
-        code, seconds = run_logged([python, script, "final", *args], log, env)
+        code, seconds = run([python, script, "final", *args], log, env)
         result = json.loads(log.read_text().strip().splitlines()[-1]) if code == 0 else {}
         record.update(final_exit=code, final_seconds=seconds, test_accuracy=result.get("test_accuracy"))
     return record

@@ -48,11 +48,20 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": src if not old else f"{src}{os.pathsep}{old}", "COLUMNS": "200"}
 
 
-def run(cmd: list[str], log: Path) -> tuple[int, float]:
+def run(cmd: list[str], log: Path, environment: dict[str, str] | None = None,
+        timeout: float | None = None) -> tuple[int, float]:
+    """(exit code, seconds) of `cmd` run from the root, its output in `log`; `environment`
+    defaults to `env()`. A process past `timeout` gets SIGTERM, as `timeout(1)` sends (a
+    search stopped from outside keeps what it saved)."""
     started = time.perf_counter()
     with open(log, "w") as f:
-        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env(), cwd=ROOT)
-    return done.returncode, time.perf_counter() - started
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=environment or env(), cwd=ROOT)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            code = proc.wait()
+    return code, time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -498,16 +498,6 @@ def test_an_epoch_diverges_on_the_engines_flag_a_non_finite_loss_or_a_non_finite
     assert (m.status, m.best_value, m.best_epoch) == (populations.RUNNING, 0.9, 1)
 
 
-class _Clock:
-    """time.perf_counter for timed_epoch: 10.0 at the start, then a reading at each slice's end."""
-
-    def __init__(self):
-        self.readings = iter([10.0, 11.5, 15.5, 20.0])
-
-    def __call__(self):
-        return next(self.readings)
-
-
 class _Epoch:
     """The part of engine.Population timed_epoch uses: three members, those not `active` frozen."""
 
@@ -530,7 +520,8 @@ class _Epoch:
 ])
 def test_an_epoch_times_each_trained_member_and_leaves_the_frozen_untimed(monkeypatch, width, concurrency, active,
                                                                           expected):
-    monkeypatch.setattr(populations.time, "perf_counter", _Clock())
+    # time.perf_counter: 10.0 at the start, then a reading at each slice's end.
+    monkeypatch.setattr(populations.time, "perf_counter", iter([10.0, 11.5, 15.5, 20.0]).__next__)
     population, on_progress = _Epoch(width, concurrency, active), lambda progress: None
     result, seconds = populations.timed_epoch(population, on_progress)
     assert result.seconds == 6.0 and population.on_progress is on_progress
@@ -814,12 +805,17 @@ def test_a_run_tells_its_progress_through_each_epoch(load):
     assert ends == [(1, 14), (2, 14)] and all(p.steps_total == 14 for p in heard)
 
 
-def test_a_member_is_refused_exactly_when_it_needs_more_than_80_percent_of_the_free_memory(monkeypatch):
-    units = 100_000_000
-    huge = spec_lib.from_dict({**DENSE, "model": {"layers": [
+def _huge_network(units=100_000_000):
+    """(spec, units, weights) of a dense net whose 784 x units weights (78 billion by default)
+    exceed any machine's memory; the weights counted by hand."""
+    spec = spec_lib.from_dict({**DENSE, "model": {"layers": [
         {"type": "dense", "units": units, "activation": "relu"},
         {"type": "dense", "units": 10, "activation": "softmax"}]}})
-    weights = 784 * units + units + units * 10 + 10
+    return spec, units, 784 * units + units + units * 10 + 10
+
+
+def test_a_member_is_refused_exactly_when_it_needs_more_than_80_percent_of_the_free_memory(monkeypatch):
+    huge, units, weights = _huge_network()
     monkeypatch.setattr(engine, "member_bytes", lambda spec, shape: 4 * weights)  # say, the device's
     need = 4 * weights + 12 * weights  # and the host's float64 draw and its float32 cast: 12 bytes a weight
     free = need // 4 * 5
@@ -836,13 +832,9 @@ def test_a_member_is_refused_exactly_when_it_needs_more_than_80_percent_of_the_f
 
 
 def test_a_plan_refuses_a_member_the_machine_cannot_hold_counting_every_pixel(load):
-    units = 100_000_000  # 78 billion weights for 28 x 28 inputs: more than any machine's memory
-    huge = spec_lib.from_dict({**DENSE, "model": {"layers": [
-        {"type": "dense", "units": units, "activation": "relu"},
-        {"type": "dense", "units": 10, "activation": "softmax"}]}})
+    huge, units, weights = _huge_network()
     with pytest.raises(mnistlab.UserError) as refused:
         populations.plan([populations.Member(0, huge)], load)
-    weights = 784 * units + units + units * 10 + 10
     assert f"({weights:,} weights; model.layers.0 holds {784 * units:,} of them)" in str(refused.value)
 
 
