@@ -10,7 +10,8 @@ last 10% of the training set, as mnistlab's).
 
 `search` runs until stopped from outside (`timeout`) and appends one line per finished
 trial to WORK/timeline.jsonl: the wall clock (time.time()) at its end, its score (its best
-validation accuracy), the epochs it trained. `final` reloads the trials, retrains the best
+epoch's validation accuracy, by which KerasTuner ranks), its last epoch's (by which mnistlab
+ranks), the epochs it trained. `final` reloads the trials, retrains the best
 on all 60,000 images for the space's full epochs and evaluates the test set once.
 
 Usage: KERAS_BACKEND=jax python search_kerastuner.py search|final mlp|cnn SEED DATA_DIR WORK_DIR
@@ -78,8 +79,10 @@ class Timed(kt.Hyperband):
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)
+        seen = trial.metrics.exists("val_accuracy")  # not for a trial that failed before its first epoch
         with open(f"{work}/timeline.jsonl", "a") as f:
             f.write(json.dumps({"time": time.time(), "trial": trial.trial_id, "score": trial.score,
+                                "last": trial.metrics.get_last_value("val_accuracy") if seen else None,
                                 "epochs": trial.hyperparameters.values.get("tuner/epochs")}) + "\n")
 
 

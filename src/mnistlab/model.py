@@ -339,6 +339,19 @@ class Summary:
         return screen.export_text() + "\n".join(self.totals())
 
 
+def multiply_adds(spec: ModelSpec, image_shape: tuple[int, ...] = (28, 28)) -> int:
+    """Multiply-adds of one image's forward pass through the kernels: a dense kernel's size,
+    a convolution's kernel size times its output positions. What a step costs scales with it
+    (backward: about twice as much again), so it ranks structures by their cost to train."""
+    shapes = output_shapes(spec.layers, as_shape(image_shape))
+    total = 0
+    for layer, before, after in zip(spec.layers, shapes, shapes[1:]):
+        kernel = layer.weight_shapes(before).get("kernel")
+        if kernel is not None:
+            total += int(np.prod(kernel)) * int(np.prod(after[:-1]))  # positions: 1 for a dense layer
+    return total
+
+
 def readable_size(size: float) -> str:
     """Bytes as Keras' summary writes them: 3.03 MB (units of 1,024)."""
     for unit in ("B", "KB", "MB", "GB", "TB"):

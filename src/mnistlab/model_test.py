@@ -394,6 +394,16 @@ def test_the_summary_counts_keras_publishes_for_its_examples(preset, total):
     assert summary.total == summary.trainable == total and summary.non_trainable == 0
 
 
+@pytest.mark.parametrize("preset, macs", [
+    ("seed", 784 * 1000 + 1000 * 10),
+    # conv 3x3x1x32 at 26x26 positions, conv 3x3x32x64 at 11x11 (after pooling to 13x13),
+    # dense 5*5*64 -> 10; augmentation, pooling and dropout multiply nothing
+    ("cnn", 3 * 3 * 1 * 32 * 26 * 26 + 3 * 3 * 32 * 64 * 11 * 11 + 5 * 5 * 64 * 10),
+])
+def test_multiply_adds_count_kernels_times_their_output_positions(preset, macs):
+    assert model.multiply_adds(spec_lib.preset(preset).model) == macs
+
+
 def test_the_summary_of_batch_normalization_keeps_its_statistics_out_of_the_trainable():
     spec = spec_lib.ModelSpec(layers=[
         {"type": "conv2d", "filters": 8, "kernel_size": 3}, {"type": "batch_normalization"},

@@ -98,6 +98,64 @@ def test_space_becomes_optuna_distributions_and_back():
     assert len(spec.model.dense_layers) == point["mlp.hidden_layers"] + 1
 
 
+# ------------------------------------------------------------------ the cost-aware sampler
+
+
+def test_a_trials_cost_is_its_multiply_adds_per_image_times_its_epochs():
+    t = load(space(params={"mlp.hidden_layers": [1, 2], "mlp.units": [64, 2048], "training.epochs": [2, 3]}))
+    cost = tune.trial_cost(t)
+    assert cost({"mlp.hidden_layers": 2, "mlp.units": 64, "training.epochs": 3}) == (784 * 64 + 64 * 64 + 64 * 10) * 3
+    assert cost({"mlp.hidden_layers": 1, "mlp.units": 2048, "training.epochs": 2}) == (784 * 2048 + 2048 * 10) * 2
+    assert cost({"mlp.units": 64}) == (784 * 64 + 64 * 10) * 3  # the others as the base has them
+    assert cost({"mlp.units": -1}) == float("inf")  # a network the spec refuses is never preferred
+
+
+def _cost_study(units, settings, seed, told=0, spent=0.0):
+    """A study of units x dropout; `told` rounds of history in which the larger units score
+    0.99 and the smaller 0.5; its sampler as tune makes it, `spent` of the budget used."""
+    t = load(space(params={"mlp.units": {"choice": units},
+                           "mlp.dropout": {"distribution": "uniform", "low": 0.0, "high": 0.5}},
+                   settings={"sampler": "tpe", "startup_trials": 0, **settings}))
+    study = optuna.create_study(direction="maximize", sampler=tune.make_sampler(t, t.settings, seed, spent))
+    space_ = {"mlp.units": optuna.distributions.CategoricalDistribution(units),
+              "mlp.dropout": optuna.distributions.FloatDistribution(0.0, 0.5)}
+    for i in range(told):
+        for u, value in zip(units, (0.5, 0.99)):
+            study.add_trial(optuna.trial.create_trial(params={"mlp.units": u, "mlp.dropout": 0.05 * i},
+                                                      distributions=space_, value=value))
+    return tune.suggest(study.ask(), t)["mlp.units"]
+
+
+def test_cost_aware_tpe_tries_the_cheap_structure_first_while_it_knows_nothing():
+    assert [_cost_study([64, 2048], {}, seed) for seed in range(10)] == [64] * 10
+    plain = [_cost_study([64, 2048], {"cost_aware": False}, seed) for seed in range(10)]
+    assert set(plain) == {64, 2048}  # TPE alone draws from the prior: either
+
+
+def test_cost_aware_tpe_pays_for_a_costly_structure_whose_promise_outweighs_its_cost():
+    # 128 units cost twice 64's and scored far better: chosen from the start
+    assert [_cost_study([64, 128], {}, seed, told=10) for seed in range(10)] == [128] * 10
+    # 2048 units cost 32 times as much: improvement per cost keeps to 64 ...
+    assert [_cost_study([64, 2048], {}, seed, told=10) for seed in range(10)] == [64] * 10
+    # ... until the budget is spent and the weight of cost has cooled to nothing (plain TPE)
+    assert [_cost_study([64, 2048], {}, seed, told=10, spent=1.0) for seed in range(10)] == [2048] * 10
+    assert [_cost_study([64, 2048], {"cost_aware": False}, seed, told=10) for seed in range(10)] == [2048] * 10
+
+
+def test_startup_trials_default_to_none_for_the_cost_aware_tpe_and_ten_otherwise():
+    assert tune.startup_trials(tune.TuneSettings()) == 0
+    assert tune.startup_trials(tune.TuneSettings(cost_aware=False)) == 10
+    assert tune.startup_trials(tune.TuneSettings(sampler="cmaes")) == 10
+    assert tune.startup_trials(tune.TuneSettings(startup_trials=3)) == 3
+
+
+def test_the_budget_spent_is_the_further_along_of_trials_and_time():
+    assert tune.budget_spent(3, 10, 50.0, None) == 0.3
+    assert tune.budget_spent(3, 10, 50.0, 100.0) == 0.5
+    assert tune.budget_spent(9, 10, 50.0, 100.0) == 0.9
+    assert tune.budget_spent(0, 100_000, 0.0, None) == 0.0
+
+
 def test_grid_space_and_its_size():
     t = load(space(params={"optimizer.learning_rate": [1e-3, 1e-2], "mlp.hidden_layers": {
         "distribution": "int_uniform", "low": 1, "high": 3}}))
@@ -211,6 +269,15 @@ def test_best_trial_is_a_run_folder_with_its_weights(pruned_study, no_test, kera
     assert [p.name for p in (result.path / "trials").iterdir()] == [str(summary["best_trial"])]
 
 
+def test_a_grid_asked_one_trial_at_a_time_trains_every_point_once(no_test, tmp_path):
+    # Each batch has its own sampler (seeded by the trials so far): the grid's order must not follow it.
+    lrs = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]
+    t = load(space("grid1", params={"optimizer.learning_rate": lrs}, settings={"sampler": "grid", "batch": 1},
+                   set_=[*BASE[:1], "training.epochs=1", *BASE[2:]]))
+    result = tune.run(t, 5, study_dir=tmp_path, arrays=no_test)
+    assert sorted(x.params["optimizer.learning_rate"] for x in trials_of(result.storage, "grid1")) == lrs
+
+
 @pytest.mark.parametrize("sampler, pruner", [("grid", "halving"), ("cmaes", "hyperband"), ("tpe", "median")])
 def test_every_sampler_and_pruner_runs_a_study(sampler, pruner, no_test, tmp_path):
     params = ({"optimizer.learning_rate": [3e-3, 1e-2], "mlp.dropout": [0.0, 0.2]} if sampler == "grid" else {
@@ -234,7 +301,8 @@ def test_every_sampler_and_pruner_runs_a_study(sampler, pruner, no_test, tmp_pat
 
 def test_a_conv_space_tunes(no_test, tmp_path):
     root = Path(__file__).resolve().parents[2] / "examples"
-    assert tune.load_tune(root / "tune-cnn.toml").sweep.base == "cnn"  # the example parses
+    assert tune.load_tune(root / "tune-cnn.toml").sweep.base == "cnn"  # the examples parse
+    assert tune.load_tune(root / "tune-mlp.toml").settings.cost_aware is True
     raw = space("conv", set_=["training.subset=1200", "training.epochs=2", "training.validation_split=0.25",
                               "training.batch_size=100", "optimizer.schedule.name=constant"],
                 params={"model.layers.2.filters": {"choice": [4, 8]},
@@ -441,6 +509,7 @@ def test_command_line_options_override_the_tune_table_and_are_checked_as_it_is()
     table = tune.TuneSettings(sampler="random", batch=2, seed=5)
     assert tune.with_options(table, sampler=None, pruner="hyperband", batch=None) == tune.TuneSettings(
         sampler="random", pruner="hyperband", batch=2, seed=5)
+    assert tune.with_options(table, cost_aware=False).cost_aware is False and table.cost_aware is True
     with pytest.raises(UserError, match=r"^--sampler 'tpee': did you mean 'tpe'\?$"):
         tune.with_options(table, sampler="tpee")
     with pytest.raises(UserError, match=r"^--pruner 'asha': expected one of: none, median, halving, hyperband$"):
@@ -460,6 +529,10 @@ def test_the_seed_option_draws_as_the_tune_tables_seed_does(mnist_root, tmp_path
 
     with_option = first_point(0, ["--seed", "1"])
     assert with_option == first_point(1, []) != first_point(0, [])
+    # --no-cost-aware reaches the study as well (study.json records it)
+    first_point(2, ["--no-cost-aware"])
+    assert json.loads((tmp_path / "s2['--no-cost-aware']" / "study.json").read_text())["cost_aware"] is False
+    assert json.loads((tmp_path / "s1[]" / "study.json").read_text())["cost_aware"] is True
 
 
 def test_redact_hides_passwords():

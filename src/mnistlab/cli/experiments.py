@@ -111,6 +111,9 @@ def tune(
     sampler: Annotated[Optional[str], typer.Option(help="tpe (default), random, grid or cmaes.")] = None,
     pruner: Annotated[Optional[str], typer.Option(help="median (default), halving, hyperband or none.")] = None,
     batch: Annotated[Optional[int], typer.Option(min=1, help="Trials asked at once, trained as populations.")] = None,
+    cost_aware: Annotated[Optional[bool], typer.Option(
+        "--cost-aware/--no-cost-aware", help="TPE: weigh each candidate's promise against its cost to train "
+                                             "(default: on).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="The sampler's seed (default: [tune] seed, else [search] "
                                                 "seed).")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="A budget in seconds: then no new trials, and those "
@@ -129,7 +132,8 @@ def tune(
     space = tune_lib.load_tune(config)
     if (retest or with_validation) and not final:
         raise UserError("--retest and --with-validation go with --final")
-    settings = tune_lib.with_options(space.settings, sampler=sampler, pruner=pruner, batch=batch, seed=seed)
+    settings = tune_lib.with_options(space.settings, sampler=sampler, pruner=pruner, batch=batch, seed=seed,
+                                     cost_aware=cost_aware)
     folder = study_dir or Path("studies") / space.name
     if trials is None and not final:
         trials = space.sweep.search.trials
