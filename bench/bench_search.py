@@ -93,6 +93,11 @@ def band(curves: list[Curve], grid: list[float]) -> list[dict]:
     return rows
 
 
+def median_at(curves: list[Curve], seconds: float) -> float:
+    """The median across curves of the best value by `seconds` (as `band` counts it)."""
+    return band(curves, [seconds])[0]["median"]
+
+
 # ------------------------------------------------------------------ the two sides
 
 
@@ -187,21 +192,19 @@ def summarize(runs: dict[str, list[dict]], budgets: dict[str, float], target: fl
             "test_accuracies": [r.get("test_accuracy") for r in records],
         }
         if all("trials_by_last_epoch" in r for r in records):  # the peer, judged as mnistlab judges
-            lasts = [value_at(best_so_far(r["trials_by_last_epoch"]), budgets[side]) for r in records]
-            out["sides"][side]["median_end_value_by_last_epoch"] = statistics.median(v or 0.0 for v in lasts)
+            out["sides"][side]["median_end_value_by_last_epoch"] = median_at(
+                [best_so_far(r["trials_by_last_epoch"]) for r in records], budgets[side])
     if set(SIDES) <= set(out["sides"]):
         # Along the peer's budget: its median best at a third, two thirds and the end, and
         # mnistlab's median time to reach each (the ratio of the two is the speed-up there).
-        peer_curves = out["sides"]["kerastuner"]["curves"]
+        curves = {side: out["sides"][side]["curves"] for side in SIDES}
         out["mnistlab_time_to_peer_at"] = [
-            {"seconds": t, "peer": value, "mnistlab_seconds": median_time_to(out["sides"]["mnistlab"]["curves"], value)}
+            {"seconds": t, "peer": value, "mnistlab_seconds": median_time_to(curves["mnistlab"], value)}
             for t in (budgets["kerastuner"] / 3, 2 * budgets["kerastuner"] / 3, budgets["kerastuner"])
-            for value in [statistics.median(value_at(c, t) or 0.0 for c in peer_curves)]]
+            for value in [median_at(curves["kerastuner"], t)]]
         # Both sides at the shorter budget: what each search had found by then.
         shorter = min(budgets[side] for side in SIDES)
-        out["at_shorter_budget"] = {"seconds": shorter, **{
-            side: statistics.median(value_at(c, shorter) or 0.0 for c in out["sides"][side]["curves"])
-            for side in SIDES}}
+        out["at_shorter_budget"] = {"seconds": shorter, **{side: median_at(curves[side], shorter) for side in SIDES}}
     return out
 
 
@@ -310,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             folder = work / f"{side}-{args.space}-{seed}"
             print(f"{side}, seed {seed}: {budgets[side]:.0f} s", flush=True)
             if side == "mnistlab":
-                record = search_mnistlab(args.mnistlab_space or SPACES[args.space], seed, budgets[side], folder, not args.no_final,
+                space = args.mnistlab_space or SPACES[args.space]
+                record = search_mnistlab(space, seed, budgets[side], folder, not args.no_final,
                                          shlex.split(args.mnistlab_options))
             else:
                 record = search_kerastuner(args.space, seed, budgets[side], folder, not args.no_final, args.venvs_dir)
