@@ -18,13 +18,18 @@ side's time to reach `--target`, mnistlab's time to reach the peer's median best
 two thirds and the end of the peer's budget, and both sides' median best at the shorter one.
 
 One side can be run later on the same machine and joined to an earlier report of the other
-(`--runs-from`, as in the second line below): the report says so.
+(`--runs-from`, as in the second line below): the report says so. `--peer kerastuner-tf`
+runs KerasTuner on Keras' TensorFlow backend instead of JAX (the third line: against the
+mnistlab runs of an earlier report).
 
 Usage (from the repository root; the peer's venv: `bench/peers.py install --peers kerastuner`):
     .venv/bin/python bench/bench_search.py --space mlp --budget 900 --mnistlab-budget 300 --seeds 3,4,5
     .venv/bin/python bench/bench_search.py --space mlp --sides mnistlab --mnistlab-budget 300 --seeds 3,4,5 \
         --mnistlab-options='--pruner median' --runs-from docs/bench-search-mlp.json --out /tmp/variant
-Writes bench-search-SPACE.json, .md and .png into --out (default docs/).
+    .venv/bin/python bench/bench_search.py --space cnn --sides kerastuner --peer kerastuner-tf --seeds 3,4,5 \
+        --runs-from docs/bench-search-cnn.json
+Writes bench-search-SPACE.json, .md and .png into --out (default docs/); with another --peer,
+bench-search-SPACE-PEER.*.
 """
 from __future__ import annotations
 
@@ -142,8 +147,8 @@ def search_mnistlab(space: Path, seed: int, budget: float, folder: Path, final: 
     return record
 
 
-def search_kerastuner(space: str, seed: int, budget: float, folder: Path, final: bool, venvs: Path) -> dict:
-    peer = peers.KERASTUNER_PEER
+def search_kerastuner(space: str, seed: int, budget: float, folder: Path, final: bool, venvs: Path,
+                      peer: peers.Peer) -> dict:
     python, script = str(peers.venv_python(peer, venvs)), str(peers.script_path(peer))
     env = {**os.environ, **peer.env}
     folder.mkdir(parents=True, exist_ok=True)
@@ -161,11 +166,14 @@ def search_kerastuner(space: str, seed: int, budget: float, folder: Path, final:
     return record
 
 
-def earlier_mismatch(earlier: dict, space: str, info: dict) -> str | None:
+def earlier_mismatch(earlier: dict, space: str, info: dict, peer: str | None = None) -> str | None:
     """Why an earlier report's runs cannot join this one (None: they can): another space, or
-    another machine (its processor, flags or cores), since a comparison counts only on one."""
+    another machine (its processor, flags or cores), since a comparison counts only on one;
+    or, when its KerasTuner runs would join (`peer`), another peer than this report's."""
     if earlier.get("space") != space:
         return f"it searched the {earlier.get('space')!r} space, not {space!r}"
+    if peer is not None and earlier.get("peer", "kerastuner") != peer:
+        return f"its KerasTuner runs are the {earlier.get('peer', 'kerastuner')!r} peer's, not {peer!r}"
     for key in ("cpu", "flags", "cores_usable"):
         if earlier.get("machine", {}).get(key) != info.get(key):
             return f"it ran on another machine ({key}: {earlier.get('machine', {}).get(key)!r}, here {info.get(key)!r})"
@@ -216,9 +224,9 @@ def _secs(v: float | None) -> str:
     return "not reached" if v is None else f"{v:.0f} s"
 
 
-def markdown(summary: dict, space: str, info: dict) -> str:
+def markdown(summary: dict, space: str, info: dict, peer: peers.Peer = peers.KERASTUNER_PEERS["kerastuner"]) -> str:
     target = summary["target"]
-    lines = [f"Space `{space}`, {machine.summary(info)}.", "",
+    lines = [f"Space `{space}`, KerasTuner on Keras' {peer.env['KERAS_BACKEND']} backend, {machine.summary(info)}.", "",
              f"| search | budget | seeds | finished trials | best validation at the end (median, range) | "
              f"time to {_pct(target)} (each seed; median) | test after one retraining |",
              "| --- | ---: | --- | --- | --- | --- | --- |"]
@@ -279,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="study folders (default: a new folder in studies/)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     parser.add_argument("--venvs-dir", type=Path, default=peers.DEFAULT_VENVS_DIR)
+    parser.add_argument("--peer", choices=sorted(peers.KERASTUNER_PEERS), default="kerastuner",
+                        help="the KerasTuner side's venv: Keras on JAX (kerastuner) or on TensorFlow (kerastuner-tf)")
     parser.add_argument("--mnistlab-space", type=Path, default=None,
                         help="mnistlab's space file (default: examples/tune-SPACE.toml), e.g. an earlier default's")
     parser.add_argument("--mnistlab-options", default="",
@@ -291,8 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"--sides: unknown {', '.join(unknown)}; choose from {', '.join(SIDES)}", file=sys.stderr)
         return 2
-    if "kerastuner" in sides and not peers.is_installed(peers.KERASTUNER_PEER, args.venvs_dir):
-        print("the kerastuner peer is not installed: `.venv/bin/python bench/peers.py install --peers kerastuner`",
+    peer = peers.KERASTUNER_PEERS[args.peer]
+    if "kerastuner" in sides and not peers.is_installed(peer, args.venvs_dir):
+        print(f"the {peer.name} peer is not installed: `.venv/bin/python bench/peers.py install --peers {peer.name}`",
               file=sys.stderr)
         return 2
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -304,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     earlier = {}
     if args.runs_from is not None:
         earlier = json.loads(args.runs_from.read_text())
-        why = earlier_mismatch(earlier, args.space, info)
+        why = earlier_mismatch(earlier, args.space, info, None if "kerastuner" in sides else peer.name)
         if why:
             print(f"--runs-from {args.runs_from}: {why}; run both sides here instead", file=sys.stderr)
             return 2
@@ -317,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                 record = search_mnistlab(space, seed, budgets[side], folder, not args.no_final,
                                          shlex.split(args.mnistlab_options))
             else:
-                record = search_kerastuner(args.space, seed, budgets[side], folder, not args.no_final, args.venvs_dir)
+                record = search_kerastuner(args.space, seed, budgets[side], folder, not args.no_final, args.venvs_dir,
+                                           peer)
             runs[side].append({"seed": seed, **record})
     joined: dict[str, str] = {}  # side -> the date of the report that ran it
     for side, records in earlier.get("runs", {}).items():
@@ -326,13 +338,15 @@ def main(argv: list[str] | None = None) -> int:
             joined[side] = earlier.get("runs_from", {}).get(side, earlier["date"])
     summary = summarize(runs, budgets, args.target)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"bench-search-{args.space}"
-    record = {"date": dt.datetime.now().isoformat(timespec="seconds"), "space": args.space, "budgets": budgets,
+    stem = args.out / f"bench-search-{args.space}{'' if peer.name == 'kerastuner' else '-' + peer.name}"
+    record = {"date": dt.datetime.now().isoformat(timespec="seconds"), "space": args.space, "peer": peer.name,
+              "budgets": budgets, "peer_versions": (peers.peer_versions(peer, args.venvs_dir) if "kerastuner" in sides
+                                else earlier.get("peer_versions")),
               "machine": info, "machine_after": machine.describe(), "runs": runs, "summary": summary}
     if joined:
         record["runs_from"] = joined
     Path(f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
-    Path(f"{stem}.md").write_text(markdown(summary, args.space, info) + "".join(
+    Path(f"{stem}.md").write_text(markdown(summary, args.space, info, peer) + "".join(
         f"\nThe {side} runs are those of the report of {date} on this machine (joined with --runs-from).\n"
         for side, date in joined.items()))
     figure(summary, args.space).savefig(f"{stem}.png", dpi=120)

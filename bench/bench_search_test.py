@@ -9,6 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ has no __init__.py
 
 import bench_search  # noqa: E402
+import peers  # noqa: E402
 
 # Three searches' finished trials, (seconds since launch, value); None: pruned or failed.
 A = [(30, 0.97), (50, None), (60, 0.985), (90, 0.984), (200, 0.989)]
@@ -61,6 +62,7 @@ def test_the_summary_compares_mnistlab_with_the_peers_median_end():
                                                    for t in (300, 600, 900)]
     assert summary["sides"]["mnistlab"]["end_values"] == [0.989, 0.99, None]
     table = bench_search.markdown(summary, "mlp", {"cores_usable": 2, "cpu": "x", "flags": [], "python": "3"})
+    assert table.startswith("Space `mlp`, KerasTuner on Keras' jax backend, ")
     assert "| kerastuner | 900 s | 0, 1, 2 | 3, 3, 5 | 99.00% (98.90% to 99.00%) | 120 s, 120 s, 200 s; **120 s** |" in table
     assert "| 600 s | 99.00% | not reached |" in table and "| 900 s | 99.00% | not reached |" in table
     assert "At 300 s, the median best validation was 98.90% for mnistlab and 99.00% for KerasTuner." in table
@@ -86,7 +88,9 @@ def test_the_peer_is_also_judged_by_its_trials_last_epochs():
     assert summary["sides"]["kerastuner"]["median_end_value_by_last_epoch"] == 0.985
     runs["mnistlab"] = [{"seed": 0, "trials": A}]
     table = bench_search.markdown(bench_search.summarize(runs, {"kerastuner": 150, "mnistlab": 150}, 0.988), "mlp",
-                                  {"cores_usable": 2, "cpu": "x", "flags": [], "python": "3"})
+                                  {"cores_usable": 2, "cpu": "x", "flags": [], "python": "3"},
+                                  peers.KERASTUNER_PEERS["kerastuner-tf"])
+    assert table.startswith("Space `mlp`, KerasTuner on Keras' tensorflow backend, ")
     assert "by its last epoch (as mnistlab ranks, and as the retrained model ends) its median end value is 98.50%" in table
 
 
@@ -98,6 +102,11 @@ def test_an_earlier_report_joins_only_from_the_same_space_and_machine():
     assert bench_search.earlier_mismatch(earlier, "mlp", {**here, "flags": ["avx2", "avx512f"]}) == (
         "it ran on another machine (flags: ['avx2'], here ['avx2', 'avx512f'])")
     assert "cores_usable: 2, here 4" in bench_search.earlier_mismatch(earlier, "mlp", {**here, "cores_usable": 4})
+    # its KerasTuner runs join only a report of the same peer (a report before --peer: Keras on JAX)
+    assert bench_search.earlier_mismatch(earlier, "mlp", here, peer="kerastuner") is None
+    assert bench_search.earlier_mismatch(earlier, "mlp", here, peer="kerastuner-tf") == (
+        "its KerasTuner runs are the 'kerastuner' peer's, not 'kerastuner-tf'")
+    assert bench_search.earlier_mismatch({**earlier, "peer": "kerastuner-tf"}, "mlp", here, peer="kerastuner-tf") is None
 
 
 def test_the_peers_timeline_is_read_against_its_launch(tmp_path):

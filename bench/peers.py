@@ -90,12 +90,21 @@ SPEEDRUN_PEER = replace(PEERS["torch"], name="speedrun-torch", script="speedrun_
 
 # KerasTuner's Hyperband on the spaces of examples/tune-*.toml (bench/bench_search.py): its own
 # venv, since keras-tuner is a package the Keras peer does not need.
-KERASTUNER_PEER = Peer("kerastuner", "search_kerastuner.py", ("keras", "jax", "keras-tuner", "six"),
-                       {"KERAS_BACKEND": "jax"}, ("keras", "keras-tuner", "jax", "jaxlib", "numpy"),
-                       peers_dir=BENCH_PEERS_DIR)
+# Keras on JAX is the issue's peer; on TensorFlow (Keras' default backend) the convnet's
+# gradients run on oneDNN, where XLA's CPU convolution gradients are slow (docs/benchmarks.md).
+KERASTUNER_PEERS: dict[str, Peer] = {
+    p.name: p
+    for p in (
+        Peer("kerastuner", "search_kerastuner.py", ("keras", "jax", "keras-tuner", "six"),
+             {"KERAS_BACKEND": "jax"}, ("keras", "keras-tuner", "jax", "jaxlib", "numpy"),
+             peers_dir=BENCH_PEERS_DIR),
+        Peer("kerastuner-tf", "search_kerastuner.py", ("keras", "tensorflow-cpu", "keras-tuner", "six"),
+             {"KERAS_BACKEND": "tensorflow"}, ("keras", "keras-tuner", "tensorflow-cpu", "tensorflow", "numpy"),
+             peers_dir=BENCH_PEERS_DIR),
+    )
+}
 
-ALL_PEERS: dict[str, Peer] = {**PEERS, **CNN_PEERS, SPEEDRUN_PEER.name: SPEEDRUN_PEER,
-                              KERASTUNER_PEER.name: KERASTUNER_PEER}
+ALL_PEERS: dict[str, Peer] = {**PEERS, **CNN_PEERS, SPEEDRUN_PEER.name: SPEEDRUN_PEER, **KERASTUNER_PEERS}
 
 
 def repo_root() -> Path:
