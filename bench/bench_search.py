@@ -233,7 +233,7 @@ def markdown(summary: dict, space: str, info: dict, peer: peers.Peer = peers.KER
     for side, s in summary["sides"].items():
         ends = [v or 0.0 for v in s["end_values"]]  # no finished trial: no model, 0
         lines.append(
-            f"| {side} | {s['budget']:.0f} s | {', '.join(map(str, s['seeds']))} | "
+            f"| {peer.name if side == 'kerastuner' else side} | {s['budget']:.0f} s | {', '.join(map(str, s['seeds']))} | "
             f"{', '.join(map(str, s['finished_trials']))} | {_pct(s['median_end_value'] or None)} "
             f"({_pct(min(ends) or None)} to {_pct(max(ends) or None)}) | "
             f"{', '.join(_secs(t) for t in s['times_to_target'])}; "
@@ -252,7 +252,7 @@ def markdown(summary: dict, space: str, info: dict, peer: peers.Peer = peers.KER
     return "\n".join(lines) + "\n"
 
 
-def figure(summary: dict, space: str):
+def figure(summary: dict, space: str, peer: str = "kerastuner"):
     """Best validation accuracy against wall time: each side's median over seeds, its range shaded."""
     import matplotlib
 
@@ -262,7 +262,7 @@ def figure(summary: dict, space: str):
     fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     for side, s in summary["sides"].items():
         t = [r["seconds"] / 60 for r in s["band"]]
-        line, = ax.step(t, [100 * r["median"] for r in s["band"]], where="post", label=f"{side} (median)")
+        line, = ax.step(t, [100 * r["median"] for r in s["band"]], where="post", label=f"{peer if side == 'kerastuner' else side} (median)")
         ax.fill_between(t, [100 * r["min"] for r in s["band"]], [100 * r["max"] for r in s["band"]],
                         step="post", alpha=0.2, color=line.get_color())
     ax.axhline(100 * summary["target"], color="grey", linestyle=":", linewidth=1)
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(f"{stem}.md").write_text(markdown(summary, args.space, info, peer) + "".join(
         f"\nThe {side} runs are those of the report of {date} on this machine (joined with --runs-from).\n"
         for side, date in joined.items()))
-    figure(summary, args.space).savefig(f"{stem}.png", dpi=120)
+    figure(summary, args.space, peer.name).savefig(f"{stem}.png", dpi=120)
     print(Path(f"{stem}.md").read_text(), end="")
     failed = [r for rs in runs.values() for r in rs if r["exit"] not in (0, -15) or r.get("final_exit", 0) != 0]
     return 1 if failed else 0

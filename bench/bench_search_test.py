@@ -91,6 +91,7 @@ def test_the_peer_is_also_judged_by_its_trials_last_epochs():
                                   {"cores_usable": 2, "cpu": "x", "flags": [], "python": "3"},
                                   peers.KERASTUNER_PEERS["kerastuner-tf"])
     assert table.startswith("Space `mlp`, KerasTuner on Keras' tensorflow backend, ")
+    assert "\n| kerastuner-tf | 150 s | 0, 1, 2 |" in table
     assert "by its last epoch (as mnistlab ranks, and as the retrained model ends) its median end value is 98.50%" in table
 
 
