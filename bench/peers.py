@@ -98,7 +98,9 @@ KERASTUNER_PEERS: dict[str, Peer] = {
         Peer("kerastuner", "search_kerastuner.py", ("keras", "jax", "keras-tuner", "six"),
              {"KERAS_BACKEND": "jax"}, ("keras", "keras-tuner", "jax", "jaxlib", "numpy"),
              peers_dir=BENCH_PEERS_DIR),
-        Peer("kerastuner-tf", "search_kerastuner.py", ("keras", "tensorflow-cpu", "keras-tuner", "six"),
+        # (KerasTuner imports TensorBoard's hparams API on TensorFlow.)
+        Peer("kerastuner-tf", "search_kerastuner.py",
+             ("keras", "tensorflow-cpu", "keras-tuner", "six", "tensorboard"),
              {"KERAS_BACKEND": "tensorflow"}, ("keras", "keras-tuner", "tensorflow-cpu", "tensorflow", "numpy"),
              peers_dir=BENCH_PEERS_DIR),
     )
