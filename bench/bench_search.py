@@ -262,9 +262,11 @@ def figure(summary: dict, space: str, peer: str = "kerastuner"):
     fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     for side, s in summary["sides"].items():
         t = [r["seconds"] / 60 for r in s["band"]]
-        line, = ax.step(t, [100 * r["median"] for r in s["band"]], where="post", label=f"{peer if side == 'kerastuner' else side} (median)")
+        color = f"C{SIDES.index(side)}"  # one color a side, whichever side ran first
+        ax.step(t, [100 * r["median"] for r in s["band"]], where="post", color=color,
+                label=f"{peer if side == 'kerastuner' else side} (median)")
         ax.fill_between(t, [100 * r["min"] for r in s["band"]], [100 * r["max"] for r in s["band"]],
-                        step="post", alpha=0.2, color=line.get_color())
+                        step="post", alpha=0.2, color=color)
     ax.axhline(100 * summary["target"], color="grey", linestyle=":", linewidth=1)
     finals = [100 * v for s in summary["sides"].values() for v in s["end_values"] if v]
     if finals:
