@@ -379,6 +379,8 @@ def study_events(space, quiet: bool) -> Iterator[Callable[[dict[str, Any]], None
                 say_above(_trial_line(e, metric, names, target[0]))
             elif kind == "message":
                 say_above(e["text"])
+            elif kind == "worker":  # one of `--workers N` (tune_pool), as it started
+                say_above(f"worker {e['pid']} on CPU core(s) {', '.join(map(str, e['cores']))}")
             elif kind == "done":
                 bar.update(epochs, visible=False)
 

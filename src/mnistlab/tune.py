@@ -90,6 +90,7 @@ class TuneSettings(BaseModel):
     grace_period: int = Field(default=60, gt=0)  # seconds without one before a trial is re-run
     max_retry: int = Field(default=3, ge=0)  # re-runs of one trial whose workers keep dying
     seeds: int = Field(default=1, gt=0)  # a trial trains K seeds in one population; its value is their mean
+    workers: int = Field(default=1, gt=0)  # processes on this machine, each on its share of the cores (tune_pool)
 
 
 def with_options(settings: TuneSettings, **options: Any) -> TuneSettings:
@@ -672,7 +673,8 @@ def run(tune: TuneSpec, trials: int, *, study_dir: str | Path | None = None, sto
     """Work on the study until it has `trials` finished (complete, pruned or diverged) trials.
 
     Re-running resumes: the study lives in its storage. Any number of workers may run this
-    at once against one storage (see the module's docstring for the counting rule).
+    at once against one storage (see the module's docstring for the counting rule);
+    `settings.workers` > 1 starts that many here, each on its share of the cores (`tune_pool`).
     `timeout`: a budget in seconds. No batch is asked after it; trials still training when it
     runs out are stopped at the end of their epoch, failed and queued again (as after Ctrl-C).
     `log` ("tensorboard[:DIR]", "tensorboard+histograms[:DIR]", "mlflow[:URI]", see
@@ -680,6 +682,12 @@ def run(tune: TuneSpec, trials: int, *, study_dir: str | Path | None = None, sto
     trial's settings, its epochs (the mean over its seeds), its status.
     """
     settings = settings or tune.settings
+    if settings.workers > 1:
+        from mnistlab import tune_pool
+
+        return tune_pool.run(tune, trials, settings.workers, study_dir=study_dir, storage=storage, settings=settings,
+                             data_dir=data_dir, arrays=arrays, timeout=timeout, on_event=on_event,
+                             memory_budget=memory_budget, log=log)
     folder = Path(study_dir) if study_dir is not None else Path("studies") / tune.name
     # Opened before the study's folder and storage: a bad target fails before anything is written.
     with tracking.Family(log, "study", tune.name, metric=tune.sweep.metric, records_dir=folder.parent,
@@ -696,7 +704,7 @@ def _logged_settings(tune: TuneSpec, settings: TuneSettings, trials: int) -> dic
     """What a study's parent run shows as its parameters (the whole space is its tune.toml)."""
     return {"metric": tune.sweep.metric, "direction": tune.sweep.direction, "trials": trials,
             "sampler": settings.sampler, "cost_aware": settings.cost_aware, "pruner": settings.pruner,
-            "batch": settings.batch, "seeds": settings.seeds}
+            "batch": settings.batch, "seeds": settings.seeds, "workers": settings.workers}
 
 
 def _run(tune: TuneSpec, trials: int, *, study_dir, storage, settings: TuneSettings, data_dir, arrays, timeout,
@@ -1101,7 +1109,8 @@ def write_outputs(study, folder: Path, tune: TuneSpec, settings: TuneSettings, u
         "best_run": "best" if best and link.is_dir() and os.readlink(link) == f"trials/{best.number}" else None,
         "importances": found, "importance_method": method,
         "sampler": settings.sampler, "cost_aware": settings.cost_aware, "pruner": settings.pruner,
-        "batch": settings.batch, "test_evaluations": study.user_attrs.get(TESTS_ATTR, []),
+        "batch": settings.batch, "workers": settings.workers,
+        "test_evaluations": study.user_attrs.get(TESTS_ATTR, []),
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "dashboard": f"optuna-dashboard {redact(url)}",
     }

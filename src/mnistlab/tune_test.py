@@ -511,6 +511,7 @@ def test_command_line_options_override_the_tune_table_and_are_checked_as_it_is()
     assert tune.with_options(table, sampler=None, pruner="hyperband", batch=None) == tune.TuneSettings(
         sampler="random", pruner="hyperband", batch=2, seed=5)
     assert tune.with_options(table, cost_aware=False).cost_aware is False and table.cost_aware is True
+    assert tune.with_options(table, workers=3).workers == 3 and table.workers == 1
     with pytest.raises(UserError, match=r"^--sampler 'tpee': did you mean 'tpe'\?$"):
         tune.with_options(table, sampler="tpee")
     with pytest.raises(UserError, match=r"^--pruner 'asha': expected one of: none, median, halving, hyperband$"):
@@ -605,14 +606,16 @@ def test_sigterm_fails_and_requeues_the_trials_in_training(mnist_root, tmp_path)
         json.dumps(t.params, sort_keys=True) for t in failed)  # queued again, same parameters
 
 
-def _epochs_reported(database: Path) -> int:
-    """How many epoch results the worker has written, read without writing: opening the
-    database with Optuna while the worker creates its tables would race it to create them."""
+def _epochs_reported(database: Path, trials: bool = False) -> int:
+    """How many epoch results the workers have written (`trials`: how many trials have written
+    one), read without writing: opening the database with Optuna while a worker creates its
+    tables would race it to create them."""
     if not database.exists():
         return 0
+    count = "COUNT(DISTINCT trial_id)" if trials else "COUNT(*)"
     try:
         with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-            return db.execute("SELECT COUNT(*) FROM trial_intermediate_values").fetchone()[0]
+            return db.execute(f"SELECT {count} FROM trial_intermediate_values").fetchone()[0]
     except sqlite3.OperationalError:  # no such table yet, or locked by the writer this moment
         return 0
 

@@ -116,6 +116,8 @@ def tune(
                                              "(default: on).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="The sampler's seed (default: [tune] seed, else [search] "
                                                 "seed).")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Worker processes on this machine, each on its "
+                                                   "share of the CPU cores (default: [tune] workers, else 1).")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="A budget in seconds: then no new trials, and those "
                                                      "still training are stopped and queued again.")] = None,
     final: Annotated[bool, typer.Option("--final", help="Then retrain the best trial and test it, once per study.")] = False,
@@ -133,7 +135,7 @@ def tune(
     if (retest or with_validation) and not final:
         raise UserError("--retest and --with-validation go with --final")
     settings = tune_lib.with_options(space.settings, sampler=sampler, pruner=pruner, batch=batch, seed=seed,
-                                     cost_aware=cost_aware)
+                                     cost_aware=cost_aware, workers=workers)
     folder = study_dir or Path("studies") / space.name
     if trials is None and not final:
         trials = space.sweep.search.trials
