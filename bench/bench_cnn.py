@@ -69,7 +69,8 @@ def faster_line(faster: dict | None) -> str:
 
 def command_line(argv: list[str] | None) -> str:
     """This run's command, with the environment settings that change what it measures."""
-    env = [f"{k}={os.environ[k]}" for k in ("MNISTLAB_COMPILE_CACHE", "XLA_FLAGS") if k in os.environ]
+    env = [f"{k}={os.environ[k]}" for k in ("MNISTLAB_COMPILE_CACHE", "XLA_FLAGS", "JAX_NUM_CPU_DEVICES")
+           if k in os.environ]
     return shlex.join([*env, sys.executable, sys.argv[0], *(sys.argv[1:] if argv is None else argv)])
 
 

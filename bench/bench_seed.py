@@ -206,7 +206,7 @@ def machine_info(python: str, selected: list[peerlib.Peer], venvs_dir: Path) -> 
         **machine.describe(),
         # Settings that change what XLA or BLAS does, so a result can be explained later.
         "env": {k: os.environ[k] for k in ("XLA_FLAGS", "OPENBLAS_CORETYPE", "OMP_NUM_THREADS",
-                                           "JAX_PLATFORMS", "MNISTLAB_COMPILE_CACHE")
+                                           "JAX_PLATFORMS", "JAX_NUM_CPU_DEVICES", "MNISTLAB_COMPILE_CACHE")
                 if k in os.environ},
         "mnistlab_python": python_versions(python, ["mnistlab", "jax", "jaxlib", "optax", "numpy"]),
         "peers": {p.name: peerlib.peer_versions(p, venvs_dir) for p in selected},

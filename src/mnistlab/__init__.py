@@ -1,9 +1,13 @@
 """mnistlab: the dense networks of the tutorial, with exact Keras semantics, trained fast."""
 
-from mnistlab import engine, runs
-from mnistlab.errors import UserError
-from mnistlab.spec import RunSpec, load, preset, with_overrides
-from mnistlab.training import Callback, History, TrainResult, resume, train
+from mnistlab import engine
+
+engine.use_cpu_cores()  # before anything starts JAX
+
+from mnistlab import runs  # noqa: E402
+from mnistlab.errors import UserError  # noqa: E402
+from mnistlab.spec import RunSpec, load, preset, with_overrides  # noqa: E402
+from mnistlab.training import Callback, History, TrainResult, resume, train  # noqa: E402
 
 
 def sweep(spec, **kwargs):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from mnistlab import engine, model
+from mnistlab import spec as spec_lib
 from mnistlab.spec import Dense, Dropout, ModelSpec, OptimizerSpec, Regularizer, RunSpec, TrainingSpec
 
 
@@ -912,6 +913,116 @@ def test_members_are_split_across_devices_when_they_divide_evenly_and_train_the_
     assert (two["2"]["data_devices"], two["3"]["data_devices"]) == (2, 1)  # the data set is copied to each
     for width in ("2", "3"):
         np.testing.assert_allclose(two[width]["sums"], one[width]["sums"], rtol=1e-6)
+
+
+SPLIT = r"""
+import json
+import jax, numpy as np
+from mnistlab import engine, spec as spec_lib
+rng = np.random.default_rng(0)
+images = rng.integers(0, 256, (100, 12, 12), dtype=np.uint8)
+labels = rng.integers(0, 3, 100).astype(np.uint8)
+spec = spec_lib.from_dict({
+    "model": {"input_rescale": 1 / 255, "layers": [
+        {"type": "random_translation", "height_factor": 0.1, "width_factor": 0.1, "fill_mode": "constant"},
+        {"type": "conv2d", "filters": 8, "kernel_size": 3, "use_bias": False},
+        {"type": "batch_normalization"}, {"type": "activation", "activation": "relu"},
+        {"type": "max_pooling2d", "pool_size": 2}, {"type": "flatten"}, {"type": "dropout", "rate": 0.3},
+        {"type": "dense", "units": 3, "activation": "softmax"}]},
+    "optimizer": {"name": "adam", "learning_rate": 0.01},
+    "training": {"batch_size": 16, "epochs": 2}})
+population = engine.Population([spec], images[:84], labels[:84], images[84:], labels[84:])
+epochs = [population.train_epoch().metrics for _ in range(2)]
+leaf = population.states[0].params["conv2d/kernel"]
+test = population.evaluate(images[84:], labels[84:])
+# the epoch's program as compiled: how many of a batch's 16 sample indices each device gets
+(chunk,) = [program for key, program in engine._PROGRAMS.items() if key[0] == "chunk"]
+batches = chunk.input_shardings[0][-1]
+(evaluation,) = [program for key, program in engine._PROGRAMS.items() if key[0] == "evaluate"]
+print(json.dumps({"devices": jax.device_count(), "split": population.batch_sharding is not None,
+                  "batch_on_each": batches.shard_shape((1, 6, 16))[-1],
+                  "evaluated_on": len(jax.tree.leaves(evaluation.input_shardings[0])[0].device_set),
+                  "weights_on": len(leaf.sharding.device_set), "whole_on_each": leaf.sharding.is_fully_replicated,
+                  "epochs": epochs, "test": {k: v.tolist() for k, v in test.items()},
+                  "params": {k: np.asarray(v).ravel().tolist() for k, v in population.states[0].params.items()}}))
+"""
+
+
+def test_a_convnets_batch_is_split_across_devices_and_trains_the_same():
+    # Two (forced host) devices and one member of a convnet (many activations a weight):
+    # each device computes half of every batch, with augmentation, batch normalization
+    # (its statistics over the whole batch) and dropout drawn as on one device; the
+    # weights, every epoch's figures and the evaluation equal one device's to float32
+    # rounding of a sum in another order. (No bias before batch normalization, as in
+    # Keras' examples: its exact gradient is zero, so Adam turns rounding into its steps.)
+    outputs = {}
+    for count in (1, 2):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}", "JAX_PLATFORMS": "cpu"}
+        done = subprocess.run([sys.executable, "-c", SPLIT], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outputs[count] = json.loads(done.stdout.strip().splitlines()[-1])
+    one, two = outputs[1], outputs[2]
+    assert (one["devices"], one["split"], one["batch_on_each"], one["weights_on"]) == (1, False, 16, 1)
+    assert (two["devices"], two["split"], two["batch_on_each"], two["weights_on"], two["whole_on_each"]) == \
+        (2, True, 8, 2, True)
+    # Evaluation runs on one device, as on one (not the same batches twice, side by side).
+    assert one["evaluated_on"] == two["evaluated_on"] == 1
+    for a, b in zip(one["epochs"], two["epochs"]):
+        assert a.keys() == b.keys() == {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+        for name in a:
+            np.testing.assert_allclose(b[name], a[name], rtol=2e-5, err_msg=name)
+    for name in one["test"]:
+        np.testing.assert_allclose(two["test"][name], one["test"][name], rtol=2e-5, err_msg=name)
+    assert one["params"].keys() == two["params"].keys() and "batch_normalization/moving_variance" in one["params"]
+    for name, values in one["params"].items():
+        np.testing.assert_allclose(two["params"][name], values, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def test_activations_a_weight_of_the_cnn_preset_by_hand():
+    # Per image: 2 augmentations 784 each, conv 26x26x32, pool 13x13x32, conv 11x11x64,
+    # pool 5x5x64, flatten and dropout 1600 each, dense 10; times the batch of 64. Weights:
+    # 3*3*1*32 + 32, 3*3*32*64 + 64, 1600*10 + 10.
+    per_image = 784 + 784 + 21632 + 5408 + 7744 + 1600 + 1600 + 1600 + 10
+    weights = 320 + 18496 + 16010
+    assert engine.activations_per_weight(spec_lib.preset("cnn")) == pytest.approx(64 * per_image / weights)
+
+
+@pytest.mark.parametrize("preset, split", [("cnn", True), ("cnn-best", True), ("robust", True),
+                                           ("speedrun", False), ("seed", False), ("fast", False),
+                                           ("keras-mlp", False)])
+def test_which_presets_split_their_batch(preset, split):
+    # As measured (engine.SPLIT_BATCH_FROM): convnets with full-size feature maps gain,
+    # dense networks (their gradient summed across devices each step) lose.
+    spec = spec_lib.preset(preset)
+    assert engine.splits_batch(spec, 2) is split
+    assert engine.splits_batch(spec, 1) is False
+    odd = spec_lib.with_values(spec, {"training.batch_size": 63})
+    assert engine.splits_batch(odd, 2) is False  # halves of a batch must be equal
+
+
+DEVICES = "import mnistlab, jax; print(jax.device_count())"
+
+
+@pytest.mark.parametrize("pinned, env, expected", [
+    (True, {}, 1),  # run on one core
+    (False, {}, min(8, len(os.sched_getaffinity(0)))),  # on all of this process's cores, at most 8
+    (False, {"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}, 3),  # the user's choice stays
+    (False, {"JAX_NUM_CPU_DEVICES": "1"}, 1),
+])
+def test_import_gives_one_cpu_device_a_core_unless_the_user_chose(pinned, env, expected):
+    base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    one_core = ["taskset", "-c", str(min(os.sched_getaffinity(0)))] if pinned else []
+    done = subprocess.run([*one_core, sys.executable, "-c", DEVICES], capture_output=True, text=True,
+                          env={**base, "JAX_PLATFORMS": "cpu", **env}, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.strip()) == expected
+
+
+def test_import_after_jax_started_leaves_its_devices():
+    done = subprocess.run([sys.executable, "-c", "import jax; jax.devices(); " + DEVICES], capture_output=True,
+                          text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.strip()) == 1
 
 
 def test_members_of_different_structures_cannot_share_a_population():
