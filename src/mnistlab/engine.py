@@ -63,8 +63,9 @@ def use_cpu_cores(limit: int = 8) -> None:
     chosen = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
     if chosen or jax.config.jax_num_cpu_devices != -1:
         return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: no affinity
     try:
-        jax.config.update("jax_num_cpu_devices", max(1, min(limit, len(os.sched_getaffinity(0)))))
+        jax.config.update("jax_num_cpu_devices", max(1, min(limit, cores)))
     except RuntimeError:  # JAX already started in this process: its devices stay
         pass
 
@@ -84,13 +85,17 @@ def activations_per_weight(spec: RunSpec, input_shape: tuple[int, ...] = (28, 28
 # one device: `cnn` (76 activations a weight) 0.81x the time, at batch 128 (151) 0.80x,
 # `cnn-best` (65) 0.94x; `speedrun` (4.5) 1.05x; `fast` and `seed` (below 0.2) 2.2-2.6x.
 SPLIT_BATCH_FROM = 10.0
+# Halves of 32 and 64 images were measured; smaller shares (a batch of 64 on 4 or more
+# cores) are not, and stay whole.
+SPLIT_SHARE_FROM = 32
 
 
 def splits_batch(spec: RunSpec, devices: int, input_shape: tuple[int, ...] = (28, 28)) -> bool:
     """Whether a member of `spec` trains with each batch split across `devices` (data
     parallelism: the same numbers, summed in another order), when its population's members
     are not split across them."""
-    return (devices > 1 and spec.training.batch_size % devices == 0
+    batch = spec.training.batch_size
+    return (devices > 1 and batch % devices == 0 and batch // devices >= SPLIT_SHARE_FROM
             and activations_per_weight(spec, input_shape) >= SPLIT_BATCH_FROM)
 
 

@@ -920,8 +920,8 @@ import json
 import jax, numpy as np
 from mnistlab import engine, spec as spec_lib
 rng = np.random.default_rng(0)
-images = rng.integers(0, 256, (100, 12, 12), dtype=np.uint8)
-labels = rng.integers(0, 3, 100).astype(np.uint8)
+images = rng.integers(0, 256, (200, 12, 12), dtype=np.uint8)
+labels = rng.integers(0, 3, 200).astype(np.uint8)
 spec = spec_lib.from_dict({
     "model": {"input_rescale": 1 / 255, "layers": [
         {"type": "random_translation", "height_factor": 0.1, "width_factor": 0.1, "fill_mode": "constant"},
@@ -930,17 +930,17 @@ spec = spec_lib.from_dict({
         {"type": "max_pooling2d", "pool_size": 2}, {"type": "flatten"}, {"type": "dropout", "rate": 0.3},
         {"type": "dense", "units": 3, "activation": "softmax"}]},
     "optimizer": {"name": "adam", "learning_rate": 0.01},
-    "training": {"batch_size": 16, "epochs": 2}})
-population = engine.Population([spec], images[:84], labels[:84], images[84:], labels[84:])
+    "training": {"batch_size": 64, "epochs": 2}})
+population = engine.Population([spec], images[:168], labels[:168], images[168:], labels[168:])
 epochs = [population.train_epoch().metrics for _ in range(2)]
 leaf = population.states[0].params["conv2d/kernel"]
-test = population.evaluate(images[84:], labels[84:])
-# the epoch's program as compiled: how many of a batch's 16 sample indices each device gets
+test = population.evaluate(images[168:], labels[168:])
+# the epoch's program as compiled: how many of a batch's 64 sample indices each device gets
 (chunk,) = [program for key, program in engine._PROGRAMS.items() if key[0] == "chunk"]
 batches = chunk.input_shardings[0][-1]
 (evaluation,) = [program for key, program in engine._PROGRAMS.items() if key[0] == "evaluate"]
 print(json.dumps({"devices": jax.device_count(), "split": population.batch_sharding is not None,
-                  "batch_on_each": batches.shard_shape((1, 6, 16))[-1],
+                  "batch_on_each": batches.shard_shape((1, 3, 64))[-1],
                   "evaluated_on": len(jax.tree.leaves(evaluation.input_shardings[0])[0].device_set),
                   "weights_on": len(leaf.sharding.device_set), "whole_on_each": leaf.sharding.is_fully_replicated,
                   "epochs": epochs, "test": {k: v.tolist() for k, v in test.items()},
@@ -962,9 +962,9 @@ def test_a_convnets_batch_is_split_across_devices_and_trains_the_same():
         assert done.returncode == 0, done.stderr[-2000:]
         outputs[count] = json.loads(done.stdout.strip().splitlines()[-1])
     one, two = outputs[1], outputs[2]
-    assert (one["devices"], one["split"], one["batch_on_each"], one["weights_on"]) == (1, False, 16, 1)
+    assert (one["devices"], one["split"], one["batch_on_each"], one["weights_on"]) == (1, False, 64, 1)
     assert (two["devices"], two["split"], two["batch_on_each"], two["weights_on"], two["whole_on_each"]) == \
-        (2, True, 8, 2, True)
+        (2, True, 32, 2, True)
     # Evaluation runs on one device, as on one (not the same batches twice, side by side).
     assert one["evaluated_on"] == two["evaluated_on"] == 1
     for a, b in zip(one["epochs"], two["epochs"]):
@@ -998,6 +998,12 @@ def test_which_presets_split_their_batch(preset, split):
     assert engine.splits_batch(spec, 1) is False
     odd = spec_lib.with_values(spec, {"training.batch_size": 63})
     assert engine.splits_batch(odd, 2) is False  # halves of a batch must be equal
+    # Shares of fewer than 32 images were not measured: a batch of 64 stays whole on 4
+    # devices, one of 128 is split in four.
+    narrow = spec_lib.with_values(spec, {"training.batch_size": 64})
+    wide = spec_lib.with_values(spec, {"training.batch_size": 128})
+    assert engine.splits_batch(narrow, 4) is False
+    assert engine.splits_batch(wide, 4) is split
 
 
 DEVICES = "import mnistlab, jax; print(jax.device_count())"
