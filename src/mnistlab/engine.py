@@ -626,15 +626,14 @@ class Population:
         labels = np.asarray(labels, np.int32)
         losses, accuracies = [], []
         for k, lane in enumerate(self.slices):
-            totals = None
+            totals, weights = None, self._on_one_device((self.states[k].params, lane.hyper))
             for start in range(0, n, block):
                 x, y = images[start:start + block], labels[start:start + block]
                 pad = block - len(y)
                 valid = np.arange(block) < len(y)
                 x = np.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) if pad else x
                 y = np.pad(y, [(0, pad)] + [(0, 0)] * (y.ndim - 1)) if pad else y
-                args = (*self._on_one_device((self.states[k].params, lane.hyper)), x, y, valid)
-                sums = self._run("evaluate", *args)
+                sums = self._run("evaluate", *weights, x, y, valid)
                 totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
             # Keras' evaluate reports the penalty once on top of the mean data loss.
             losses.append(np.asarray(totals.loss / totals.count) + np.asarray(self.states[k].penalty))

@@ -1031,6 +1031,22 @@ def test_import_after_jax_started_leaves_its_devices():
     assert int(done.stdout.strip()) == 1
 
 
+def test_each_slice_is_evaluated_with_its_own_weights():
+    # Three members one at a time (three slices): each member's figures are those of its
+    # weights evaluated alone.
+    images, labels = tiny_data()
+    specs = [tiny_spec(batch_size=8).model_copy(update={"optimizer": OptimizerSpec(name="sgd", learning_rate=lr)})
+             for lr in (0.05, 0.5, 2.0)]
+    population = engine.Population(specs, images, labels, lanes=1)
+    population.train_epoch()
+    together = population.evaluate(images, labels)
+    for i, spec in enumerate(specs):
+        alone = engine.evaluate(spec, population.member_params(i), images, labels)
+        assert together["loss"][i] == pytest.approx(alone["loss"], rel=1e-6)
+        assert together["accuracy"][i] == pytest.approx(alone["accuracy"])
+    assert len(set(np.round(together["loss"], 6))) == 3
+
+
 def test_members_of_different_structures_cannot_share_a_population():
     images, labels = tiny_data()
     wider = tiny_spec().model_copy(update={"model": ModelSpec(layers=[Dense(units=7, activation="tanh"),

@@ -103,7 +103,7 @@ def run(tune, trials: int, workers: int, *, study_dir: str | Path, storage: str 
 
     started, deadline = time.perf_counter(), None if timeout is None else time.time() + timeout
     folder, url, rdb = tune_lib._open(tune, settings, study_dir, storage, retry=False)
-    tune_lib.open_study(tune, settings, rdb)  # made once here, not raced by the workers
+    study = tune_lib.open_study(tune, settings, rdb)  # made once here, not raced by the workers
     arrays = arrays if arrays is not None else data.load(tune_lib._base(tune).dataset, data_dir)  # fails first
     groups = core_groups(sorted(os.sched_getaffinity(0)), workers)
     emit = on_event or (lambda event: None)
@@ -154,7 +154,6 @@ def run(tune, trials: int, workers: int, *, study_dir: str | Path, storage: str 
         if all(e["user"] for e in errors):
             raise UserError(text)
         raise RuntimeError(f"a tune worker failed: {text}")
-    study = tune_lib.open_study(tune, settings, rdb)
     summary, rows = tune_lib.write_outputs(study, folder, tune, settings, url, trials, with_importances=True)
     tune_lib._prune_trial_folders(study, folder)
     emit({"event": "done", "seconds": time.perf_counter() - started})
