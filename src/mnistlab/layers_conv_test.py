@@ -64,6 +64,10 @@ def numpy_pool(x, kind, size, strides, padding):
     return out
 
 
+CONV_CASES = [((3, 3), (1, 1), "valid"), ((3, 3), (1, 1), "same"), ((5, 3), (2, 2), "same"), ((2, 2), (2, 1), "valid"),
+              ((4, 4), (3, 3), "same"), ((1, 2), (1, 1), "valid"), ((1, 1), (2, 2), "valid")]
+
+
 @pytest.mark.parametrize("im2col, calls", [(True, 0), (False, 1), (None, 0)])  # None: the CPU's choice
 def test_conv2d_takes_the_path_it_is_told_or_the_backends(monkeypatch, im2col, calls):
     seen = []
@@ -74,15 +78,26 @@ def test_conv2d_takes_the_path_it_is_told_or_the_backends(monkeypatch, im2col, c
 
 
 @pytest.mark.parametrize("im2col", [True, False])  # the CPU's patch product, XLA's convolution (GPUs)
-@pytest.mark.parametrize("kernel_size, strides, padding", [
-    ((3, 3), (1, 1), "valid"), ((3, 3), (1, 1), "same"), ((5, 3), (2, 2), "same"), ((2, 2), (2, 1), "valid"),
-    ((4, 4), (3, 3), "same"), ((1, 2), (1, 1), "valid"), ((1, 1), (2, 2), "valid")])
+@pytest.mark.parametrize("kernel_size, strides, padding", CONV_CASES)
 def test_conv2d_is_keras_cross_correlation(kernel_size, strides, padding, im2col):
     x = RNG.normal(size=(2, 9, 8, 3)).astype(np.float32)
     kernel = RNG.normal(size=(*kernel_size, 3, 4)).astype(np.float32)
     expected = numpy_conv(x.astype(np.float64), kernel.astype(np.float64), strides, padding)
     got = layers.conv2d(jnp.asarray(x), jnp.asarray(kernel), strides, padding, im2col=im2col)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel_size, strides, padding", CONV_CASES)
+def test_conv2d_gradients_are_xla_convolutions(kernel_size, strides, padding):
+    # The patch product's gradient is written by hand (tap by tap): both of its gradients
+    # against autodiff of XLA's own convolution, for a random cotangent.
+    x = jnp.asarray(RNG.normal(size=(2, 9, 8, 3)).astype(np.float32))
+    kernel = jnp.asarray(RNG.normal(size=(*kernel_size, 3, 4)).astype(np.float32))
+    conv = lambda im2col: lambda x, k: layers.conv2d(x, k, strides, padding, im2col=im2col)
+    out, xla_grads = jax.vjp(conv(False), x, kernel)
+    cotangent = jnp.asarray(RNG.normal(size=out.shape).astype(np.float32))
+    for got, expected in zip(jax.vjp(conv(True), x, kernel)[1](cotangent), xla_grads(cotangent)):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["max", "average"])
@@ -92,6 +107,25 @@ def test_pooling_matches_window_loops(kind, size, strides, padding):
     x = RNG.normal(size=(2, 7, 9, 3)).astype(np.float32)
     got = layers.pool2d(jnp.asarray(x), kind, size, strides, padding)
     np.testing.assert_allclose(got, numpy_pool(x, kind, size, strides, padding), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(2, 2), (3, 2)])
+def test_max_pooling_gradient_goes_to_the_first_maximum_of_each_window(size):
+    # Keras' gradient is JAX's `reduce_window` max (Keras on JAX runs it; TensorFlow and
+    # PyTorch agree): all of a window's gradient to its first maximum in row-major order.
+    # Ties are the case that tells (integers in 0..2: most windows hold one), and 7 x 9
+    # leaves rows and columns outside every window, which get none.
+    x = jnp.asarray(RNG.integers(0, 3, size=(2, 7, 9, 3)).astype(np.float32))
+    cotangent = jnp.asarray(RNG.normal(size=(2, 7 // size[0], 9 // size[1], 3)).astype(np.float32))
+    keras = lambda v: jax.lax.reduce_window(v, -jnp.inf, jax.lax.max, (1, *size, 1), (1, *size, 1), "VALID")
+    ours = lambda v: layers.pool2d(v, "max", size, size, "valid")
+    expected = jax.vjp(keras, x)[1](cotangent)[0]
+    got = jax.vjp(ours, x)[1](cotangent)[0]
+    np.testing.assert_array_equal(got, expected)
+    assert int((expected != 0).sum()) == cotangent.size  # one pixel a window, none outside
+    # and under vmap, as populations train
+    batched = jax.vmap(lambda v, g: jax.vjp(ours, v)[1](g)[0])(jnp.stack([x, x[::-1]]), jnp.stack([cotangent] * 2))
+    np.testing.assert_array_equal(batched[0], expected)
 
 
 def test_conv_kernels_use_keras_fans():

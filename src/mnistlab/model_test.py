@@ -7,8 +7,8 @@ import pytest
 
 from mnistlab import model
 from mnistlab import spec as spec_lib
-from mnistlab.spec import (Activation, BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxNorm, ModelSpec,
-                           RandomRotation, RandomTranslation, Regularizer)
+from mnistlab.spec import (Activation, AveragePooling2D, BatchNormalization, Conv2D, Dense, Dropout, Flatten, MaxNorm,
+                           MaxPooling2D, ModelSpec, RandomRotation, RandomTranslation, Regularizer)
 
 jax.config.update("jax_enable_x64", False)
 
@@ -237,6 +237,40 @@ def test_walk_yields_each_layers_output_at_inference():
     np.testing.assert_allclose(walked[0][1], h, rtol=1e-5)
     np.testing.assert_allclose(walked[1][1], h, rtol=1e-5)  # dropout is off at inference
     np.testing.assert_allclose(walked[2][1], h @ params["dense_1/kernel"] + params["dense_1/bias"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_bfloat16"])
+def test_a_relu_convolution_pooled_before_its_activation_is_the_layers_one_by_one(policy):
+    # `forward` runs Conv2D(relu) + MaxPooling2D as convolution, pooling, bias, ReLU; each
+    # layer in turn (`apply_layer`, as `walk` does) is Keras' order. Same outputs to the
+    # bit, same gradients; and only for ReLU before side-by-side max windows.
+    spec = ModelSpec(dtype_policy=policy, layers=[
+        Conv2D(filters=4, kernel_size=3, activation="relu"), MaxPooling2D(pool_size=2),
+        Conv2D(filters=3, kernel_size=2, activation="relu"), MaxPooling2D(pool_size=3, strides=2),
+        Flatten(), Dense(units=2, activation="softmax")])
+    assert [model.pools_before_activation(a, b) for a, b in zip(spec.layers, spec.layers[1:])] == [
+        True, False, False, False, False]
+    assert not model.pools_before_activation(Conv2D(filters=1, kernel_size=1, activation="tanh"), spec.layers[1])
+    assert not model.pools_before_activation(spec.layers[0], AveragePooling2D(pool_size=2))
+    params = {k: jnp.asarray(v) for k, v in model.init(spec, 3, (12, 11)).items()}
+    params["conv2d/bias"] = jnp.array([0.2, -0.3, 0.0, 0.1])
+    images = jnp.asarray(np.random.default_rng(4).integers(0, 256, (3, 12, 11)), jnp.uint8)
+    hyper = model.hyperparameters(spec)
+
+    def one_by_one(p):
+        x = model.inputs(spec, images)
+        for name, layer in zip(model.layer_names(spec), spec.layers):
+            x, _ = model.apply_layer(layer, name, p, hyper, x, output=layer is spec.layers[-1],
+                                     dtype=model.compute_dtype(spec))
+        return x.astype(jnp.float32)
+
+    np.testing.assert_array_equal(model.logits(spec, params, hyper, images), one_by_one(params))
+    loss = lambda f: lambda p: jnp.sum(jnp.sin(f(p)))
+    got = jax.grad(loss(lambda p: model.logits(spec, p, hyper, images)))(params)
+    expected = jax.grad(loss(one_by_one))(params)
+    rtol = 1e-5 if policy == "float32" else 2 ** -6  # bfloat16 sums of other lengths: its 8 bits
+    for name in params:
+        np.testing.assert_allclose(got[name], expected[name], rtol=rtol, atol=1e-7, err_msg=name)
 
 
 def test_in_training_a_dropout_layer_draws_its_mask_from_the_key_folded_with_its_index():
