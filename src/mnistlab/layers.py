@@ -514,12 +514,32 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int], padding: s
 
 def _patches(x: jax.Array, kernel_shape: Shape, strides: tuple[int, int]) -> jax.Array:
     """(N, OH, OW, kh * kw * C): each output pixel's input window, features ordered (row,
-    column, channel) as kernel.reshape(-1, F) orders them."""
+    column, channel) as kernel.reshape(-1, F) orders them.
+
+    Pixels of several channels are gathered, one vector per tap, at indices fixed at trace
+    time: XLA writes the patch matrix in one pass, where a concatenation of the kh x kw
+    shifted windows wrote each window and then copied it into place (measured: 4.6x the
+    gather's time for the `cnn` preset's second convolution). A one-channel image keeps
+    the concatenation: gathering single pixels, XLA fuses the image's producer into the
+    gather and recomputes it for every read, the augmentation's resampling nine times
+    over for a 3 x 3 kernel (the `cnn` preset's step, measured against the concatenation
+    for both convolutions: 0.96x with both gathered, 0.93x with the second only).
+    """
     kh, kw, _, _ = kernel_shape
-    (sh, sw), (_, h, w, _) = strides, x.shape
+    (sh, sw), (n, h, w, c) = strides, x.shape
     oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
-    taps = [x[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw, :] for i in range(kh) for j in range(kw)]
-    return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+    if c == 1:
+        taps = [x[:, i:i + (oh - 1) * sh + 1:sh, j:j + (ow - 1) * sw + 1:sw, :] for i in range(kh) for j in range(kw)]
+        return jnp.concatenate(taps, axis=-1)
+    return x.reshape(n, h * w, c)[:, _window_pixels(h, w, kh, kw, sh, sw)].reshape(n, oh, ow, kh * kw * c)
+
+
+@functools.cache
+def _window_pixels(h: int, w: int, kh: int, kw: int, sh: int, sw: int) -> np.ndarray:
+    """(OH * OW, kh * kw): the flat pixel index of each tap of each output pixel's window."""
+    rows = np.arange(0, h - kh + 1, sh)[:, None, None, None] + np.arange(kh)[None, None, :, None]
+    cols = np.arange(0, w - kw + 1, sw)[None, :, None, None] + np.arange(kw)[None, None, None, :]
+    return (rows * w + cols).reshape(len(rows) * cols.shape[1], kh * kw)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

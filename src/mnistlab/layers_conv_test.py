@@ -77,22 +77,24 @@ def test_conv2d_takes_the_path_it_is_told_or_the_backends(monkeypatch, im2col, c
     assert len(seen) == calls and jax.default_backend() == "cpu"
 
 
+@pytest.mark.parametrize("channels", [1, 3])  # the patches: shifted windows for one channel, else a gather
 @pytest.mark.parametrize("im2col", [True, False])  # the CPU's patch product, XLA's convolution (GPUs)
 @pytest.mark.parametrize("kernel_size, strides, padding", CONV_CASES)
-def test_conv2d_is_keras_cross_correlation(kernel_size, strides, padding, im2col):
-    x = RNG.normal(size=(2, 9, 8, 3)).astype(np.float32)
-    kernel = RNG.normal(size=(*kernel_size, 3, 4)).astype(np.float32)
+def test_conv2d_is_keras_cross_correlation(kernel_size, strides, padding, im2col, channels):
+    x = RNG.normal(size=(2, 9, 8, channels)).astype(np.float32)
+    kernel = RNG.normal(size=(*kernel_size, channels, 4)).astype(np.float32)
     expected = numpy_conv(x.astype(np.float64), kernel.astype(np.float64), strides, padding)
     got = layers.conv2d(jnp.asarray(x), jnp.asarray(kernel), strides, padding, im2col=im2col)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("kernel_size, strides, padding", CONV_CASES)
-def test_conv2d_gradients_are_xla_convolutions(kernel_size, strides, padding):
+def test_conv2d_gradients_are_xla_convolutions(kernel_size, strides, padding, channels):
     # The patch product's gradient is written by hand (tap by tap): both of its gradients
     # against autodiff of XLA's own convolution, for a random cotangent.
-    x = jnp.asarray(RNG.normal(size=(2, 9, 8, 3)).astype(np.float32))
-    kernel = jnp.asarray(RNG.normal(size=(*kernel_size, 3, 4)).astype(np.float32))
+    x = jnp.asarray(RNG.normal(size=(2, 9, 8, channels)).astype(np.float32))
+    kernel = jnp.asarray(RNG.normal(size=(*kernel_size, channels, 4)).astype(np.float32))
     conv = lambda im2col: lambda x, k: layers.conv2d(x, k, strides, padding, im2col=im2col)
     out, xla_grads = jax.vjp(conv(False), x, kernel)
     cotangent = jnp.asarray(RNG.normal(size=out.shape).astype(np.float32))
@@ -271,6 +273,30 @@ def grid(h, w):
 
 
 IMAGES = RNG.uniform(0, 1, size=(4, 12, 10)).astype(np.float32)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_sampling_with_zeros_outside_is_jax_map_coordinates_to_the_bit(channels):
+    # model.augment's hand-written sampler for fill_mode "constant" against the library's
+    # map_coordinates it replaces, bit for bit: coordinates inside, on whole pixels, on and
+    # just beyond each border (-1.5 ... -0.5, size - 1 ... size), and far outside.
+    n, h, w = 3, 12, 10
+    x = RNG.uniform(-1, 1, size=(n, h, w, channels)).astype(np.float32)
+    coords = RNG.uniform(-3 * h, 4 * h, size=(n, 2, h, w)).astype(np.float32)
+    coords[:, :, :3] = RNG.uniform(-1, max(h, w), size=(n, 2, 3, w)).round()
+    edges = [-2.0, -1.5, -1.0, -0.75, -0.5, 0.0, 0.25, 8.5, 9.0, 9.5, 10.0, 10.5, 11.0, 11.5, 12.0, 12.5]
+    coords[:, :, 3:6] = RNG.choice(edges, size=(n, 2, 3, w))
+    coords[:, :, 6:8] = RNG.uniform(-1.5, 1.5, size=(n, 2, 2, w)) + np.array([h - 1, w - 1]).reshape(1, 2, 1, 1)
+
+    def library(image, where):  # (H, W, C), (2, H, W)
+        per_channel = lambda plane: jax.scipy.ndimage.map_coordinates(plane, [where[0], where[1]], order=1,
+                                                                         mode="constant", cval=0.0)
+        return jax.vmap(per_channel, in_axes=2, out_axes=2)(image)
+
+    expected = jax.jit(jax.vmap(library))(jnp.asarray(x), jnp.asarray(coords))
+    got = jax.jit(model.sample_bilinear_zero_outside)(jnp.asarray(x), jnp.asarray(coords))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+    assert np.count_nonzero(np.asarray(got)) > x.size // 8 and np.count_nonzero(np.asarray(got) == 0) > x.size // 8
 
 
 def test_translation_reads_shifted_pixels():
