@@ -77,7 +77,7 @@ def test_conv2d_takes_the_path_it_is_told_or_the_backends(monkeypatch, im2col, c
     assert len(seen) == calls and jax.default_backend() == "cpu"
 
 
-@pytest.mark.parametrize("channels", [1, 3])  # the patches: shifted windows for one channel, else a gather
+@pytest.mark.parametrize("channels", [1, 3])  # the patch gather reads single pixels, or vectors of them
 @pytest.mark.parametrize("im2col", [True, False])  # the CPU's patch product, XLA's convolution (GPUs)
 @pytest.mark.parametrize("kernel_size, strides, padding", CONV_CASES)
 def test_conv2d_is_keras_cross_correlation(kernel_size, strides, padding, im2col, channels):
