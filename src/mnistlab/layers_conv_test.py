@@ -294,7 +294,7 @@ def test_sampling_with_zeros_outside_is_jax_map_coordinates_to_the_bit(channels)
         return jax.vmap(per_channel, in_axes=2, out_axes=2)(image)
 
     expected = jax.jit(jax.vmap(library))(jnp.asarray(x), jnp.asarray(coords))
-    got = jax.jit(model.sample_bilinear_zero_outside)(jnp.asarray(x), jnp.asarray(coords))
+    got = jax.jit(jax.vmap(model.sample_bilinear_zero_outside))(jnp.asarray(x), jnp.asarray(coords))
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
     assert np.count_nonzero(np.asarray(got)) > x.size // 8 and np.count_nonzero(np.asarray(got) == 0) > x.size // 8
 

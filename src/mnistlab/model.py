@@ -250,7 +250,7 @@ def augment(x: jax.Array, run: list, hyper: Hyper, key: jax.Array) -> jax.Array:
 
     def resample(image, where):  # (H, W, C), (2, H, W)
         if mode == "constant":
-            return sample_bilinear_zero_outside((image - fill)[None], where[None])[0] + fill
+            return sample_bilinear_zero_outside(image - fill, where) + fill
         sample = lambda plane: jax.scipy.ndimage.map_coordinates(plane, [where[0], where[1]], order=1, mode=mode)
         return jax.vmap(sample, in_axes=2, out_axes=2)(image)
 
@@ -263,9 +263,9 @@ def augment(x: jax.Array, run: list, hyper: Hyper, key: jax.Array) -> jax.Array:
     return jax.lax.map(lambda pair: resample(*pair), (x, coords), batch_size=-(-n // 2))
 
 
-def sample_bilinear_zero_outside(x: jax.Array, coords: jax.Array) -> jax.Array:
-    """`map_coordinates(order=1, mode="constant", cval=0)` of each (H, W, C) image of `x`
-    at its (2, H, W) `coords`, to the bit: the same weights, products and sum order.
+def sample_bilinear_zero_outside(image: jax.Array, where: jax.Array) -> jax.Array:
+    """`map_coordinates(order=1, mode="constant", cval=0)` of an (H, W, C) image at (2, H, W)
+    coordinates `where`, to the bit: the same weights, products and sum order.
 
     Written out because map_coordinates gathers each of the four corners on its own, with
     a validity mask each; here one gather reads each output pixel's 2 x 2 window from
@@ -274,22 +274,17 @@ def sample_bilinear_zero_outside(x: jax.Array, coords: jax.Array) -> jax.Array:
     its zero border exactly as the masks would; one further out reads only zeros, so its
     corner is moved to -2.
     """
-    n, h, w, c = x.shape
-    padded = jnp.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
-    lower = jnp.floor(coords)
-    upper_weight = coords - lower
+    h, w, c = image.shape
+    padded = jnp.pad(image, ((2, 2), (2, 2), (0, 0)))
+    lower = jnp.floor(where)
+    upper_weight = where - lower
     lower_weight = 1 - upper_weight
     corner = lower.astype(jnp.int32)
-    inside = (corner >= -1) & (corner <= jnp.array([h - 1, w - 1]).reshape(1, 2, 1, 1))
+    inside = (corner >= -1) & (corner <= jnp.array([h - 1, w - 1]).reshape(2, 1, 1))
     start = jnp.where(inside, corner, -2) + 2
-
-    def window(image, row, col):  # (2, 2, C)
-        return jax.lax.dynamic_slice(image, (row, col, 0), (2, 2, c))
-
-    per_pixel = jax.vmap(jax.vmap(window, (None, 0, 0)), (None, 0, 0))  # over H, then W
-    win = jax.vmap(per_pixel)(padded, start[:, 0], start[:, 1])  # (N, H, W, 2, 2, C)
-    (lr, lc), (ur, uc) = (jnp.moveaxis(lower_weight, 1, 0)[..., None],
-                          jnp.moveaxis(upper_weight, 1, 0)[..., None])
+    window = lambda row, col: jax.lax.dynamic_slice(padded, (row, col, 0), (2, 2, c))
+    win = jax.vmap(jax.vmap(window))(start[0], start[1])  # (H, W, 2, 2, C)
+    (lr, lc), (ur, uc) = lower_weight[..., None], upper_weight[..., None]  # each (H, W, 1)
     # map_coordinates' order: corners (lower, lower), (lower, upper), (upper, lower), (upper,
     # upper), each (row weight * column weight) * value, summed left to right.
     return ((lr * lc) * win[..., 0, 0, :] + (lr * uc) * win[..., 0, 1, :]
