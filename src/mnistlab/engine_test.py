@@ -940,6 +940,7 @@ test = population.evaluate(images[168:], labels[168:])
 batches = chunk.input_shardings[0][-1]
 (evaluation,) = [program for key, program in engine._PROGRAMS.items() if key[0] == "evaluate"]
 print(json.dumps({"devices": jax.device_count(), "split": population.batch_sharding is not None,
+                  "gathered": chunk.as_text().count("all-gather("),
                   "batch_on_each": batches.shard_shape((1, 3, 64))[-1],
                   "evaluated_on": len(jax.tree.leaves(evaluation.input_shardings[0])[0].device_set),
                   "weights_on": len(leaf.sharding.device_set), "whole_on_each": leaf.sharding.is_fully_replicated,
@@ -965,6 +966,9 @@ def test_a_convnets_batch_is_split_across_devices_and_trains_the_same():
     assert (one["devices"], one["split"], one["batch_on_each"], one["weights_on"]) == (1, False, 64, 1)
     assert (two["devices"], two["split"], two["batch_on_each"], two["weights_on"], two["whole_on_each"]) == \
         (2, True, 32, 2, True)
+    # Each device augments its own images: nothing is gathered across the devices (the
+    # gradients are summed); the whole batch on each would be augmented twice.
+    assert two["gathered"] == 0
     # Evaluation runs on one device, as on one (not the same batches twice, side by side).
     assert one["evaluated_on"] == two["evaluated_on"] == 1
     for a, b in zip(one["epochs"], two["epochs"]):

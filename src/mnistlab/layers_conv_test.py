@@ -299,6 +299,17 @@ def test_sampling_with_zeros_outside_is_jax_map_coordinates_to_the_bit(channels)
     assert np.count_nonzero(np.asarray(got)) > x.size // 8 and np.count_nonzero(np.asarray(got) == 0) > x.size // 8
 
 
+@pytest.mark.parametrize("n", [1, 2, 5, 8])
+def test_a_batch_in_two_interleaved_halves_is_the_batch_at_once(n):
+    # model.augment's loop of two: each image meets its own coordinates and comes back in
+    # its place, for odd batches too (the last image is repeated to even the halves).
+    x = RNG.integers(0, 100, size=(n, 4, 3)).astype(np.float32)  # whole numbers: exact however summed
+    y = RNG.integers(0, 100, size=(n, 2)).astype(np.float32)
+    per_image = jax.vmap(lambda a, b: a * b[0] + b[1])
+    got = jax.jit(lambda a, b: model.in_two_interleaved_halves(per_image, a, b))(x, y)
+    np.testing.assert_array_equal(np.asarray(got), x * y[:, :1, None] + y[:, 1:, None])
+
+
 def test_translation_reads_shifted_pixels():
     key = jax.random.PRNGKey(5)
     got = augmented(RandomTranslation(height_factor=0.2, width_factor=0.1, fill_mode="constant"), IMAGES, key)
