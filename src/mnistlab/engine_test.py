@@ -982,6 +982,47 @@ def test_a_convnets_batch_is_split_across_devices_and_trains_the_same():
         np.testing.assert_allclose(two["params"][name], values, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
+SYNCS = r"""
+import json, re
+import numpy as np
+from mnistlab import engine, spec as spec_lib
+rng = np.random.default_rng(0)
+images = rng.integers(0, 256, (200, 12, 12), dtype=np.uint8)
+labels = rng.integers(0, 3, 200).astype(np.uint8)
+spec = spec_lib.from_dict({
+    "model": {"input_rescale": 1 / 255, "layers": [
+        {"type": "random_translation", "height_factor": 0.1, "width_factor": 0.1, "fill_mode": "constant"},
+        {"type": "conv2d", "filters": 8, "kernel_size": 3, "activation": "relu"},
+        {"type": "max_pooling2d", "pool_size": 2}, {"type": "flatten"}, {"type": "dropout", "rate": 0.3},
+        {"type": "dense", "units": 3, "activation": "softmax"}]},
+    "training": {"batch_size": 64, "epochs": 1}})
+population = engine.Population([spec], images, labels)
+population.train_epoch()
+(chunk,) = [program for key, program in engine._PROGRAMS.items() if key[0] == "chunk"]
+# the compiled computations, each with the collectives it runs itself
+blocks = re.findall(r"^(?:ENTRY )?%?([\w.-]+) [^\n]*\{\n(.*?)^\}", chunk.as_text(), re.S | re.M)
+print(json.dumps({"split": population.batch_sharding is not None,
+                  "collectives": {name: len(re.findall(r" (?:all-reduce|all-gather|collective-permute)\(", body))
+                                  for name, body in blocks},
+                  "step": [name for name, body in blocks if "dot(" in body or "__ynn_fusion" in body]}))
+"""
+
+
+def test_a_step_of_a_split_batch_waits_for_the_other_devices_once():
+    # Devices computing halves of a batch meet wherever a step sums over the batch: the
+    # gradient, summed across them, must be the only such place in a step of a network
+    # without batch normalization. The sample count the loss's mean divides by is counted
+    # for the whole chunk before it, the correct predictions summed after it.
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", SYNCS], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["split"]
+    loops_of_steps = {name for name in out["step"] if out["collectives"][name]}
+    assert len(loops_of_steps) == 1, out
+    assert out["collectives"][loops_of_steps.pop()] == 1, out
+
+
 def test_activations_a_weight_of_the_cnn_preset_by_hand():
     # Per image: 2 augmentations 784 each, conv 26x26x32, pool 13x13x32, conv 11x11x64,
     # pool 5x5x64, flatten and dropout 1600 each, dense 10; times the batch of 64. Weights:

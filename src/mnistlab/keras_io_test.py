@@ -324,7 +324,7 @@ def train_mnistlab(spec, params, images, labels):
     for start in range(0, len(labels), b):
         x, y = images[start:start + b], labels[start:start + b].astype(np.int32)
         state, (loss, hits) = step(state, hyper, x, y, jnp.ones(len(y), bool), jax.random.PRNGKey(0))
-        loss_sum, correct = loss_sum + float(loss) * len(y), correct + int(hits)
+        loss_sum, correct = loss_sum + float(loss) * len(y), correct + int(hits.sum())
     return {k: np.asarray(v) for k, v in state.params.items()}, loss_sum / len(labels), correct / len(labels)
 
 
