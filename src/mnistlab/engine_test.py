@@ -874,6 +874,15 @@ def test_an_epoch_given_up_in_a_thread_raises_what_stopped_it():
         population.train_epoch(on_progress=interrupt)
 
 
+def run_on_devices(script: str, count: int) -> dict:
+    """The last line `script` prints, as JSON, run in a fresh process with `count` (forced
+    host) CPU devices."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 SHARDED = r"""
 import json, sys
 import jax, numpy as np
@@ -898,14 +907,7 @@ print(json.dumps(out))
 def test_members_are_split_across_devices_when_they_divide_evenly_and_train_the_same():
     # Two (forced host) devices: a population of 2 is split, one member per device; one of
     # 3 cannot be split evenly and stays on one device; both train exactly as on one device.
-    outputs = {}
-    for count in (1, 2):
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}",
-               "JAX_PLATFORMS": "cpu"}
-        done = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True, env=env, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        outputs[count] = json.loads(done.stdout.strip().splitlines()[-1])
-    one, two = outputs[1], outputs[2]
+    one, two = run_on_devices(SHARDED, 1), run_on_devices(SHARDED, 2)
     assert one["devices"] == 1 and two["devices"] == 2
     assert (one["2"]["sharded"], one["3"]["sharded"], two["2"]["sharded"], two["3"]["sharded"]) == (False, False, True, False)
     assert (two["2"]["devices"], two["3"]["devices"]) == (2, 1)
@@ -915,13 +917,17 @@ def test_members_are_split_across_devices_when_they_divide_evenly_and_train_the_
         np.testing.assert_allclose(two[width]["sums"], one[width]["sums"], rtol=1e-6)
 
 
-SPLIT = r"""
-import json
+# A convnet's data for the scripts below: 200 random 12 x 12 images of 3 classes.
+CONVNET_DATA = r"""
+import json, re
 import jax, numpy as np
 from mnistlab import engine, spec as spec_lib
 rng = np.random.default_rng(0)
 images = rng.integers(0, 256, (200, 12, 12), dtype=np.uint8)
 labels = rng.integers(0, 3, 200).astype(np.uint8)
+"""
+
+SPLIT = CONVNET_DATA + r"""
 spec = spec_lib.from_dict({
     "model": {"input_rescale": 1 / 255, "layers": [
         {"type": "random_translation", "height_factor": 0.1, "width_factor": 0.1, "fill_mode": "constant"},
@@ -956,13 +962,7 @@ def test_a_convnets_batch_is_split_across_devices_and_trains_the_same():
     # weights, every epoch's figures and the evaluation equal one device's to float32
     # rounding of a sum in another order. (No bias before batch normalization, as in
     # Keras' examples: its exact gradient is zero, so Adam turns rounding into its steps.)
-    outputs = {}
-    for count in (1, 2):
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}", "JAX_PLATFORMS": "cpu"}
-        done = subprocess.run([sys.executable, "-c", SPLIT], capture_output=True, text=True, env=env, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
-        outputs[count] = json.loads(done.stdout.strip().splitlines()[-1])
-    one, two = outputs[1], outputs[2]
+    one, two = run_on_devices(SPLIT, 1), run_on_devices(SPLIT, 2)
     assert (one["devices"], one["split"], one["batch_on_each"], one["weights_on"]) == (1, False, 64, 1)
     assert (two["devices"], two["split"], two["batch_on_each"], two["weights_on"], two["whole_on_each"]) == \
         (2, True, 32, 2, True)
@@ -982,13 +982,7 @@ def test_a_convnets_batch_is_split_across_devices_and_trains_the_same():
         np.testing.assert_allclose(two["params"][name], values, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
-SYNCS = r"""
-import json, re
-import numpy as np
-from mnistlab import engine, spec as spec_lib
-rng = np.random.default_rng(0)
-images = rng.integers(0, 256, (200, 12, 12), dtype=np.uint8)
-labels = rng.integers(0, 3, 200).astype(np.uint8)
+SYNCS = CONVNET_DATA + r"""
 spec = spec_lib.from_dict({
     "model": {"input_rescale": 1 / 255, "layers": [
         {"type": "random_translation", "height_factor": 0.1, "width_factor": 0.1, "fill_mode": "constant"},
@@ -1013,10 +1007,7 @@ def test_a_step_of_a_split_batch_waits_for_the_other_devices_once():
     # gradient, summed across them, must be the only such place in a step of a network
     # without batch normalization. The sample count the loss's mean divides by is counted
     # for the whole chunk before it, the correct predictions summed after it.
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", SYNCS], capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = run_on_devices(SYNCS, 2)
     assert out["split"]
     loops_of_steps = {name for name in out["step"] if out["collectives"][name]}
     assert len(loops_of_steps) == 1, out
