@@ -223,7 +223,7 @@ def make_chunk(spec: RunSpec) -> Callable:
         # is counted for the whole chunk before it, and the correct predictions are counted
         # per position in the batch and summed after it: one sum across the devices a step,
         # the gradient's (measured in one process, 8 rounds alternating: the `cnn` preset's
-        # step on 2 devices 0.97x as long as with three; the same numbers to the bit).
+        # step on 2 devices 0.97x as long as with two sums a step; the same numbers to the bit).
         counts = jnp.sum(batches >= 0, axis=-1, dtype=jnp.int32)
 
         def body(carry, batch):
